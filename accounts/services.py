@@ -1,0 +1,124 @@
+"""State changes for users and API tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import IntegrityError, transaction
+
+from accounts.errors import EmailTaken, TokenNotFound
+from accounts.models import ApiToken, User
+from adminops.audit import actor_for, record_event
+from billing.services import open_credit_account
+
+TOKEN_PREFIX = "cp_"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_user(
+    *,
+    email: str,
+    password: str | None,
+    now: datetime,
+    full_name: str = "",
+    is_staff: bool = False,
+    is_superuser: bool = False,
+    actor: str | None = None,
+) -> User:
+    """Create a user with an (empty) credit account; e-mails are unique case-insensitively."""
+    email = User.objects.normalize_email(email.strip()).lower()
+    with transaction.atomic(durable=True):
+        if User.objects.filter(email__iexact=email).exists():
+            raise EmailTaken()
+        try:
+            with transaction.atomic():
+                user = User.objects.create_user(
+                    email=email,
+                    password=password,
+                    full_name=full_name,
+                    is_staff=is_staff,
+                    is_superuser=is_superuser,
+                    date_joined=now,
+                )
+        except IntegrityError as exc:  # a concurrent sign-up with the same address
+            raise EmailTaken() from exc
+        if password is None:
+            user.set_unusable_password()
+            user.save(update_fields=["password"])
+        open_credit_account(user=user, now=now)
+        record_event(
+            actor=actor or actor_for(user),
+            subject=user,
+            event_type="user.created",
+            now=now,
+            new={"is_staff": is_staff, "is_superuser": is_superuser},
+        )
+    return user
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: ApiToken
+    plaintext: str  # shown once to its owner, never stored
+
+
+def create_api_token(*, user: User, now: datetime, name: str = "API token") -> IssuedToken:
+    plaintext = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    with transaction.atomic(durable=True):
+        token = ApiToken.objects.create(
+            user=user,
+            name=(name or "API token")[:100],
+            prefix=plaintext[:10],
+            token_hash=hash_token(plaintext),
+            created_at=now,
+        )
+        record_event(
+            actor=actor_for(user),
+            subject=token,
+            event_type="api_token.created",
+            now=now,
+            new={"name": token.name, "prefix": token.prefix},
+        )
+    return IssuedToken(token=token, plaintext=plaintext)
+
+
+def revoke_api_token(*, user: User, token_id: int, now: datetime) -> ApiToken:
+    with transaction.atomic(durable=True):
+        token = (
+            ApiToken.objects.select_for_update().filter(user=user, pk=token_id).first()
+        )
+        if token is None:
+            raise TokenNotFound()
+        if token.revoked_at is None:
+            token.revoked_at = now
+            token.save(update_fields=["revoked_at"])
+            record_event(
+                actor=actor_for(user),
+                subject=token,
+                event_type="api_token.revoked",
+                now=now,
+                new={"revoked_at": now.isoformat()},
+            )
+    return token
+
+
+def authenticate_token(plaintext: str, *, now: datetime) -> User | None:
+    """The user a bearer token acts for, or None (revoked, unknown, or the user is gone)."""
+    if not plaintext.startswith(TOKEN_PREFIX):
+        return None
+    token = (
+        ApiToken.objects.select_related("user")
+        .filter(token_hash=hash_token(plaintext), revoked_at__isnull=True)
+        .first()
+    )
+    if token is None or not token.user.is_active:
+        return None
+    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token.user

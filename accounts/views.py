@@ -1,0 +1,62 @@
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from accounts import selectors, services
+from accounts.errors import EmailTaken
+from accounts.forms import SignupForm, TokenForm
+
+
+def signup(request):
+    if request.user.is_authenticated:
+        return redirect("/subscriptions/")
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user = services.create_user(
+                email=form.cleaned_data["email"],
+                password=form.cleaned_data["password"],
+                full_name=form.cleaned_data["full_name"],
+                now=timezone.now(),
+            )
+        except EmailTaken as exc:
+            form.add_error("email", exc.message)
+        else:
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            return redirect("/subscriptions/")
+    return render(request, "accounts/signup.html", {"form": form})
+
+
+@login_required
+def account(request):
+    return render(
+        request,
+        "accounts/account.html",
+        {
+            "tokens": selectors.tokens_for(request.user),
+            "token_form": TokenForm(),
+            "new_token": request.session.pop("new_api_token", None),
+        },
+    )
+
+
+@login_required
+@require_POST
+def create_token(request):
+    form = TokenForm(request.POST)
+    name = form.cleaned_data["name"] if form.is_valid() else ""
+    issued = services.create_api_token(user=request.user, name=name, now=timezone.now())
+    # Shown once on the next page view, then gone from the session.
+    request.session["new_api_token"] = issued.plaintext
+    return redirect("account")
+
+
+@login_required
+@require_POST
+def revoke_token(request, token_id: int):
+    services.revoke_api_token(user=request.user, token_id=token_id, now=timezone.now())
+    messages.success(request, "The token was revoked.")
+    return redirect("account")

@@ -1,0 +1,5 @@
+from django.apps import AppConfig
+
+
+class AdminopsConfig(AppConfig):
+    name = "adminops"

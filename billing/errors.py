@@ -1,0 +1,13 @@
+from codingplans.errors import DomainError
+
+
+class InsufficientCredits(DomainError):
+    code = "insufficient_credits"
+    status = 402
+    default_message = "Your credit balance is too low for this charge. Add credits and try again."
+
+
+class InvalidCreditAmount(DomainError):
+    code = "invalid_amount"
+    status = 400
+    default_message = "The amount must be a positive USD amount with at most two decimals."

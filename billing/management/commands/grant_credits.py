@@ -1,0 +1,31 @@
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from accounts.models import User
+from billing.services import grant_credits
+from codingplans.errors import DomainError
+from codingplans.money import InvalidAmount, display_usd, usd_to_micros
+
+
+class Command(BaseCommand):
+    help = "Grant credits to a user: a ledger entry, not a bare balance edit (SPEC 11.2)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("email")
+        parser.add_argument("amount_usd")
+        parser.add_argument("--reason", default="Operator grant")
+
+    def handle(self, *args, email, amount_usd, reason, **options):
+        user = User.objects.filter(email__iexact=email, is_active=True).first()
+        if user is None:
+            raise CommandError(f"No active user with e-mail {email}.")
+        try:
+            micros = usd_to_micros(amount_usd)
+            entry = grant_credits(
+                user=user, amount_micros=micros, actor="system:command", reason=reason, now=timezone.now()
+            )
+        except (InvalidAmount, DomainError) as exc:
+            raise CommandError(f"Invalid amount {amount_usd!r}: give a positive USD amount.") from exc
+        self.stdout.write(
+            f"Granted {display_usd(micros)} to {user.email}; balance {display_usd(entry.balance_after_micros)}."
+        )

@@ -1,0 +1,67 @@
+"""Credit accounts and the append-only ledger (SPEC P4, L2–L4, S5, U7).
+
+The balance is a cached sum of the ledger, changed only by `billing.services.post_entry`
+together with the entry that explains it; a check constraint keeps it from going negative.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class CreditAccount(models.Model):
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="credit_account"
+    )
+    balance_micros = models.BigIntegerField(default=0)
+    auto_top_up_enabled = models.BooleanField(default=False)
+    auto_top_up_amount_micros = models.BigIntegerField(default=20_000_000)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(balance_micros__gte=0), name="billing_balance_non_negative"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(auto_top_up_amount_micros__gt=0),
+                name="billing_auto_top_up_amount_positive",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Credit account #{self.pk}"
+
+
+class LedgerEntry(models.Model):
+    class Kind(models.TextChoices):
+        GRANT = "grant", "Grant"
+        PURCHASE = "purchase", "Plan purchase"
+        RENEWAL = "renewal", "Plan renewal"
+        TOP_UP = "top_up", "Auto top-up"
+        TOP_UP_DECLINED = "top_up_declined", "Auto top-up declined"
+        ADJUSTMENT = "adjustment", "Adjustment"
+
+    account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="entries")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    amount_micros = models.BigIntegerField(help_text="Signed: credits are positive, debits negative.")
+    balance_after_micros = models.BigIntegerField()
+    reason = models.CharField(max_length=255, blank=True)
+    actor = models.CharField(max_length=100, help_text="user:<id>, staff:<id> or system:<name>")
+    reference = models.CharField(max_length=100, blank=True, help_text="e.g. subscription:<id>")
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["account", "-created_at", "-id"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(balance_after_micros__gte=0),
+                name="billing_entry_balance_after_non_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount_micros}"

@@ -1,0 +1,112 @@
+"""Every balance change goes through `post_entry`: the ledger entry and the balance move together.
+
+Debits use a guarded UPDATE (`balance >= amount`), so two concurrent debits can never overdraw
+an account even before the row lock is considered; the check constraint is the last guard.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db import transaction
+from django.db.models import F
+
+from adminops.audit import record_event
+from billing.errors import InsufficientCredits, InvalidCreditAmount
+from billing.models import CreditAccount, LedgerEntry
+
+MAX_GRANT_MICROS = 1_000_000 * 1_000_000  # $1,000,000: a typo guard for operators
+
+
+def open_credit_account(*, user, now: datetime) -> CreditAccount:
+    account, _ = CreditAccount.objects.get_or_create(
+        user=user, defaults={"created_at": now, "updated_at": now}
+    )
+    return account
+
+
+def post_entry(
+    *,
+    user,
+    amount_micros: int,
+    kind: str,
+    actor: str,
+    now: datetime,
+    reason: str = "",
+    reference: str = "",
+) -> LedgerEntry:
+    """Apply a signed amount to the user's balance and append the ledger entry explaining it.
+
+    Must run inside the caller's transaction (a purchase debits, claims stock and creates the
+    subscription atomically). A debit larger than the balance raises InsufficientCredits and
+    changes nothing.
+    """
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("post_entry must run inside a transaction")
+    account = open_credit_account(user=user, now=now)
+    accounts = CreditAccount.objects.filter(pk=account.pk)
+    if amount_micros < 0:
+        accounts = accounts.filter(balance_micros__gte=-amount_micros)
+    updated = accounts.update(balance_micros=F("balance_micros") + amount_micros, updated_at=now)
+    if updated != 1:
+        raise InsufficientCredits()
+    balance_after = CreditAccount.objects.values_list("balance_micros", flat=True).get(pk=account.pk)
+    return LedgerEntry.objects.create(
+        account_id=account.pk,
+        kind=kind,
+        amount_micros=amount_micros,
+        balance_after_micros=balance_after,
+        reason=reason[:255],
+        actor=actor,
+        reference=reference[:100],
+        created_at=now,
+    )
+
+
+def grant_credits(
+    *, user, amount_micros: int, actor: str, now: datetime, reason: str = ""
+) -> LedgerEntry:
+    """Add credits (an operator grant or a demo seed): a ledger entry, never a bare balance edit."""
+    if amount_micros <= 0 or amount_micros > MAX_GRANT_MICROS:
+        raise InvalidCreditAmount()
+    with transaction.atomic(durable=True):
+        entry = post_entry(
+            user=user,
+            amount_micros=amount_micros,
+            kind=LedgerEntry.Kind.GRANT,
+            actor=actor,
+            now=now,
+            reason=reason or "Credit grant",
+        )
+        record_event(
+            actor=actor,
+            subject=entry.account,
+            event_type="credits.granted",
+            now=now,
+            new={"amount_micros": amount_micros, "balance_after_micros": entry.balance_after_micros},
+        )
+    return entry
+
+
+def set_auto_top_up(
+    *, user, enabled: bool, amount_micros: int, actor: str, now: datetime
+) -> CreditAccount:
+    if amount_micros <= 0 or amount_micros > 10_000 * 1_000_000 or amount_micros % 10_000:
+        raise InvalidCreditAmount("The top-up amount must be between $0.01 and $10,000.00.")
+    with transaction.atomic(durable=True):
+        open_credit_account(user=user, now=now)
+        account = CreditAccount.objects.select_for_update().get(user=user)
+        old = {"enabled": account.auto_top_up_enabled, "amount_micros": account.auto_top_up_amount_micros}
+        account.auto_top_up_enabled = enabled
+        account.auto_top_up_amount_micros = amount_micros
+        account.updated_at = now
+        account.save(update_fields=["auto_top_up_enabled", "auto_top_up_amount_micros", "updated_at"])
+        record_event(
+            actor=actor,
+            subject=account,
+            event_type="credits.auto_top_up_changed",
+            now=now,
+            old=old,
+            new={"enabled": enabled, "amount_micros": amount_micros},
+        )
+    return account

@@ -1,0 +1,142 @@
+"""BYOK state changes (SPEC B1–B4). Raw keys are encrypted on the way in and decrypted only
+by `decrypted_key`, at the moment of an upstream call."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from adminops.audit import actor_for, record_event
+from byok.errors import InvalidKey, KeyNotFound, ProviderSlotOccupied, UnknownProvider
+from byok.models import ByokKey
+from codingplans import crypto
+from upstream import client as minimax
+
+_KEY_SHAPE = re.compile(r"^[\x21-\x7e]{8,512}$")
+
+
+def _clean_key(api_key: object) -> str:
+    if not isinstance(api_key, str) or not _KEY_SHAPE.match(api_key.strip()):
+        raise InvalidKey()
+    return api_key.strip()
+
+
+def _check_provider(provider_id: object) -> str:
+    if not isinstance(provider_id, str) or provider_id not in settings.PROVIDERS:
+        raise UnknownProvider()
+    return provider_id
+
+
+def _locked_key(user, key_id: int) -> ByokKey:
+    key = ByokKey.objects.select_for_update().filter(user=user, pk=key_id).first()
+    if key is None:
+        raise KeyNotFound()
+    return key
+
+
+def _state(key: ByokKey) -> dict[str, object]:
+    return {"enabled": key.enabled, "key_hint": key.key_hint, "managed_by": key.managed_by}
+
+
+def add_key(*, user, provider_id: str, api_key: str, now: datetime) -> ByokKey:
+    """Add the user's key for a provider; the slot holds one entry, enabled or disabled."""
+    provider_id = _check_provider(provider_id)
+    api_key = _clean_key(api_key)
+    with transaction.atomic(durable=True):
+        if ByokKey.objects.filter(user=user, provider_id=provider_id).exists():
+            raise ProviderSlotOccupied()
+        try:
+            with transaction.atomic():
+                key = ByokKey.objects.create(
+                    user=user,
+                    provider_id=provider_id,
+                    encrypted_key=crypto.encrypt(api_key),
+                    key_hint=crypto.key_hint(api_key),
+                    created_at=now,
+                    updated_at=now,
+                )
+        except IntegrityError as exc:  # raced with a purchase installing its entry
+            raise ProviderSlotOccupied() from exc
+        record_event(
+            actor=actor_for(user), subject=key, event_type="byok.added", now=now, new=_state(key)
+        )
+    return key
+
+
+def update_key(
+    *,
+    user,
+    key_id: int,
+    now: datetime,
+    api_key: str | None = None,
+    enabled: bool | None = None,
+) -> ByokKey:
+    """Replace the value and/or enable/disable. Replacing unlinks an installed entry (SPEC B3):
+    from then on it is the customer's own key."""
+    if api_key is not None:
+        api_key = _clean_key(api_key)
+    if enabled is not None and not isinstance(enabled, bool):
+        raise InvalidKey("`enabled` must be true or false.")
+    with transaction.atomic(durable=True):
+        key = _locked_key(user, key_id)
+        old = _state(key)
+        fields = ["updated_at"]
+        if api_key is not None:
+            key.encrypted_key = crypto.encrypt(api_key)
+            key.key_hint = crypto.key_hint(api_key)
+            fields += ["encrypted_key", "key_hint"]
+            if key.managed_by is not None:
+                key.managed_by = None
+                fields.append("managed_by")
+                _unlink(key, fields)
+        if enabled is not None:
+            key.enabled = enabled
+            fields.append("enabled")
+        key.updated_at = now
+        key.save(update_fields=fields)
+        record_event(
+            actor=actor_for(user),
+            subject=key,
+            event_type="byok.replaced" if api_key is not None else "byok.updated",
+            now=now,
+            old=old,
+            new=_state(key),
+        )
+    return key
+
+
+def _unlink(key: ByokKey, fields: list[str]) -> None:
+    """Hook for the subscription link (B3); extended when the installed entry gains its FK."""
+    if hasattr(key, "subscription_id") and key.subscription_id is not None:
+        key.subscription_id = None
+        fields.append("subscription")
+
+
+def delete_key(*, user, key_id: int, now: datetime) -> None:
+    with transaction.atomic(durable=True):
+        key = _locked_key(user, key_id)
+        old = _state(key)
+        key_pk = key.pk
+        key.delete()
+        record_event(
+            actor=actor_for(user),
+            subject=("byok.byokkey", key_pk),
+            event_type="byok.deleted",
+            now=now,
+            old=old,
+        )
+
+
+def decrypted_key(key: ByokKey) -> str:
+    return crypto.decrypt(key.encrypted_key)
+
+
+def check_stored_key(*, user, key_id: int) -> minimax.KeyCheck:
+    """A non-mutating call to the provider with the stored key (SPEC B1)."""
+    key = ByokKey.objects.filter(user=user, pk=key_id).first()
+    if key is None:
+        raise KeyNotFound()
+    return minimax.check_key(decrypted_key(key))

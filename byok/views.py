@@ -1,0 +1,117 @@
+"""/byok pages. Changing a plan-managed entry first asks for confirmation (SPEC B2)."""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from byok import selectors, services
+from byok.forms import AddKeyForm, ConfirmForm, ReplaceKeyForm
+from codingplans.errors import DomainError
+from upstream.client import KEY_CHECK_MESSAGES
+
+MANAGED_WARNING = (
+    "This key is managed by your MiniMax Coding Plan. Billing for the plan continues whatever you "
+    "do here, and the plan's key cannot be recovered once you replace or delete it."
+)
+
+
+def _page(request, *, add_form=None, confirm=None, status=200):
+    return render(
+        request,
+        "byok/byok.html",
+        {
+            "keys": selectors.keys_for(request.user),
+            "add_form": add_form or AddKeyForm(),
+            "confirm": confirm,
+            "managed_warning": MANAGED_WARNING,
+        },
+        status=status,
+    )
+
+
+@login_required
+def byok_page(request):
+    return _page(request)
+
+
+@login_required
+@require_POST
+def add_key(request):
+    form = AddKeyForm(request.POST)
+    if form.is_valid():
+        try:
+            services.add_key(
+                user=request.user,
+                provider_id=form.cleaned_data["provider_id"],
+                api_key=form.cleaned_data["api_key"],
+                now=timezone.now(),
+            )
+        except DomainError as exc:
+            form.add_error(None, exc.message)
+        else:
+            messages.success(request, "Key saved. Only its last four characters are shown.")
+            return redirect("byok")
+    return _page(request, add_form=form, status=400)
+
+
+def _needs_confirmation(request, key, action: str, form) -> bool:
+    """A managed entry is changed only after the customer confirmed the warning."""
+    return key.managed_by is not None and not (form.is_valid() and form.cleaned_data["confirm"])
+
+
+@login_required
+@require_POST
+def replace_key(request, key_id: int):
+    key = selectors.key_for(request.user, key_id)
+    form = ReplaceKeyForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Enter the new key.")
+        return redirect("byok")
+    if _needs_confirmation(request, key, "replace", form):
+        return _page(request, confirm={"key": key, "action": "replace"})
+    try:
+        services.update_key(
+            user=request.user, key_id=key_id, api_key=form.cleaned_data["api_key"], now=timezone.now()
+        )
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Key replaced.")
+    return redirect("byok")
+
+
+@login_required
+@require_POST
+def toggle_key(request, key_id: int):
+    key = selectors.key_for(request.user, key_id)
+    form = ConfirmForm(request.POST)
+    if _needs_confirmation(request, key, "toggle", form):
+        return _page(request, confirm={"key": key, "action": "toggle"})
+    services.update_key(user=request.user, key_id=key_id, enabled=not key.enabled, now=timezone.now())
+    messages.success(request, "Key disabled." if key.enabled else "Key enabled.")
+    return redirect("byok")
+
+
+@login_required
+@require_POST
+def delete_key(request, key_id: int):
+    key = selectors.key_for(request.user, key_id)
+    form = ConfirmForm(request.POST)
+    if _needs_confirmation(request, key, "delete", form):
+        return _page(request, confirm={"key": key, "action": "delete"})
+    services.delete_key(user=request.user, key_id=key_id, now=timezone.now())
+    messages.success(request, "Key deleted.")
+    return redirect("byok")
+
+
+@login_required
+@require_POST
+def test_key(request, key_id: int):
+    result = services.check_stored_key(user=request.user, key_id=key_id)
+    if result.ok:
+        messages.success(request, "The key works: MiniMax accepted a test call.")
+    else:
+        messages.error(request, f"Key test failed: {KEY_CHECK_MESSAGES[result.error]}")
+    return redirect("byok")

@@ -1,0 +1,104 @@
+"""The JSON API under /api/v1/ (SPEC 11.1): auth, the error envelope, and the app routers."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse
+from django.middleware.csrf import CsrfViewMiddleware
+from django.utils import timezone
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+
+from accounts.services import authenticate_token
+from codingplans.errors import DomainError
+
+
+def _csrf_failure(request: HttpRequest) -> bool:
+    def _noop(_request: HttpRequest) -> HttpResponse:
+        return HttpResponse()
+
+    middleware = CsrfViewMiddleware(_noop)
+    middleware.process_request(request)
+    return middleware.process_view(request, _noop, (), {}) is not None
+
+
+class CsrfFailed(DomainError):
+    code = "csrf_failed"
+    status = 403
+    default_message = "CSRF token missing or incorrect. Reload the page and try again."
+
+
+def bearer_or_session(request: HttpRequest):
+    """`Authorization: Bearer <token>` acts for the token's owner; otherwise the session cookie,
+    with Django's CSRF check on unsafe methods (SPEC 11.1, S2)."""
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        user = authenticate_token(token.strip(), now=timezone.now())
+        if user is not None:
+            request.user = user
+            request._dont_enforce_csrf_checks = True
+        return user
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return None
+    if request.method not in ("GET", "HEAD", "OPTIONS", "TRACE") and _csrf_failure(request):
+        raise CsrfFailed()
+    return user
+
+
+api = NinjaAPI(
+    title="Coding Plans API",
+    version="1",
+    urls_namespace="api",
+    auth=bearer_or_session,
+    docs_url="/docs",
+)
+
+
+def error_response(request: HttpRequest, status: int, code: str, message: str) -> HttpResponse:
+    return api.create_response(
+        request, {"error": {"code": code, "message": message}}, status=status
+    )
+
+
+@api.exception_handler(DomainError)
+def _domain_error(request: HttpRequest, exc: DomainError) -> HttpResponse:
+    return error_response(request, exc.status, exc.code, exc.message)
+
+
+@api.exception_handler(AuthenticationError)
+def _unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    response = error_response(
+        request, 401, "unauthenticated", "Log in, or send a valid API token as a Bearer header."
+    )
+    response["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+@api.exception_handler(ValidationError)
+def _invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    fields = sorted(
+        {".".join(str(p) for p in e.get("loc", [])[1:]) or "body" for e in exc.errors}
+    )
+    return error_response(
+        request, 400, "invalid_request", f"The request is not valid ({', '.join(fields)})."
+    )
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
+    return error_response(request, exc.status_code, code, str(exc.message))
+
+
+def _register_routers() -> None:
+    from billing.api import router as credits_router
+    from byok.api import router as byok_router
+
+    api.add_router("/credits", credits_router)
+    api.add_router("/byok", byok_router)
+
+
+_register_routers()

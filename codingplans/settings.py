@@ -1,0 +1,289 @@
+"""Settings, all from the environment (SPEC S4).
+
+Development (DEBUG true) generates missing secrets once and keeps them in the git-ignored data
+folder, so `make dev` and `make test` need no set-up; production (DEBUG false) refuses to start
+without them, so a deployment can never run on throw-away keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+from celery.schedules import crontab
+from cryptography.fernet import Fernet
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("CODING_PLANS_DATA_DIR", BASE_DIR / ".local"))
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+DEBUG = env_bool("DEBUG", False)
+
+
+def _dev_secrets() -> dict[str, str]:
+    """Secrets for development, generated once and kept in DATA_DIR/dev-secrets.json."""
+    path = DATA_DIR / "dev-secrets.json"
+    stored: dict[str, str] = {}
+    if path.exists():
+        stored = json.loads(path.read_text())
+    wanted = {
+        "SECRET_KEY": lambda: secrets.token_urlsafe(50),
+        "CODING_PLANS_ENCRYPTION_KEYS": lambda: Fernet.generate_key().decode(),
+        "CODING_PLANS_FINGERPRINT_KEY": lambda: secrets.token_urlsafe(32),
+    }
+    changed = False
+    for name, make in wanted.items():
+        if name not in stored:
+            stored[name] = make()
+            changed = True
+    if changed:
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(stored, indent=2))
+        path.chmod(0o600)
+    return stored
+
+
+def _secret(name: str) -> str:
+    value = os.environ.get(name, "").strip()
+    if value:
+        return value
+    if not DEBUG:
+        raise ImproperlyConfigured(f"{name} must be set in the environment (DEBUG is off).")
+    return _dev_secrets()[name]
+
+
+SECRET_KEY = _secret("SECRET_KEY")
+CODING_PLANS_ENCRYPTION_KEYS = [k.strip() for k in _secret("CODING_PLANS_ENCRYPTION_KEYS").split(",") if k.strip()]
+CODING_PLANS_FINGERPRINT_KEY = _secret("CODING_PLANS_FINGERPRINT_KEY")
+for _key in CODING_PLANS_ENCRYPTION_KEYS:
+    try:
+        Fernet(_key)
+    except Exception as exc:  # a malformed key must stop start-up, not the first encryption
+        raise ImproperlyConfigured("CODING_PLANS_ENCRYPTION_KEYS holds an invalid Fernet key.") from exc
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver" if DEBUG else "")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+
+def parse_database_url(url: str) -> dict[str, object]:
+    """postgres://user:pass@host:port/name, with a socket directory as %2F-encoded host or ?host=."""
+    parsed = urlparse(url)
+    if parsed.scheme not in {"postgres", "postgresql", "pgsql"}:
+        raise ImproperlyConfigured("DATABASE_URL must be a PostgreSQL URL.")
+    query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+    host = query.pop("host", None) or unquote(parsed.hostname or "")
+    if parsed.netloc and "%2f" in parsed.netloc.lower():
+        host = unquote(parsed.netloc.rsplit("@", 1)[-1])
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parsed.path.lstrip("/")) or "postgres",
+        "USER": unquote(parsed.username or ""),
+        "PASSWORD": unquote(parsed.password or ""),
+        "HOST": host,
+        "PORT": str(parsed.port or "") if "%2f" not in parsed.netloc.lower() else "",
+        "OPTIONS": query,
+        "CONN_MAX_AGE": int(os.environ.get("CONN_MAX_AGE", "0")),
+        "TEST": {"NAME": os.environ.get("TEST_DATABASE_NAME") or None},
+    }
+
+
+_database_url = os.environ.get("DATABASE_URL", "")
+if not _database_url:
+    if not DEBUG:
+        raise ImproperlyConfigured("DATABASE_URL must be set (DEBUG is off).")
+    _database_url = "postgres://postgres@localhost/codingplans"
+DATABASES = {"default": parse_database_url(_database_url)}
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "accounts",
+    "billing",
+    "byok",
+    "inventory",
+    "subscriptions",
+    "upstream",
+    "gateway",
+    "adminops",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "codingplans.middleware.NotFoundMiddleware",
+]
+
+ROOT_URLCONF = "codingplans.urls"
+WSGI_APPLICATION = "codingplans.wsgi.application"
+ASGI_APPLICATION = "codingplans.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "codingplans.context_processors.flags",
+            ],
+        },
+    },
+]
+
+AUTH_USER_MODEL = "accounts.User"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/subscriptions/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+# Serve from the source folders too, so development and tests need no collectstatic step.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = not DEBUG
+CSRF_COOKIE_SECURE = not DEBUG
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+
+# E-mail: SMTP when EMAIL_HOST is set, otherwise the console.
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "")
+EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
+EMAIL_BACKEND = (
+    "django.core.mail.backends.smtp.EmailBackend"
+    if EMAIL_HOST
+    else "django.core.mail.backends.console.EmailBackend"
+)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Coding Plans <no-reply@localhost>")
+
+# Upstream and product flags.
+MINIMAX_API_BASE_URL = os.environ.get("MINIMAX_API_BASE_URL", "https://api.minimax.io").rstrip("/")
+MINIMAX_TIMEOUT_SECONDS = float(os.environ.get("MINIMAX_TIMEOUT_SECONDS", "10"))
+CODING_PLANS_PURCHASE_ENABLED = env_bool("CODING_PLANS_PURCHASE_ENABLED", False)
+CODING_PLANS_TOP_UP_BACKEND = os.environ.get("CODING_PLANS_TOP_UP_BACKEND", "simulated-approve")
+if CODING_PLANS_TOP_UP_BACKEND not in {"simulated-approve", "simulated-decline"}:
+    raise ImproperlyConfigured(
+        "CODING_PLANS_TOP_UP_BACKEND must be simulated-approve or simulated-decline."
+    )
+
+# Celery: Redis broker; the hourly sweep is scheduled in code (SPEC L1).
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "billing-sweep-hourly": {
+        "task": "subscriptions.tasks.run_billing_sweep",
+        "schedule": crontab(minute=0),
+    },
+}
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+    }
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact_secrets": {"()": "codingplans.redaction.RedactSecretsFilter"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["redact_secrets"],
+            "formatter": "plain",
+        }
+    },
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+    },
+}
+
+# Redact key-shaped strings in every log record, whatever handler (or test capture) sees it.
+from codingplans.redaction import install_record_factory  # noqa: E402
+
+install_record_factory()
+
+# Providers whose keys customers can keep in BYOK (SPEC B1) and the gateway can route (SPEC G1).
+PROVIDERS = {"minimax": "MiniMax"}
+
+# Catalog (SPEC C1): reviewed code, not the database or the admin. Prices in microdollars.
+CODING_PLANS_CATALOG = [
+    {
+        "plan_id": "minimax-token-plan-plus",
+        "provider_id": "minimax",
+        "name": "Token Plan Plus",
+        "price_micros": 20_000_000,
+        "billing_period_days": 30,
+        "features": ["MiniMax-M2 for everyday coding", "5-hour rolling quota", "Weekly quota"],
+        "low_stock_threshold": 5,
+    },
+    {
+        "plan_id": "minimax-token-plan-max",
+        "provider_id": "minimax",
+        "name": "Token Plan Max",
+        "price_micros": 50_000_000,
+        "billing_period_days": 30,
+        "features": ["Everything in Plus", "About 3x the Plus quota", "Priority capacity"],
+        "low_stock_threshold": 5,
+    },
+    {
+        "plan_id": "minimax-token-plan-ultra",
+        "provider_id": "minimax",
+        "name": "Token Plan Ultra",
+        "price_micros": 120_000_000,
+        "billing_period_days": 30,
+        "features": ["Everything in Max", "About 8x the Plus quota", "For heavy agent workloads"],
+        "low_stock_threshold": 3,
+    },
+]

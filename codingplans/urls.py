@@ -1,0 +1,16 @@
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+from codingplans.api import api
+
+urlpatterns = [
+    path("", RedirectView.as_view(url="/subscriptions/", permanent=False)),
+    path("admin/", admin.site.urls),
+    path("api/v1/", api.urls),
+    path("accounts/", include("accounts.urls")),
+    path("account/", include("accounts.account_urls")),
+    path("credits/", include("billing.urls")),
+    path("byok/", include("byok.urls")),
+    path("subscriptions/", include("subscriptions.urls")),
+]
