@@ -21,6 +21,13 @@ class ByokKey(models.Model):
     managed_by = models.CharField(
         max_length=20, choices=ManagedBy.choices, null=True, blank=True
     )
+    subscription = models.OneToOneField(
+        "subscriptions.Subscription",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="installed_entry",
+    )
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
 

@@ -38,7 +38,12 @@ def _locked_key(user, key_id: int) -> ByokKey:
 
 
 def _state(key: ByokKey) -> dict[str, object]:
-    return {"enabled": key.enabled, "key_hint": key.key_hint, "managed_by": key.managed_by}
+    return {
+        "enabled": key.enabled,
+        "key_hint": key.key_hint,
+        "managed_by": key.managed_by,
+        "subscription_id": key.subscription_id,
+    }
 
 
 def add_key(*, user, provider_id: str, api_key: str, now: datetime) -> ByokKey:
@@ -88,10 +93,11 @@ def update_key(
             key.encrypted_key = crypto.encrypt(api_key)
             key.key_hint = crypto.key_hint(api_key)
             fields += ["encrypted_key", "key_hint"]
-            if key.managed_by is not None:
+            if key.managed_by is not None or key.subscription_id is not None:
+                # The customer's own key from now on: no plan lifecycle event deletes it (B3).
                 key.managed_by = None
-                fields.append("managed_by")
-                _unlink(key, fields)
+                key.subscription = None
+                fields += ["managed_by", "subscription"]
         if enabled is not None:
             key.enabled = enabled
             fields.append("enabled")
@@ -106,13 +112,6 @@ def update_key(
             new=_state(key),
         )
     return key
-
-
-def _unlink(key: ByokKey, fields: list[str]) -> None:
-    """Hook for the subscription link (B3); extended when the installed entry gains its FK."""
-    if hasattr(key, "subscription_id") and key.subscription_id is not None:
-        key.subscription_id = None
-        fields.append("subscription")
 
 
 def delete_key(*, user, key_id: int, now: datetime) -> None:

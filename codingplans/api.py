@@ -96,9 +96,11 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
 def _register_routers() -> None:
     from billing.api import router as credits_router
     from byok.api import router as byok_router
+    from subscriptions.api import register as register_subscriptions
 
     api.add_router("/credits", credits_router)
     api.add_router("/byok", byok_router)
+    register_subscriptions(api)
 
 
 _register_routers()

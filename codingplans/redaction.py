@@ -19,7 +19,11 @@ _PATTERNS = [
     (re.compile(r"\beyJ[A-Za-z0-9_\-]{10,}(?:\.[A-Za-z0-9_\-]+)*"), REDACTED),
     (re.compile(r"\bcp_[A-Za-z0-9_\-]{10,}"), REDACTED),
     # Fernet tokens and any other long opaque token.
-    (re.compile(r"\b[A-Za-z0-9_\-+/=]{32,}"), REDACTED),
+    # (A digit and a letter are required, so long identifiers and file paths stay readable.)
+    (
+        re.compile(r"\b(?=[A-Za-z0-9_\-]*\d)(?=[A-Za-z0-9_\-]*[A-Za-z])[A-Za-z0-9_\-]{32,}={0,2}"),
+        REDACTED,
+    ),
     # key=value / "api_key": "value" shapes.
     (
         re.compile(r"(?i)((?:api[_-]?key|secret|password|authorization)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"),

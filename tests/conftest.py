@@ -10,9 +10,16 @@ from django.utils import timezone
 
 from accounts.services import create_api_token, create_user
 from billing.services import grant_credits
+from codingplans.celery import app as celery_app
+from inventory.services import upload_credentials
 from upstream.standin import StandinServer
 
 _emails = itertools.count(1)
+_keys = itertools.count(1)
+
+# Tasks run in-process in tests (no worker); the beat schedule itself is tested separately.
+celery_app.conf.task_always_eager = True
+celery_app.conf.task_eager_propagates = True
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +82,19 @@ def logged_in(customer):
     client = Client()
     client.force_login(customer)
     return client
+
+
+@pytest.fixture
+def stock(db):
+    """Put n fresh credentials for a plan into inventory through the real upload service."""
+
+    def add(plan_id: str = "minimax-token-plan-plus", n: int = 1) -> list[str]:
+        keys = [f"sk-stock-{next(_keys):06d}-{plan_id[-4:]}" for _ in range(n)]
+        text = "\n".join(f"{key}::up-{key}" for key in keys)
+        report = upload_credentials(
+            plan_id=plan_id, text=text, actor="system:test", now=timezone.now()
+        )
+        assert report.ok, report.errors
+        return keys
+
+    return add

@@ -1,0 +1,101 @@
+"""Plan credentials bought in advance (SPEC I1–I7, R1–R3).
+
+A credential's API key is stored encrypted and erased when it enters `revocation_pending`; the
+keyed fingerprint stays forever, so the same key can never be stocked twice.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Credential(models.Model):
+    class State(models.TextChoices):
+        AVAILABLE = "available", "Available"
+        ASSIGNED = "assigned", "Assigned"
+        REVOCATION_PENDING = "revocation_pending", "Revocation pending"
+        REVOKED = "revoked", "Revoked"
+        REVOCATION_FAILED = "revocation_failed", "Revocation failed"
+
+    plan_id = models.CharField(max_length=64)
+    state = models.CharField(max_length=24, choices=State.choices, default=State.AVAILABLE)
+    encrypted_key = models.TextField(blank=True, help_text="Erased at revocation_pending (I5).")
+    fingerprint = models.CharField(max_length=64, unique=True)
+    upstream_plan_id = models.CharField(max_length=200)
+    upload = models.ForeignKey(
+        "inventory.InventoryUpload", null=True, blank=True, on_delete=models.SET_NULL
+    )
+    # The person it was issued to; cleared on account deletion (D1), leaving only `holder_ref`.
+    assigned_to = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    holder_ref = models.CharField(max_length=64, blank=True, help_text="Anonymous reference.")
+    created_at = models.DateTimeField()
+    assigned_at = models.DateTimeField(null=True, blank=True)
+    revocation_requested_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    revocation_attempts = models.PositiveIntegerField(default=0)
+    failure_note = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["plan_id", "state"]),
+            models.Index(
+                fields=["plan_id", "id"],
+                name="inv_available_idx",
+                condition=models.Q(state="available"),
+            ),
+            models.Index(
+                fields=["revocation_requested_at", "id"],
+                name="inv_revocation_queue_idx",
+                condition=models.Q(state__in=["revocation_pending", "revocation_failed"]),
+            ),
+        ]
+        permissions = [
+            ("upload_credentials", "Can upload inventory credentials"),
+            ("record_revocation", "Can record revocation outcomes"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Credential #{self.pk} ({self.plan_id}, {self.state})"
+
+    def __repr__(self) -> str:
+        return f"<Credential id={self.pk} plan={self.plan_id} state={self.state}>"
+
+
+class InventoryUpload(models.Model):
+    """One upload attempt and its report. The pasted keys are held encrypted only while the
+    background validation runs, then erased."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        VALIDATING = "validating", "Validating"
+        STORED = "stored", "Stored"
+        REJECTED = "rejected", "Rejected"
+
+    plan_id = models.CharField(max_length=64)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor = models.CharField(max_length=100)
+    encrypted_payload = models.TextField(blank=True)
+    line_count = models.PositiveIntegerField(default=0)
+    validated_count = models.PositiveIntegerField(default=0)
+    stored_count = models.PositiveIntegerField(default=0)
+    errors = models.JSONField(default=list, blank=True)
+    message = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Upload #{self.pk} ({self.plan_id}, {self.status})"

@@ -1,0 +1,37 @@
+"""Reads for operators: counts per plan and state, the revocation queue."""
+
+from __future__ import annotations
+
+from django.db.models import Count
+
+from inventory.models import Credential
+from subscriptions.catalog import all_plans
+
+STATES = [state.value for state in Credential.State]
+
+
+def counts_by_plan() -> dict[str, dict[str, int]]:
+    """Every catalog plan and every state, zeros included (SPEC 11.2 inventory_report)."""
+    counts = {plan.plan_id: dict.fromkeys(STATES, 0) for plan in all_plans()}
+    rows = Credential.objects.values("plan_id", "state").annotate(n=Count("id")).order_by()
+    for row in rows:
+        counts.setdefault(row["plan_id"], dict.fromkeys(STATES, 0))[row["state"]] = row["n"]
+    return counts
+
+
+def low_stock_plans() -> list[tuple[str, int, int]]:
+    """(plan id, available, threshold) for plans at or below their low-stock threshold."""
+    counts = counts_by_plan()
+    return [
+        (plan.plan_id, counts[plan.plan_id]["available"], plan.low_stock_threshold)
+        for plan in all_plans()
+        if counts[plan.plan_id]["available"] <= plan.low_stock_threshold
+    ]
+
+
+def revocation_queue(limit: int | None = None):
+    """Oldest first (R1)."""
+    rows = Credential.objects.filter(
+        state__in=[Credential.State.REVOCATION_PENDING, Credential.State.REVOCATION_FAILED]
+    ).order_by("revocation_requested_at", "id")
+    return rows[:limit] if limit else rows

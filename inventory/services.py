@@ -1,0 +1,253 @@
+"""Inventory state changes (SPEC I1–I5, R2–R3).
+
+Uploads are all-or-nothing: parse and de-duplicate first, validate every key live against
+MiniMax with bounded concurrency, then store everything in one transaction — or nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import httpx
+from django.db import IntegrityError, transaction
+
+from adminops.audit import record_event
+from codingplans import crypto
+from codingplans.redaction import redact
+from inventory.errors import UnknownPlan
+from inventory.models import Credential, InventoryUpload
+from subscriptions.catalog import get_plan
+from upstream import client as minimax
+
+DEFAULT_VALIDATION_CONCURRENCY = 10
+MAX_LINES = 10_000
+_KEY_SHAPE = re.compile(r"^[\x21-\x7e]{8,512}$")
+_UPSTREAM_ID_SHAPE = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+VALIDATION_REASONS = {
+    "invalid_key": "MiniMax rejected the key (invalid or already deactivated)",
+    "network": "MiniMax could not be reached or did not answer in time",
+    "http": "MiniMax returned an error status",
+    "invalid_response": "MiniMax sent a response that was not a valid completion",
+}
+
+
+@dataclass
+class UploadReport:
+    stored: int = 0
+    errors: list[dict[str, object]] = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.message
+
+    def as_json(self) -> dict[str, object]:
+        return {"stored": self.stored, "errors": self.errors}
+
+
+@dataclass(frozen=True)
+class _Line:
+    number: int
+    api_key: str
+    upstream_plan_id: str
+    fingerprint: str
+
+
+def _parse(text: str) -> tuple[list[_Line], list[dict[str, object]]]:
+    """One credential per line, `<api key>::<upstream plan id>`; blank lines ignored (I1)."""
+    lines: list[_Line] = []
+    errors: list[dict[str, object]] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        key, sep, upstream_id = line.partition("::")
+        key, upstream_id = key.strip(), upstream_id.strip()
+        if not sep:
+            errors.append({"line": number, "reason": "malformed: expected <api key>::<upstream plan id>"})
+            continue
+        if not _KEY_SHAPE.match(key):
+            errors.append({"line": number, "reason": "malformed: the API key is empty or not a single token of 8–512 characters"})
+            continue
+        if not _UPSTREAM_ID_SHAPE.match(upstream_id):
+            errors.append({"line": number, "reason": "malformed: the upstream plan id is empty or not a single token"})
+            continue
+        fp = crypto.fingerprint(key)
+        if fp in seen:
+            errors.append({"line": number, "reason": f"duplicate of line {seen[fp]} in this upload"})
+            continue
+        seen[fp] = number
+        lines.append(_Line(number, key, upstream_id, fp))
+    return lines, errors
+
+
+def _validate_live(
+    lines: list[_Line],
+    *,
+    concurrency: int,
+    progress: Callable[[int], None] | None = None,
+) -> list[dict[str, object]]:
+    """One minimal call per key (I3), at most `concurrency` at once, each with the client timeout."""
+    concurrency = max(1, min(int(concurrency), 50))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    errors: list[dict[str, object]] = []
+    done = 0
+    with minimax.make_client(limits=limits) as http, ThreadPoolExecutor(concurrency) as pool:
+        futures = [(line, pool.submit(minimax.check_key, line.api_key, client=http)) for line in lines]
+        for line, future in futures:
+            result = future.result()
+            if not result.ok:
+                reason = VALIDATION_REASONS.get(result.error or "", "validation failed")
+                errors.append({"line": line.number, "reason": f"failed live validation: {reason}"})
+            done += 1
+            if progress is not None:
+                progress(done)
+    return errors
+
+
+def upload_credentials(
+    *,
+    plan_id: str,
+    text: str,
+    actor: str,
+    now: datetime,
+    concurrency: int = DEFAULT_VALIDATION_CONCURRENCY,
+    progress: Callable[[int, int], None] | None = None,
+    upload: InventoryUpload | None = None,
+) -> UploadReport:
+    """Parse, de-duplicate (within the file and against every credential ever stored), validate
+    live, then store all or nothing (I1–I3). The report names lines and reasons, never keys."""
+    if get_plan(plan_id) is None:
+        raise UnknownPlan()
+    report = UploadReport()
+    lines, report.errors = _parse(text)
+    if len(lines) + len(report.errors) > MAX_LINES:
+        report.message = f"Too many lines: at most {MAX_LINES} credentials per upload."
+        return report
+    if not lines and not report.errors:
+        report.message = "The upload holds no credentials."
+        return report
+    known = set(
+        Credential.objects.filter(fingerprint__in=[line.fingerprint for line in lines]).values_list(
+            "fingerprint", flat=True
+        )
+    )
+    fresh = []
+    for line in lines:
+        if line.fingerprint in known:
+            report.errors.append(
+                {"line": line.number, "reason": "duplicate of a credential already stored (in any state)"}
+            )
+        else:
+            fresh.append(line)
+    if report.errors:
+        report.errors.sort(key=lambda e: e["line"])
+        report.message = "Nothing was stored. Fix the lines listed and upload the whole file again."
+        return report
+
+    total = len(fresh)
+    report.errors = _validate_live(
+        fresh,
+        concurrency=concurrency,
+        progress=(lambda done: progress(done, total)) if progress else None,
+    )
+    if report.errors:
+        report.errors.sort(key=lambda e: e["line"])
+        report.message = "Nothing was stored: some credentials failed live validation."
+        return report
+
+    try:
+        with transaction.atomic(durable=True):
+            Credential.objects.bulk_create(
+                [
+                    Credential(
+                        plan_id=plan_id,
+                        state=Credential.State.AVAILABLE,
+                        encrypted_key=crypto.encrypt(line.api_key),
+                        fingerprint=line.fingerprint,
+                        upstream_plan_id=line.upstream_plan_id,
+                        upload=upload,
+                        created_at=now,
+                    )
+                    for line in fresh
+                ]
+            )
+            record_event(
+                actor=actor,
+                subject=("inventory.upload", upload.pk if upload else plan_id),
+                event_type="inventory.uploaded",
+                now=now,
+                new={"plan_id": plan_id, "stored": total},
+            )
+            transaction.on_commit(lambda: _after_restock(plan_id))
+    except IntegrityError:
+        # The same key was stored by a concurrent upload between our check and the insert.
+        report.message = "Nothing was stored: a credential in this file was uploaded meanwhile."
+        report.errors = [{"line": 0, "reason": "duplicate of a credential stored concurrently"}]
+        return report
+    report.stored = total
+    return report
+
+
+def _after_restock(plan_id: str) -> None:
+    from subscriptions.tasks import notify_availability
+
+    notify_availability.delay(plan_id)
+
+
+def claim_credential(*, plan_id: str, user, now: datetime) -> Credential | None:
+    """Take one available credential for the plan inside the caller's transaction (P4 step 3).
+
+    SKIP LOCKED: concurrent purchases each get a different row instead of queueing on one.
+    """
+    credential = (
+        Credential.objects.select_for_update(skip_locked=True)
+        .filter(plan_id=plan_id, state=Credential.State.AVAILABLE)
+        .order_by("id")
+        .first()
+    )
+    if credential is None:
+        return None
+    credential.state = Credential.State.ASSIGNED
+    credential.assigned_to = user
+    credential.holder_ref = crypto.fingerprint(str(user.pk), purpose="holder")[:32]
+    credential.assigned_at = now
+    credential.save(update_fields=["state", "assigned_to", "holder_ref", "assigned_at"])
+    return credential
+
+
+def request_revocation(*, credential: Credential, actor: str, now: datetime) -> None:
+    """assigned → revocation_pending, erasing the encrypted key (I4, I5). Caller holds the lock
+    on the credential's subscription, inside its transaction."""
+    if credential.state != Credential.State.ASSIGNED:
+        return
+    old = credential.state
+    credential.state = Credential.State.REVOCATION_PENDING
+    credential.encrypted_key = ""
+    credential.revocation_requested_at = now
+    credential.save(update_fields=["state", "encrypted_key", "revocation_requested_at"])
+    record_event(
+        actor=actor,
+        subject=credential,
+        event_type="credential.revocation_requested",
+        now=now,
+        old={"state": old},
+        new={"state": credential.state},
+    )
+
+
+def sanitize_note(note: str) -> str:
+    """Support's failure note: key-shaped strings redacted, at most 500 characters (R2)."""
+    cleaned = redact(" ".join(str(note).split()))
+    return cleaned[:500]
+
+
+def decrypted_key(credential: Credential) -> str:
+    """Only for the upstream call that needs it (quota, validation); never displayed."""
+    return crypto.decrypt(credential.encrypted_key)

@@ -1,0 +1,58 @@
+"""The catalog (SPEC C1–C3), read from settings: changes go through code review, not the admin."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from codingplans.money import format_usd
+
+
+@dataclass(frozen=True)
+class Plan:
+    plan_id: str
+    provider_id: str
+    name: str
+    price_micros: int
+    billing_period_days: int
+    features: tuple[str, ...]
+    low_stock_threshold: int
+
+    @property
+    def provider_name(self) -> str:
+        return settings.PROVIDERS.get(self.provider_id, self.provider_id)
+
+    @property
+    def price_usd(self) -> str:
+        return format_usd(self.price_micros)
+
+    @property
+    def cadence(self) -> str:
+        """"$20.00 / 30 days" (C2)."""
+        return f"${self.price_usd} / {self.billing_period_days} days"
+
+
+def all_plans() -> list[Plan]:
+    return [
+        Plan(
+            plan_id=entry["plan_id"],
+            provider_id=entry["provider_id"],
+            name=entry["name"],
+            price_micros=int(entry["price_micros"]),
+            billing_period_days=int(entry["billing_period_days"]),
+            features=tuple(entry.get("features", ())),
+            low_stock_threshold=int(entry.get("low_stock_threshold", 0)),
+        )
+        for entry in settings.CODING_PLANS_CATALOG
+    ]
+
+
+def get_plan(plan_id: object) -> Plan | None:
+    if not isinstance(plan_id, str):
+        return None
+    return next((plan for plan in all_plans() if plan.plan_id == plan_id), None)
+
+
+def plan_ids() -> list[str]:
+    return [plan.plan_id for plan in all_plans()]

@@ -1,0 +1,147 @@
+"""Subscriptions, charged terms, idempotent purchase records and availability intents."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+LIVE_STATUSES = ("active", "past_due")
+
+
+class Subscription(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        PAST_DUE = "past_due", "Past due"
+        CANCELED = "canceled", "Canceled"
+
+    class Reason(models.TextChoices):
+        USER_REQUESTED = "user_requested", "Canceled by the customer"
+        INSUFFICIENT_CREDITS = "insufficient_credits", "Not enough credits at renewal"
+        PAYMENT_FAILED = "payment_failed", "Payment failed during the grace period"
+        ADMINISTRATIVE = "administrative_termination", "Ended by an operator"
+        ACCOUNT_DELETED = "account_deleted", "Account deleted"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="subscriptions"
+    )
+    plan_id = models.CharField(max_length=64)
+    provider_id = models.CharField(max_length=40)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
+    # Snapshot at purchase: renewals charge these, whatever the catalog says later (L2).
+    price_micros = models.BigIntegerField()
+    billing_period_days = models.PositiveIntegerField()
+    credential = models.OneToOneField(
+        "inventory.Credential", on_delete=models.PROTECT, related_name="subscription"
+    )
+    current_period_start = models.DateTimeField()
+    current_period_end = models.DateTimeField()
+    cancel_at_period_end = models.BooleanField(default=False)
+    grace_deadline = models.DateTimeField(null=True, blank=True)
+    # The period end for which an auto top-up was already attempted (at most one per term, L4).
+    top_up_attempted_for = models.DateTimeField(null=True, blank=True)
+    canceled_at = models.DateTimeField(null=True, blank=True)
+    cancellation_reason = models.CharField(
+        max_length=32, choices=Reason.choices, null=True, blank=True
+    )
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "provider_id"],
+                condition=models.Q(status__in=LIVE_STATUSES),
+                name="subscriptions_one_live_per_provider",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(price_micros__gte=0), name="subscriptions_price_non_negative"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(current_period_end__gt=models.F("current_period_start")),
+                name="subscriptions_period_positive",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["current_period_end", "id"],
+                name="subs_due_idx",
+                condition=models.Q(status__in=LIVE_STATUSES),
+            ),
+            models.Index(fields=["user", "status"]),
+        ]
+        permissions = [("terminate_subscription", "Can terminate subscriptions immediately")]
+
+    def __str__(self) -> str:
+        return f"Subscription #{self.pk} ({self.plan_id}, {self.status})"
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in LIVE_STATUSES
+
+
+class ChargedTerm(models.Model):
+    """One paid billing period; unique per (subscription, period start) so a renewal can never
+    be charged twice."""
+
+    subscription = models.ForeignKey(Subscription, on_delete=models.PROTECT, related_name="terms")
+    amount_micros = models.BigIntegerField()
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    charged_at = models.DateTimeField()
+    description = models.CharField(max_length=200)
+    ledger_entry = models.OneToOneField(
+        "billing.LedgerEntry", on_delete=models.PROTECT, related_name="charged_term"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription", "period_start"], name="subscriptions_one_term_per_period"
+            ),
+        ]
+        indexes = [models.Index(fields=["subscription", "-period_start", "-id"])]
+
+    def __str__(self) -> str:
+        return f"Term #{self.pk} of subscription {self.subscription_id}"
+
+
+class PurchaseRequest(models.Model):
+    """The stored outcome of a successful purchase, keyed by (user, idempotency key) (P3)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    idempotency_key = models.CharField(max_length=255)
+    plan_id = models.CharField(max_length=64)
+    subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="+")
+    response_status = models.PositiveSmallIntegerField()
+    response_body = models.JSONField()
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "idempotency_key"], name="subscriptions_one_outcome_per_key"
+            ),
+        ]
+
+
+class AvailabilityIntent(models.Model):
+    """"Notify me when available" (U6): reserves nothing, charges nothing."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="availability_intents"
+    )
+    plan_id = models.CharField(max_length=64)
+    created_at = models.DateTimeField()
+    notified_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "plan_id"], name="subscriptions_one_intent"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["plan_id", "id"],
+                name="subs_pending_intent_idx",
+                condition=models.Q(notified_at__isnull=True),
+            )
+        ]

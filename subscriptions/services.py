@@ -1,0 +1,276 @@
+"""Subscription state changes: the atomic purchase (SPEC P1–P7) and availability intents (U6).
+
+Lock order everywhere: credit account → subscription → credential → BYOK entry.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import IntegrityError, connection, transaction
+
+from adminops.audit import actor_for, record_event
+from billing.models import CreditAccount, LedgerEntry
+from billing.services import open_credit_account, post_entry
+from byok.models import ByokKey
+from codingplans import crypto
+from inventory.services import claim_credential
+from subscriptions.catalog import Plan, get_plan
+from subscriptions.errors import (
+    IdempotencyKeyMissing,
+    IdempotencyKeyReused,
+    PlanNotFound,
+    ProviderSlotOccupied,
+    SoldOut,
+    SubscriptionExists,
+)
+from subscriptions.models import (
+    LIVE_STATUSES,
+    AvailabilityIntent,
+    ChargedTerm,
+    PurchaseRequest,
+    Subscription,
+)
+from subscriptions.selectors import subscription_json
+
+logger = logging.getLogger(__name__)
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class PurchaseOutcome:
+    status: int
+    body: dict
+    replayed: bool
+    subscription_id: int
+
+
+def term_description(plan_name: str, kind: str, start: datetime, end: datetime) -> str:
+    return f"{plan_name} — {kind} {start:%Y-%m-%d} to {end:%Y-%m-%d}"
+
+
+def _lock_idempotency_key(user_id: int, key: str) -> None:
+    """Serialize requests that share (user, key): later ones wait for the first to finish and
+    then find its stored outcome (P3), instead of failing with "key in use"."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+            [f"purchase:{user_id}:{key}"],
+        )
+
+
+def purchase_plan(*, user, plan_id: object, idempotency_key: object, now: datetime) -> PurchaseOutcome:
+    """Buy a plan with credits in one transaction (P4): slot check, guarded debit, SKIP LOCKED
+    claim, installed BYOK entry, charged term, active subscription, intent cleared.
+
+    Any refusal raises before commit, so nothing is charged that would need a refund; a refused
+    request stores nothing and a retry with the same key is judged afresh.
+    """
+    if not isinstance(idempotency_key, str) or not idempotency_key.strip():
+        raise IdempotencyKeyMissing()
+    idempotency_key = idempotency_key.strip()
+    if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise IdempotencyKeyMissing("The Idempotency-Key must be at most 255 characters.")
+    plan = get_plan(plan_id)
+    if plan is None:
+        raise PlanNotFound()
+    open_credit_account(user=user, now=now)
+
+    with transaction.atomic(durable=True):
+        _lock_idempotency_key(user.pk, idempotency_key)
+        previous = PurchaseRequest.objects.filter(user=user, idempotency_key=idempotency_key).first()
+        if previous is not None:
+            if previous.plan_id != plan.plan_id:
+                raise IdempotencyKeyReused()
+            return PurchaseOutcome(
+                previous.response_status, previous.response_body, True, previous.subscription_id
+            )
+        # Lock order: credit account first. This also serializes one user's purchases, so two
+        # plans bought at once resolve to one subscription and one `subscription_exists`.
+        CreditAccount.objects.select_for_update().get(user=user)
+        if Subscription.objects.filter(
+            user=user, provider_id=plan.provider_id, status__in=LIVE_STATUSES
+        ).exists():
+            raise SubscriptionExists()
+        if ByokKey.objects.filter(user=user, provider_id=plan.provider_id).exists():
+            raise ProviderSlotOccupied()
+        subscription = _activate(user=user, plan=plan, now=now)
+        body = subscription_json(subscription)
+        PurchaseRequest.objects.create(
+            user=user,
+            idempotency_key=idempotency_key,
+            plan_id=plan.plan_id,
+            subscription=subscription,
+            response_status=201,
+            response_body=body,
+            created_at=now,
+        )
+    return PurchaseOutcome(201, body, False, subscription.pk)
+
+
+def _activate(*, user, plan: Plan, now: datetime) -> Subscription:
+    """Steps 2–7 of P4, inside purchase_plan's transaction."""
+    period_end = now + timedelta(days=plan.billing_period_days)
+    actor = actor_for(user)
+    entry = post_entry(
+        user=user,
+        amount_micros=-plan.price_micros,
+        kind=LedgerEntry.Kind.PURCHASE,
+        actor=actor,
+        now=now,
+        reason=f"{plan.name} — first {plan.billing_period_days} days",
+    )
+    credential = claim_credential(plan_id=plan.plan_id, user=user, now=now)
+    if credential is None:
+        raise SoldOut()
+    subscription = Subscription.objects.create(
+        user=user,
+        plan_id=plan.plan_id,
+        provider_id=plan.provider_id,
+        status=Subscription.Status.ACTIVE,
+        price_micros=plan.price_micros,
+        billing_period_days=plan.billing_period_days,
+        credential=credential,
+        current_period_start=now,
+        current_period_end=period_end,
+        created_at=now,
+        updated_at=now,
+    )
+    entry.reference = f"subscription:{subscription.pk}"
+    entry.save(update_fields=["reference"])
+    plaintext = crypto.decrypt(credential.encrypted_key)
+    try:
+        with transaction.atomic():
+            ByokKey.objects.create(
+                user=user,
+                provider_id=plan.provider_id,
+                encrypted_key=crypto.encrypt(plaintext),
+                key_hint=crypto.key_hint(plaintext),
+                enabled=True,
+                managed_by=ByokKey.ManagedBy.CODING_PLAN,
+                subscription=subscription,
+                created_at=now,
+                updated_at=now,
+            )
+    except IntegrityError as exc:
+        # The customer added their own key after our slot check: the whole purchase rolls back.
+        raise ProviderSlotOccupied() from exc
+    del plaintext
+    ChargedTerm.objects.create(
+        subscription=subscription,
+        amount_micros=plan.price_micros,
+        period_start=now,
+        period_end=period_end,
+        charged_at=now,
+        description=term_description(plan.name, "purchase", now, period_end),
+        ledger_entry=entry,
+    )
+    AvailabilityIntent.objects.filter(user=user, plan_id=plan.plan_id).delete()
+    record_event(
+        actor=actor,
+        subject=subscription,
+        event_type="subscription.purchased",
+        now=now,
+        new={
+            "plan_id": plan.plan_id,
+            "status": subscription.status,
+            "price_micros": plan.price_micros,
+            "credential_id": credential.pk,
+            "current_period_end": period_end.isoformat(),
+        },
+    )
+    record_event(
+        actor=actor,
+        subject=credential,
+        event_type="credential.assigned",
+        now=now,
+        old={"state": "available"},
+        new={"state": credential.state, "subscription_id": subscription.pk},
+    )
+    return subscription
+
+
+def save_intent(*, user, plan_id: object, now: datetime) -> AvailabilityIntent:
+    """Save "notify me" (U6). Saving again is idempotent, and re-arms a notified intent."""
+    plan = get_plan(plan_id)
+    if plan is None:
+        raise PlanNotFound()
+    with transaction.atomic(durable=True):
+        intent, created = AvailabilityIntent.objects.select_for_update().get_or_create(
+            user=user, plan_id=plan.plan_id, defaults={"created_at": now}
+        )
+        if not created and intent.notified_at is not None:
+            intent.notified_at = None
+            intent.created_at = now
+            intent.save(update_fields=["notified_at", "created_at"])
+        if created or intent.notified_at is None:
+            record_event(
+                actor=actor_for(user),
+                subject=intent,
+                event_type="intent.saved",
+                now=now,
+                new={"plan_id": plan.plan_id},
+            )
+    return intent
+
+
+def withdraw_intent(*, user, plan_id: object, now: datetime) -> None:
+    plan = get_plan(plan_id)
+    if plan is None:
+        raise PlanNotFound()
+    with transaction.atomic(durable=True):
+        deleted, _ = AvailabilityIntent.objects.filter(user=user, plan_id=plan.plan_id).delete()
+        if deleted:
+            record_event(
+                actor=actor_for(user),
+                subject=("subscriptions.availabilityintent", f"{user.pk}:{plan.plan_id}"),
+                event_type="intent.withdrawn",
+                now=now,
+                old={"plan_id": plan.plan_id},
+            )
+
+
+def notify_availability(*, plan_id: str, now: datetime) -> int:
+    """E-mail each pending intent holder once (U6). One row per transaction: the row is marked
+    notified only if its e-mail went out, and a parallel run skips rows already being handled."""
+    plan = get_plan(plan_id)
+    if plan is None:
+        return 0
+    sent = 0
+    while True:
+        with transaction.atomic(durable=True):
+            intent = (
+                AvailabilityIntent.objects.select_for_update(skip_locked=True)
+                .select_related("user")
+                .filter(plan_id=plan_id, notified_at__isnull=True, user__is_active=True)
+                .order_by("id")
+                .first()
+            )
+            if intent is None:
+                return sent
+            send_mail(
+                subject=f"{plan.name} is available again",
+                message=(
+                    f"Good news: {plan.provider_name} {plan.name} ({plan.cadence}) is back in "
+                    f"stock. Subscribe from your Subscription Center while it lasts.\n\n"
+                    "You asked us to tell you once; save the reminder again to hear about later "
+                    "restocks."
+                ),
+                from_email=settings.DEFAULT_FROM_EMAIL,
+                recipient_list=[intent.user.email],
+            )
+            intent.notified_at = now
+            intent.save(update_fields=["notified_at"])
+            record_event(
+                actor="system:notify",
+                subject=intent,
+                event_type="intent.notified",
+                now=now,
+                new={"plan_id": plan_id},
+            )
+            sent += 1
