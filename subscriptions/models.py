@@ -78,6 +78,13 @@ class Subscription(models.Model):
     def is_live(self) -> bool:
         return self.status in LIVE_STATUSES
 
+    @property
+    def plan_name(self) -> str:
+        from subscriptions.catalog import get_plan
+
+        plan = get_plan(self.plan_id)
+        return plan.name if plan else self.plan_id
+
 
 class ChargedTerm(models.Model):
     """One paid billing period; unique per (subscription, period start) so a renewal can never
@@ -125,7 +132,7 @@ class PurchaseRequest(models.Model):
 
 
 class AvailabilityIntent(models.Model):
-    """"Notify me when available" (U6): reserves nothing, charges nothing."""
+    """ "Notify me when available" (U6): reserves nothing, charges nothing."""
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="availability_intents"

@@ -1,7 +1,123 @@
+"""Subscription Center pages (SPEC U1, U2, U5, U6, P7). Thin: parse, call, render."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import render
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from billing.selectors import credit_account_for
+from codingplans.errors import DomainError
+from subscriptions import selectors, services
+from subscriptions.catalog import all_plans, get_plan
+
+
+def _center(request, *, status: int = 200, error: str | None = None):
+    show_all = request.GET.get("show") == "all"
+    subscriptions = selectors.subscriptions_for(request.user, include_terminal=True)
+    live = [s for s in subscriptions if s.is_live]
+    terminal = [s for s in subscriptions if not s.is_live]
+    sold_out = selectors.sold_out_plan_ids()
+    saved = selectors.saved_intent_plan_ids(request.user)
+    live_providers = {s.provider_id for s in live}
+    plans = [
+        {
+            "plan": plan,
+            "sold_out": plan.plan_id in sold_out,
+            "intent_saved": plan.plan_id in saved,
+            "provider_taken": plan.provider_id in live_providers,
+            # A fresh key per rendered form: a double-click or a resubmit replays, never re-buys.
+            "idempotency_key": str(uuid.uuid4()),
+        }
+        for plan in all_plans()
+    ]
+    return render(
+        request,
+        "subscriptions/index.html",
+        {
+            "live": live,
+            "terminal": terminal if show_all else [],
+            "terminal_count": len(terminal),
+            "show_all": show_all,
+            "plans": plans,
+            "balance_micros": credit_account_for(request.user).balance_micros,
+            "purchase_error": error,
+        },
+        status=status,
+    )
 
 
 @login_required
 def subscription_center(request):
-    return render(request, "subscriptions/index.html", {})
+    return _center(request)
+
+
+@login_required
+@require_POST
+def purchase(request):
+    if not settings.CODING_PLANS_PURCHASE_ENABLED:
+        raise Http404("Purchases are not available.")
+    try:
+        outcome = services.purchase_plan(
+            user=request.user,
+            plan_id=request.POST.get("plan_id"),
+            idempotency_key=request.POST.get("idempotency_key"),
+            now=timezone.now(),
+        )
+    except DomainError as exc:
+        return _center(request, status=exc.status, error=exc.message)
+    if not outcome.replayed:
+        messages.success(
+            request,
+            "Your plan is active. It configured MiniMax in your BYOK settings, so your MiniMax "
+            "traffic now runs on the plan.",
+        )
+    return redirect("coding-plan-detail", subscription_id=outcome.subscription_id)
+
+
+@login_required
+def detail(request, subscription_id: int):
+    subscription = selectors.subscription_for(request.user, subscription_id)
+    terms, next_cursor = selectors.charges_page(
+        subscription, cursor=request.GET.get("cursor") or None
+    )
+    plan = get_plan(subscription.plan_id)
+    entry_id = selectors.installed_entry_id(subscription)
+    return render(
+        request,
+        "subscriptions/detail.html",
+        {
+            "subscription": subscription,
+            "plan": plan,
+            "plan_name": selectors.plan_name(subscription.plan_id),
+            "provider_name": settings.PROVIDERS.get(
+                subscription.provider_id, subscription.provider_id
+            ),
+            "installed_entry": subscription.installed_entry if entry_id else None,
+            "terms": terms,
+            "next_cursor": next_cursor,
+            "paging": bool(request.GET.get("cursor")),
+        },
+    )
+
+
+@login_required
+@require_POST
+def save_intent(request, plan_id: str):
+    services.save_intent(user=request.user, plan_id=plan_id, now=timezone.now())
+    messages.success(request, "Saved. We will e-mail you once when this plan is available again.")
+    return redirect("subscriptions")
+
+
+@login_required
+@require_POST
+def withdraw_intent(request, plan_id: str):
+    services.withdraw_intent(user=request.user, plan_id=plan_id, now=timezone.now())
+    messages.success(request, "You will not be notified about this plan.")
+    return redirect("subscriptions")
