@@ -12,7 +12,8 @@ pytestmark = pytest.mark.django_db
 def _buy(client, plan_id="minimax-token-plan-plus"):
     page = client.get("/subscriptions/")
     key = re.search(
-        rf'name="plan_id" value="{plan_id}">\s*<input type="hidden" name="idempotency_key" value="([^"]+)"',
+        rf'name="plan_id" value="{plan_id}">\s*'
+        r'<input type="hidden" name="idempotency_key" value="([^"]+)"',
         page.content.decode(),
     ).group(1)
     return client.post(
