@@ -7,9 +7,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 
-from accounts.errors import EmailTaken, TokenNotFound
+from accounts.errors import EmailTaken, InvalidEmail, TokenNotFound
 from accounts.models import ApiToken, User
 from adminops.audit import actor_for, record_event
 from billing.services import open_credit_account
@@ -33,6 +35,12 @@ def create_user(
 ) -> User:
     """Create a user with an (empty) credit account; e-mails are unique case-insensitively."""
     email = User.objects.normalize_email(email.strip()).lower()
+    try:  # the sign-up form validates too; operators' commands and other callers rely on this
+        validate_email(email)
+    except ValidationError as exc:
+        raise InvalidEmail() from exc
+    if len(email) > User._meta.get_field("email").max_length:
+        raise InvalidEmail()
     with transaction.atomic(durable=True):
         if User.objects.filter(email__iexact=email).exists():
             raise EmailTaken()
@@ -68,7 +76,10 @@ class IssuedToken:
     plaintext: str  # shown once to its owner, never stored
 
 
-def create_api_token(*, user: User, now: datetime, name: str = "API token") -> IssuedToken:
+def create_api_token(
+    *, user: User, now: datetime, name: str = "API token", actor: str | None = None
+) -> IssuedToken:
+    """A new personal token for `user`; `actor` is who asked (the user, or an operator)."""
     plaintext = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with transaction.atomic(durable=True):
         token = ApiToken.objects.create(
@@ -79,7 +90,7 @@ def create_api_token(*, user: User, now: datetime, name: str = "API token") -> I
             created_at=now,
         )
         record_event(
-            actor=actor_for(user),
+            actor=actor or actor_for(user),
             subject=token,
             event_type="api_token.created",
             now=now,
@@ -90,9 +101,7 @@ def create_api_token(*, user: User, now: datetime, name: str = "API token") -> I
 
 def revoke_api_token(*, user: User, token_id: int, now: datetime) -> ApiToken:
     with transaction.atomic(durable=True):
-        token = (
-            ApiToken.objects.select_for_update().filter(user=user, pk=token_id).first()
-        )
+        token = ApiToken.objects.select_for_update().filter(user=user, pk=token_id).first()
         if token is None:
             raise TokenNotFound()
         if token.revoked_at is None:
@@ -122,3 +131,58 @@ def authenticate_token(plaintext: str, *, now: datetime) -> User | None:
     if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
     return token.user
+
+
+def delete_account(*, user: User, actor: str, now: datetime) -> None:
+    """Account deletion (SPEC D1): live subscriptions end now (account_deleted), every BYOK
+    entry and availability intent goes, issued credentials are queued for revocation and
+    unlinked from the person, personal data is anonymized, tokens and sessions stop working,
+    and the e-mail address is free for a new sign-up. Financial records stay, anonymized."""
+    from billing.models import CreditAccount
+    from byok.models import ByokKey
+    from inventory.models import Credential
+    from subscriptions.lifecycle import end_subscription
+    from subscriptions.models import LIVE_STATUSES, AvailabilityIntent, Subscription
+
+    with transaction.atomic(durable=True):
+        user = User.objects.select_for_update().get(pk=user.pk)
+        if user.deleted_at is not None:
+            return
+        # Lock order: credit account → subscriptions → credentials → BYOK entries.
+        CreditAccount.objects.select_for_update().filter(user=user).first()
+        live = list(
+            Subscription.objects.select_for_update()
+            .filter(user=user, status__in=LIVE_STATUSES)
+            .order_by("id")
+        )
+        for subscription in live:
+            end_subscription(
+                subscription=subscription,
+                reason=Subscription.Reason.ACCOUNT_DELETED,
+                actor=actor,
+                now=now,
+            )
+        Credential.objects.filter(assigned_to=user).update(assigned_to=None)
+        ByokKey.objects.filter(user=user).delete()
+        AvailabilityIntent.objects.filter(user=user).delete()
+        ApiToken.objects.filter(user=user, revoked_at__isnull=True).update(revoked_at=now)
+        old_email_domain = user.email.rsplit("@", 1)[-1]
+        user.email = f"deleted-{user.pk}-{secrets.token_hex(6)}@deleted.invalid"
+        user.full_name = ""
+        user.is_active = False
+        user.is_staff = False
+        user.is_superuser = False
+        user.deleted_at = now
+        # A new password hash changes the session auth hash: every session stops at once.
+        user.set_unusable_password()
+        user.save()
+        user.groups.clear()
+        user.user_permissions.clear()
+        record_event(
+            actor=actor,
+            subject=user,
+            event_type="account.deleted",
+            now=now,
+            old={"email_domain": old_email_domain},
+            new={"subscriptions_ended": [s.pk for s in live]},
+        )

@@ -1,4 +1,4 @@
-"""Credit accounts and the append-only ledger (SPEC P4, L2–L4, S5, U7).
+"""Credit accounts and the append-only ledger (SPEC P4, L2-L4, S5, U7).
 
 The balance is a cached sum of the ledger, changed only by `billing.services.post_entry`
 together with the entry that explains it; a check constraint keeps it from going negative.
@@ -46,7 +46,9 @@ class LedgerEntry(models.Model):
 
     account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="entries")
     kind = models.CharField(max_length=20, choices=Kind.choices)
-    amount_micros = models.BigIntegerField(help_text="Signed: credits are positive, debits negative.")
+    amount_micros = models.BigIntegerField(
+        help_text="Signed: credits are positive, debits negative."
+    )
     balance_after_micros = models.BigIntegerField()
     reason = models.CharField(max_length=255, blank=True)
     actor = models.CharField(max_length=100, help_text="user:<id>, staff:<id> or system:<name>")
@@ -65,3 +67,41 @@ class LedgerEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.amount_micros}"
+
+
+class TopUpAttempt(models.Model):
+    """One auto top-up attempt for one due term of one subscription (SPEC L4, S5).
+
+    Unique per (subscription, due_at): a due term can trigger at most one attempt, whatever
+    number of sweeps run.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        APPROVED = "approved", "Approved"
+        DECLINED = "declined", "Declined"
+
+    account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="top_ups")
+    subscription_id = models.BigIntegerField()
+    due_at = models.DateTimeField()
+    amount_micros = models.BigIntegerField()
+    backend = models.CharField(max_length=40)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    ledger_entry = models.OneToOneField(
+        LedgerEntry, null=True, blank=True, on_delete=models.PROTECT, related_name="top_up_attempt"
+    )
+    created_at = models.DateTimeField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription_id", "due_at"], name="billing_one_top_up_per_due_term"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(amount_micros__gt=0), name="billing_top_up_amount_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Top-up #{self.pk} ({self.status})"

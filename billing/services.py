@@ -16,6 +16,7 @@ from billing.errors import InsufficientCredits, InvalidCreditAmount
 from billing.models import CreditAccount, LedgerEntry
 
 MAX_GRANT_MICROS = 1_000_000 * 1_000_000  # $1,000,000: a typo guard for operators
+CENT_MICROS = 10_000  # customers see two decimals, so operators grant whole cents (SPEC 0, 11.1)
 
 
 def open_credit_account(*, user, now: datetime) -> CreditAccount:
@@ -50,7 +51,9 @@ def post_entry(
     updated = accounts.update(balance_micros=F("balance_micros") + amount_micros, updated_at=now)
     if updated != 1:
         raise InsufficientCredits()
-    balance_after = CreditAccount.objects.values_list("balance_micros", flat=True).get(pk=account.pk)
+    balance_after = CreditAccount.objects.values_list("balance_micros", flat=True).get(
+        pk=account.pk
+    )
     return LedgerEntry.objects.create(
         account_id=account.pk,
         kind=kind,
@@ -67,7 +70,7 @@ def grant_credits(
     *, user, amount_micros: int, actor: str, now: datetime, reason: str = ""
 ) -> LedgerEntry:
     """Add credits (an operator grant or a demo seed): a ledger entry, never a bare balance edit."""
-    if amount_micros <= 0 or amount_micros > MAX_GRANT_MICROS:
+    if amount_micros <= 0 or amount_micros > MAX_GRANT_MICROS or amount_micros % CENT_MICROS:
         raise InvalidCreditAmount()
     with transaction.atomic(durable=True):
         entry = post_entry(
@@ -83,7 +86,10 @@ def grant_credits(
             subject=entry.account,
             event_type="credits.granted",
             now=now,
-            new={"amount_micros": amount_micros, "balance_after_micros": entry.balance_after_micros},
+            new={
+                "amount_micros": amount_micros,
+                "balance_after_micros": entry.balance_after_micros,
+            },
         )
     return entry
 
@@ -91,16 +97,26 @@ def grant_credits(
 def set_auto_top_up(
     *, user, enabled: bool, amount_micros: int, actor: str, now: datetime
 ) -> CreditAccount:
-    if amount_micros <= 0 or amount_micros > 10_000 * 1_000_000 or amount_micros % 10_000:
+    if amount_micros <= 0 or amount_micros > 10_000 * 1_000_000 or amount_micros % CENT_MICROS:
         raise InvalidCreditAmount("The top-up amount must be between $0.01 and $10,000.00.")
     with transaction.atomic(durable=True):
         open_credit_account(user=user, now=now)
         account = CreditAccount.objects.select_for_update().get(user=user)
-        old = {"enabled": account.auto_top_up_enabled, "amount_micros": account.auto_top_up_amount_micros}
+        if (account.auto_top_up_enabled, account.auto_top_up_amount_micros) == (
+            enabled,
+            amount_micros,
+        ):
+            return account  # saving the same settings again is a no-op: no write, no audit event
+        old = {
+            "enabled": account.auto_top_up_enabled,
+            "amount_micros": account.auto_top_up_amount_micros,
+        }
         account.auto_top_up_enabled = enabled
         account.auto_top_up_amount_micros = amount_micros
         account.updated_at = now
-        account.save(update_fields=["auto_top_up_enabled", "auto_top_up_amount_micros", "updated_at"])
+        account.save(
+            update_fields=["auto_top_up_enabled", "auto_top_up_amount_micros", "updated_at"]
+        )
         record_event(
             actor=actor,
             subject=account,
@@ -110,3 +126,85 @@ def set_auto_top_up(
             new={"enabled": enabled, "amount_micros": amount_micros},
         )
     return account
+
+
+def start_top_up(*, account: CreditAccount, subscription_id: int, due_at: datetime, now: datetime):
+    """Record a pending top-up attempt for one due term, inside the sweep's transaction, and
+    run it once that transaction commits. Returns None when this term already had one (L4)."""
+    from billing.models import TopUpAttempt
+    from billing.topup import get_backend
+
+    if TopUpAttempt.objects.filter(subscription_id=subscription_id, due_at=due_at).exists():
+        return None
+    attempt = TopUpAttempt.objects.create(
+        account=account,
+        subscription_id=subscription_id,
+        due_at=due_at,
+        amount_micros=account.auto_top_up_amount_micros,
+        backend=get_backend().name,
+        created_at=now,
+    )
+    transaction.on_commit(lambda: execute_top_up(attempt_id=attempt.pk, now=now))
+    return attempt
+
+
+def execute_top_up(*, attempt_id: int, now: datetime) -> None:
+    """Charge through the backend and record the outcome in the ledger (S5): approved credits
+    the account (`top_up`); declined writes a zero-amount `top_up_declined` entry. Safe to
+    repeat: only a pending attempt is acted on."""
+    from billing.models import TopUpAttempt
+    from billing.topup import get_backend
+
+    backend = get_backend()
+    with transaction.atomic():
+        attempt = (
+            TopUpAttempt.objects.select_for_update()
+            .select_related("account__user")
+            .filter(pk=attempt_id, status=TopUpAttempt.Status.PENDING)
+            .first()
+        )
+        if attempt is None:
+            return
+        result = backend.charge(
+            attempt_id=attempt.pk,
+            user_id=attempt.account.user_id,
+            amount_micros=attempt.amount_micros,
+        )
+        reference = f"top_up:{attempt.pk}"
+        if result.approved:
+            entry = post_entry(
+                user=attempt.account.user,
+                amount_micros=attempt.amount_micros,
+                kind=LedgerEntry.Kind.TOP_UP,
+                actor="system:sweep",
+                now=now,
+                reason="Automatic top-up for a plan renewal",
+                reference=reference,
+            )
+            attempt.status = TopUpAttempt.Status.APPROVED
+        else:
+            account = CreditAccount.objects.get(pk=attempt.account_id)
+            entry = LedgerEntry.objects.create(
+                account=account,
+                kind=LedgerEntry.Kind.TOP_UP_DECLINED,
+                amount_micros=0,
+                balance_after_micros=account.balance_micros,
+                reason=f"Automatic top-up declined ({result.decline_reason or 'declined'})",
+                actor="system:sweep",
+                reference=reference,
+                created_at=now,
+            )
+            attempt.status = TopUpAttempt.Status.DECLINED
+        attempt.ledger_entry = entry
+        attempt.resolved_at = now
+        attempt.save(update_fields=["status", "ledger_entry", "resolved_at"])
+        record_event(
+            actor="system:sweep",
+            subject=attempt,
+            event_type=f"top_up.{attempt.status}",
+            now=now,
+            new={
+                "amount_micros": attempt.amount_micros,
+                "subscription_id": attempt.subscription_id,
+            },
+        )

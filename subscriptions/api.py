@@ -2,19 +2,62 @@
 
 from __future__ import annotations
 
+import json
+
 from django.http import HttpRequest
 from django.utils import timezone
-from ninja import Router, Schema, Status
+from ninja import Router, Status
 
-from subscriptions import selectors, services
+from subscriptions import lifecycle, selectors, services
 from subscriptions.catalog import get_plan
-from subscriptions.errors import PlanNotFound
+from subscriptions.errors import PlanNotFound, SubscriptionNotFound
 
 router = Router(tags=["coding-plans"])
 
+# The body is read by `_purchase_plan_id`, not by a schema, so it is documented here.
+_PURCHASE_OPENAPI = {
+    "parameters": [
+        {
+            "in": "header",
+            "name": "Idempotency-Key",
+            "required": True,
+            "schema": {"type": "string", "maxLength": services.MAX_IDEMPOTENCY_KEY_LENGTH},
+        }
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"plan_id": {"type": "string"}},
+                    "required": ["plan_id"],
+                }
+            }
+        },
+    },
+}
 
-class PurchaseIn(Schema):
-    plan_id: str | None = None
+
+def _purchase_plan_id(request: HttpRequest) -> object:
+    """The `plan_id` the body names, or None. Read leniently (an empty, garbled or non-object
+    body names no plan) so that P5's order holds for any request: `idempotency_key_missing`
+    first, then `plan_not_found` — never a generic parse error that hides the missing key."""
+    if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return request.POST.get("plan_id")
+    try:
+        data = json.loads(request.body or b"null")
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return data.get("plan_id") if isinstance(data, dict) else None
+
+
+def _subscription_id(raw: str) -> int:
+    """Path ids that are not a plain number are a 404 in the API's error envelope, not an HTML
+    page from the URL resolver."""
+    if not (raw.isascii() and raw.isdigit()):
+        raise SubscriptionNotFound()
+    return int(raw)
 
 
 @router.get("/catalog")
@@ -23,11 +66,11 @@ def catalog(request: HttpRequest):
     return {"plans": selectors.catalog_json()}
 
 
-@router.post("/purchases", response={201: dict})
-def purchase(request: HttpRequest, payload: PurchaseIn | None = None):
+@router.post("/purchases", response={201: dict}, openapi_extra=_PURCHASE_OPENAPI)
+def purchase(request: HttpRequest):
     outcome = services.purchase_plan(
         user=request.auth,
-        plan_id=payload.plan_id if payload else None,
+        plan_id=_purchase_plan_id(request),
         idempotency_key=request.headers.get("Idempotency-Key"),
         now=timezone.now(),
     )
@@ -40,19 +83,35 @@ def list_subscriptions(request: HttpRequest, include_terminal: str | None = None
     return {"subscriptions": selectors.subscriptions_json(request.auth, include_terminal=include)}
 
 
-@router.get("/subscriptions/{int:subscription_id}")
-def get_subscription(request: HttpRequest, subscription_id: int):
-    subscription = selectors.subscription_for(request.auth, subscription_id)
+@router.get("/subscriptions/{subscription_id}")
+def get_subscription(request: HttpRequest, subscription_id: str):
+    subscription = selectors.subscription_for(request.auth, _subscription_id(subscription_id))
     return selectors.subscription_json(
         subscription, byok_key_id=selectors.installed_entry_id(subscription)
     )
 
 
-@router.get("/subscriptions/{int:subscription_id}/charges")
-def list_charges(request: HttpRequest, subscription_id: int, cursor: str | None = None):
-    subscription = selectors.subscription_for(request.auth, subscription_id)
+@router.get("/subscriptions/{subscription_id}/charges")
+def list_charges(request: HttpRequest, subscription_id: str, cursor: str | None = None):
+    subscription = selectors.subscription_for(request.auth, _subscription_id(subscription_id))
     terms, next_cursor = selectors.charges_page(subscription, cursor=cursor or None)
     return {"charges": [selectors.charge_json(t) for t in terms], "next_cursor": next_cursor}
+
+
+@router.post("/subscriptions/{int:subscription_id}/cancel")
+def cancel(request: HttpRequest, subscription_id: int):
+    subscription = lifecycle.cancel_at_period_end(
+        user=request.auth, subscription_id=subscription_id, now=timezone.now()
+    )
+    return selectors.subscription_json(subscription)
+
+
+@router.post("/subscriptions/{int:subscription_id}/resume")
+def resume(request: HttpRequest, subscription_id: int):
+    subscription = lifecycle.resume_subscription(
+        user=request.auth, subscription_id=subscription_id, now=timezone.now()
+    )
+    return selectors.subscription_json(subscription)
 
 
 def _intent_plan(plan_id: str) -> str:

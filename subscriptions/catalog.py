@@ -29,7 +29,7 @@ class Plan:
 
     @property
     def cadence(self) -> str:
-        """"$20.00 / 30 days" (C2)."""
+        """ "$20.00 / 30 days" (C2)."""
         return f"${self.price_usd} / {self.billing_period_days} days"
 
 

@@ -130,6 +130,9 @@ class PurchaseRequest(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return f"Purchase outcome for subscription {self.subscription_id}"
+
 
 class AvailabilityIntent(models.Model):
     """ "Notify me when available" (U6): reserves nothing, charges nothing."""
@@ -152,3 +155,32 @@ class AvailabilityIntent(models.Model):
                 condition=models.Q(notified_at__isnull=True),
             )
         ]
+
+    def __str__(self) -> str:
+        return f"Intent for {self.plan_id}"
+
+
+class SweepRun(models.Model):
+    """One billing sweep (SPEC O2): when, who started it, its L1 counts and its errors."""
+
+    class Trigger(models.TextChoices):
+        BEAT = "beat", "Celery beat"
+        COMMAND = "command", "Management command"
+        OTHER = "other", "Other"
+
+    trigger = models.CharField(max_length=10, choices=Trigger.choices)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    as_of = models.DateTimeField(help_text="The clock the sweep judged due-ness by.")
+    counts = models.JSONField(default=dict)
+    errors = models.JSONField(default=list, help_text="[{subscription_id, error}]")
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Sweep #{self.pk} ({self.trigger})"
+
+    @property
+    def error_count(self) -> int:
+        return int(self.counts.get("errors", 0))

@@ -7,6 +7,8 @@ import binascii
 from datetime import UTC, datetime
 from typing import Any
 
+from django.db.models import Q
+
 from byok.models import ByokKey
 from codingplans.money import format_usd
 from inventory.models import Credential
@@ -29,7 +31,7 @@ def plan_name(plan_id: str) -> str:
     return plan.name if plan else plan_id
 
 
-def subscription_json(subscription: Subscription, *, byok_key_id: int | None | Any = ...) -> dict:
+def subscription_json(subscription: Subscription, *, byok_key_id: int | Any | None = ...) -> dict:
     """The S object of SPEC 11.1."""
     if byok_key_id is ...:
         byok_key_id = (
@@ -98,7 +100,9 @@ def _decode_cursor(cursor: str) -> tuple[datetime, int]:
         padded = cursor + "=" * (-len(cursor) % 4)
         stamp, _, pk = base64.urlsafe_b64decode(padded.encode()).decode().partition(":")
         return datetime.fromtimestamp(float(stamp), tz=UTC), int(pk)
-    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError) as exc:
+    # A crafted cursor must be a 400, never a 500: fromtimestamp raises OSError (EOVERFLOW) for
+    # stamps like 1e18, OverflowError beyond time_t and ValueError outside years 1–9999.
+    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError, OSError) as exc:
         raise InvalidCursor() from exc
 
 
@@ -110,8 +114,6 @@ def charges_page(
     terms = ChargedTerm.objects.filter(subscription=subscription).order_by("-period_start", "-id")
     if cursor:
         start, pk = _decode_cursor(cursor)
-        from django.db.models import Q
-
         terms = terms.filter(Q(period_start__lt=start) | Q(period_start=start, id__lt=pk))
     rows = list(terms[: limit + 1])
     next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None

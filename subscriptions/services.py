@@ -64,7 +64,9 @@ def _lock_idempotency_key(user_id: int, key: str) -> None:
         )
 
 
-def purchase_plan(*, user, plan_id: object, idempotency_key: object, now: datetime) -> PurchaseOutcome:
+def purchase_plan(
+    *, user, plan_id: object, idempotency_key: object, now: datetime
+) -> PurchaseOutcome:
     """Buy a plan with credits in one transaction (P4): slot check, guarded debit, SKIP LOCKED
     claim, installed BYOK entry, charged term, active subscription, intent cleared.
 
@@ -83,7 +85,9 @@ def purchase_plan(*, user, plan_id: object, idempotency_key: object, now: dateti
 
     with transaction.atomic(durable=True):
         _lock_idempotency_key(user.pk, idempotency_key)
-        previous = PurchaseRequest.objects.filter(user=user, idempotency_key=idempotency_key).first()
+        previous = PurchaseRequest.objects.filter(
+            user=user, idempotency_key=idempotency_key
+        ).first()
         if previous is not None:
             if previous.plan_id != plan.plan_id:
                 raise IdempotencyKeyReused()
@@ -204,11 +208,13 @@ def save_intent(*, user, plan_id: object, now: datetime) -> AvailabilityIntent:
         intent, created = AvailabilityIntent.objects.select_for_update().get_or_create(
             user=user, plan_id=plan.plan_id, defaults={"created_at": now}
         )
-        if not created and intent.notified_at is not None:
+        rearmed = not created and intent.notified_at is not None
+        if rearmed:
             intent.notified_at = None
             intent.created_at = now
             intent.save(update_fields=["notified_at", "created_at"])
-        if created or intent.notified_at is None:
+        # Saving a pending intent again changes nothing, so it writes no audit event (O1).
+        if created or rearmed:
             record_event(
                 actor=actor_for(user),
                 subject=intent,

@@ -1,11 +1,32 @@
 """Celery tasks: thin callers of services."""
 
+import smtplib
+
 from celery import shared_task
 from django.utils import timezone
 
 from subscriptions import services
 
 
-@shared_task(name="subscriptions.tasks.notify_availability")
+@shared_task(
+    name="subscriptions.tasks.notify_availability",
+    # A mail server that is briefly down must not lose a restock's notices (U6). Safe to repeat:
+    # each intent is marked notified in the transaction that sends its e-mail, so a retry only
+    # reaches the holders not yet told.
+    autoretry_for=(smtplib.SMTPException, OSError),
+    retry_backoff=30,
+    retry_backoff_max=600,
+    max_retries=5,
+)
 def notify_availability(plan_id: str) -> int:
     return services.notify_availability(plan_id=plan_id, now=timezone.now())
+
+
+@shared_task(name="subscriptions.tasks.run_billing_sweep")
+def run_billing_sweep() -> dict:
+    """Hourly from beat (SPEC L1); the clock is read once, here, and passed down."""
+    from subscriptions.lifecycle import run_billing_sweep as sweep
+    from subscriptions.models import SweepRun
+
+    run = sweep(now=timezone.now(), trigger=SweepRun.Trigger.BEAT)
+    return run.counts

@@ -1,0 +1,52 @@
+"""Payment processor interface for auto top-up (SPEC L4, S5).
+
+The sweep only ever talks to `get_backend()`. Today's backends are simulated and chosen by
+`CODING_PLANS_TOP_UP_BACKEND`; a real processor (e.g. Stripe: charge the saved payment method
+off-session with the attempt id as its idempotency key) implements the same `charge` method and
+is added to `BACKENDS` — nothing else changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from django.conf import settings
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    approved: bool
+    reference: str = ""
+    decline_reason: str = ""
+
+
+class TopUpBackend(Protocol):
+    name: str
+
+    def charge(self, *, attempt_id: int, user_id: int, amount_micros: int) -> ChargeResult:
+        """Charge the customer's saved payment method. Must be idempotent on `attempt_id`."""
+
+
+class SimulatedApprove:
+    name = "simulated-approve"
+
+    def charge(self, *, attempt_id: int, user_id: int, amount_micros: int) -> ChargeResult:
+        return ChargeResult(approved=True, reference=f"sim-{attempt_id}")
+
+
+class SimulatedDecline:
+    name = "simulated-decline"
+
+    def charge(self, *, attempt_id: int, user_id: int, amount_micros: int) -> ChargeResult:
+        return ChargeResult(approved=False, decline_reason="card_declined")
+
+
+BACKENDS: dict[str, type] = {
+    SimulatedApprove.name: SimulatedApprove,
+    SimulatedDecline.name: SimulatedDecline,
+}
+
+
+def get_backend() -> TopUpBackend:
+    return BACKENDS[settings.CODING_PLANS_TOP_UP_BACKEND]()

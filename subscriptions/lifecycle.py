@@ -1,0 +1,429 @@
+"""Lifecycle state changes after a purchase (SPEC L1–L8, D1 via accounts): the billing sweep,
+renewal, grace and auto top-up, cancellation, resume and operator termination.
+
+These are services in DESIGN.md's sense (kept apart from the purchase in services.py only for
+size). Lock order: credit account → subscription → credential → BYOK entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from adminops.audit import SYSTEM_SWEEP, actor_for, record_event
+from billing.errors import InsufficientCredits
+from billing.models import CreditAccount, LedgerEntry
+from billing.services import post_entry, start_top_up
+from byok.models import ByokKey
+from codingplans.errors import DomainError
+from inventory.models import Credential
+from inventory.services import request_revocation
+from subscriptions.errors import SubscriptionNotFound
+from subscriptions.models import LIVE_STATUSES, ChargedTerm, Subscription, SweepRun
+from subscriptions.services import term_description
+
+logger = logging.getLogger(__name__)
+
+GRACE_PERIOD = timedelta(hours=24)
+DEFAULT_BATCH_SIZE = 1_000
+DEFAULT_TIME_BUDGET_SECONDS = 600
+COUNT_KEYS = ("renewed", "past_due", "terminated", "canceled", "auto_top_up_triggered", "errors")
+
+
+class SubscriptionNotLive(DomainError):
+    code = "subscription_not_live"
+    status = 409
+    default_message = "This subscription has ended; there is nothing to change."
+
+
+class AlreadyCanceled(DomainError):
+    code = "already_canceled"
+    status = 409
+    default_message = "Subscription is already canceled; nothing was changed."
+
+
+class ResumeTooLate(DomainError):
+    code = "subscription_not_resumable"
+    status = 409
+    default_message = (
+        "The paid period has already ended, so the cancellation can no longer be undone."
+    )
+
+
+# -- shared pieces ---------------------------------------------------------------------------
+
+
+def _lock(subscription_id: int, *, skip_locked: bool = False) -> Subscription | None:
+    """Lock the credit account, then the subscription (the fixed order)."""
+    user_id = (
+        Subscription.objects.filter(pk=subscription_id).values_list("user_id", flat=True).first()
+    )
+    if user_id is None:
+        return None
+    CreditAccount.objects.select_for_update().filter(user_id=user_id).first()
+    return (
+        Subscription.objects.select_for_update(skip_locked=skip_locked)
+        .filter(pk=subscription_id)
+        .first()
+    )
+
+
+def _state(subscription: Subscription) -> dict[str, object]:
+    return {
+        "status": subscription.status,
+        "current_period_end": subscription.current_period_end.isoformat(),
+        "cancel_at_period_end": subscription.cancel_at_period_end,
+        "grace_deadline": subscription.grace_deadline.isoformat()
+        if subscription.grace_deadline
+        else None,
+        "cancellation_reason": subscription.cancellation_reason,
+    }
+
+
+def end_subscription(*, subscription: Subscription, reason: str, actor: str, now: datetime) -> None:
+    """Effective cancellation (L3, L5, L6, D1): status canceled, the installed entry deleted only
+    if still linked (B4), the credential queued for revocation with its key erased (I5).
+    Caller holds the subscription lock inside its transaction."""
+    old = _state(subscription)
+    subscription.status = Subscription.Status.CANCELED
+    subscription.cancellation_reason = reason
+    subscription.canceled_at = now
+    subscription.grace_deadline = None
+    subscription.updated_at = now
+    subscription.save(
+        update_fields=[
+            "status",
+            "cancellation_reason",
+            "canceled_at",
+            "grace_deadline",
+            "updated_at",
+        ]
+    )
+    credential = Credential.objects.select_for_update().get(pk=subscription.credential_id)
+    request_revocation(credential=credential, actor=actor, now=now)
+    entry = ByokKey.objects.select_for_update().filter(subscription=subscription).first()
+    if entry is not None:
+        entry_id = entry.pk
+        entry.delete()
+        record_event(
+            actor=actor,
+            subject=("byok.byokkey", entry_id),
+            event_type="byok.installed_entry_removed",
+            now=now,
+            old={"subscription_id": subscription.pk},
+        )
+    record_event(
+        actor=actor,
+        subject=subscription,
+        event_type="subscription.ended",
+        now=now,
+        old=old,
+        new=_state(subscription),
+    )
+
+
+def _email_after_commit(user_id: int, subject: str, body: str) -> None:
+    def send() -> None:
+        from accounts.models import User
+
+        user = User.objects.filter(pk=user_id, is_active=True).first()
+        if user is None:
+            return
+        try:
+            send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [user.email])
+        except Exception:  # e-mail is best effort; the state change has committed
+            logger.exception("could not send lifecycle e-mail to user %s", user_id)
+
+    transaction.on_commit(send)
+
+
+# -- the sweep -------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepCounts:
+    renewed: int = 0
+    past_due: int = 0
+    terminated: int = 0
+    canceled: int = 0
+    auto_top_up_triggered: int = 0
+    errors: int = 0
+    error_items: list[dict[str, object]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, int]:
+        return {key: getattr(self, key) for key in COUNT_KEYS}
+
+
+def _due(now: datetime):
+    return Subscription.objects.filter(status__in=LIVE_STATUSES, current_period_end__lte=now)
+
+
+def process_due_subscription(subscription_id: int, *, now: datetime, counts: SweepCounts) -> None:
+    """Act on one due subscription in its own transaction (L2–L5). A no-op when it is no longer
+    due or another sweep holds it — so concurrent or repeated sweeps never act twice (L8)."""
+    with transaction.atomic(durable=True):
+        subscription = _lock(subscription_id, skip_locked=True)
+        if (
+            subscription is None
+            or not subscription.is_live
+            or subscription.current_period_end > now
+        ):
+            return
+        if subscription.cancel_at_period_end:
+            end_subscription(
+                subscription=subscription,
+                reason=Subscription.Reason.USER_REQUESTED,
+                actor=SYSTEM_SWEEP,
+                now=now,
+            )
+            counts.canceled += 1
+            _email_after_commit(
+                subscription.user_id,
+                f"Your {subscription.plan_name} has ended",
+                "Your Coding Plan ended at the end of its paid period, as you asked. Its "
+                "installed MiniMax key was removed from BYOK (if unchanged) and the plan's key "
+                "is being revoked.",
+            )
+            return
+        if _renew(subscription, now=now):
+            counts.renewed += 1
+            return
+        if subscription.status == Subscription.Status.ACTIVE:
+            account = CreditAccount.objects.get(user_id=subscription.user_id)
+            if account.auto_top_up_enabled:
+                _enter_grace(subscription, account=account, now=now, counts=counts)
+                return
+            reason = Subscription.Reason.INSUFFICIENT_CREDITS
+        elif subscription.grace_deadline is not None and now < subscription.grace_deadline:
+            return  # still within grace: wait for funds
+        else:
+            reason = Subscription.Reason.PAYMENT_FAILED
+        end_subscription(subscription=subscription, reason=reason, actor=SYSTEM_SWEEP, now=now)
+        counts.terminated += 1
+        _email_after_commit(
+            subscription.user_id,
+            f"Your {subscription.plan_name} has ended",
+            "Your Coding Plan could not be renewed because your credits did not cover it, so it "
+            "has ended. Its installed MiniMax key was removed from BYOK (if unchanged). Your own "
+            "MiniMax key, if you added one, was not touched.",
+        )
+
+
+def _renew(subscription: Subscription, *, now: datetime) -> bool:
+    """One term at the recorded price, from the previous period end (L2). False when short."""
+    start = subscription.current_period_end
+    end = start + timedelta(days=subscription.billing_period_days)
+    try:
+        with transaction.atomic():
+            entry = post_entry(
+                user=subscription.user,
+                amount_micros=-subscription.price_micros,
+                kind=LedgerEntry.Kind.RENEWAL,
+                actor=SYSTEM_SWEEP,
+                now=now,
+                reason=f"{subscription.plan_name} renewal",
+                reference=f"subscription:{subscription.pk}",
+            )
+    except InsufficientCredits:
+        return False
+    ChargedTerm.objects.create(
+        subscription=subscription,
+        amount_micros=subscription.price_micros,
+        period_start=start,
+        period_end=end,
+        charged_at=now,
+        description=term_description(subscription.plan_name, "renewal", start, end),
+        ledger_entry=entry,
+    )
+    old = _state(subscription)
+    subscription.status = Subscription.Status.ACTIVE
+    subscription.current_period_start = start
+    subscription.current_period_end = end
+    subscription.grace_deadline = None
+    subscription.updated_at = now
+    subscription.save(
+        update_fields=[
+            "status",
+            "current_period_start",
+            "current_period_end",
+            "grace_deadline",
+            "updated_at",
+        ]
+    )
+    record_event(
+        actor=SYSTEM_SWEEP,
+        subject=subscription,
+        event_type="subscription.renewed",
+        now=now,
+        old=old,
+        new={**_state(subscription), "charged_micros": subscription.price_micros},
+    )
+    return True
+
+
+def _enter_grace(
+    subscription: Subscription, *, account: CreditAccount, now: datetime, counts: SweepCounts
+) -> None:
+    """Short of credits with auto top-up on (L4): one top-up attempt for this due term, and
+    past_due until at most 24 hours after the due time."""
+    old = _state(subscription)
+    due_at = subscription.current_period_end
+    if subscription.top_up_attempted_for != due_at:
+        if start_top_up(account=account, subscription_id=subscription.pk, due_at=due_at, now=now):
+            counts.auto_top_up_triggered += 1
+        subscription.top_up_attempted_for = due_at
+    subscription.status = Subscription.Status.PAST_DUE
+    subscription.grace_deadline = due_at + GRACE_PERIOD
+    subscription.updated_at = now
+    subscription.save(
+        update_fields=["status", "grace_deadline", "top_up_attempted_for", "updated_at"]
+    )
+    counts.past_due += 1
+    record_event(
+        actor=SYSTEM_SWEEP,
+        subject=subscription,
+        event_type="subscription.past_due",
+        now=now,
+        old=old,
+        new=_state(subscription),
+    )
+    _email_after_commit(
+        subscription.user_id,
+        f"Payment needed for your {subscription.plan_name}",
+        "Your credits did not cover this renewal. We attempted an automatic top-up. Add credits "
+        f"before {subscription.grace_deadline:%Y-%m-%d %H:%M} UTC to keep the plan; otherwise it "
+        "ends and its installed MiniMax key is removed. Your own MiniMax key is never deleted.",
+    )
+
+
+def run_billing_sweep(
+    *,
+    now: datetime,
+    trigger: str = SweepRun.Trigger.OTHER,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    time_budget_seconds: float = DEFAULT_TIME_BUDGET_SECONDS,
+) -> SweepRun:
+    """Process every due subscription in stable (period end, id) order, batch after batch,
+    until none is left or the time budget is spent (L1). Keyset pagination moves forward, so a
+    subscription renewed into a still-past period is met again later in the same run (a backlog
+    after an outage drains), while one waiting in grace is not retried in a loop."""
+    run = SweepRun.objects.create(trigger=trigger, started_at=now, as_of=now, counts={})
+    counts = SweepCounts()
+    deadline = time.monotonic() + time_budget_seconds
+    cursor: tuple[datetime, int] | None = None
+    while time.monotonic() < deadline:
+        batch = _due(now).order_by("current_period_end", "id")
+        if cursor is not None:
+            batch = batch.filter(
+                Q(current_period_end__gt=cursor[0])
+                | Q(current_period_end=cursor[0], id__gt=cursor[1])
+            )
+        rows = list(batch.values_list("id", "current_period_end")[:batch_size])
+        if not rows:
+            break
+        for subscription_id, period_end in rows:
+            cursor = (period_end, subscription_id)
+            if time.monotonic() >= deadline:
+                break
+            try:
+                process_due_subscription(subscription_id, now=now, counts=counts)
+            except Exception as exc:
+                counts.errors += 1
+                counts.error_items.append(
+                    {"subscription_id": subscription_id, "error": exc.__class__.__name__}
+                )
+                logger.exception("billing sweep failed for subscription %s", subscription_id)
+    run.finished_at = timezone.now()
+    run.counts = counts.as_dict()
+    run.errors = counts.error_items[:1000]
+    run.save(update_fields=["finished_at", "counts", "errors"])
+    return run
+
+
+# -- customer and operator actions -----------------------------------------------------------
+
+
+def cancel_at_period_end(*, user, subscription_id: int, now: datetime) -> Subscription:
+    """Customer cancellation (L5): access and status stay until the period ends. Idempotent."""
+    with transaction.atomic(durable=True):
+        subscription = _lock_owned(user, subscription_id)
+        if not subscription.is_live:
+            raise SubscriptionNotLive()
+        if not subscription.cancel_at_period_end:
+            old = _state(subscription)
+            subscription.cancel_at_period_end = True
+            subscription.updated_at = now
+            subscription.save(update_fields=["cancel_at_period_end", "updated_at"])
+            record_event(
+                actor=actor_for(user),
+                subject=subscription,
+                event_type="subscription.cancel_requested",
+                now=now,
+                old=old,
+                new=_state(subscription),
+            )
+    return subscription
+
+
+def resume_subscription(*, user, subscription_id: int, now: datetime) -> Subscription:
+    """Undo a cancellation before the period ends (L5 should). Idempotent."""
+    with transaction.atomic(durable=True):
+        subscription = _lock_owned(user, subscription_id)
+        if not subscription.is_live:
+            raise SubscriptionNotLive()
+        if subscription.cancel_at_period_end:
+            if now >= subscription.current_period_end:
+                raise ResumeTooLate()
+            old = _state(subscription)
+            subscription.cancel_at_period_end = False
+            subscription.updated_at = now
+            subscription.save(update_fields=["cancel_at_period_end", "updated_at"])
+            record_event(
+                actor=actor_for(user),
+                subject=subscription,
+                event_type="subscription.resumed",
+                now=now,
+                old=old,
+                new=_state(subscription),
+            )
+    return subscription
+
+
+def _lock_owned(user, subscription_id: int) -> Subscription:
+    owner = Subscription.objects.filter(pk=subscription_id, user=user).exists()
+    subscription = _lock(subscription_id) if owner else None
+    if subscription is None:
+        raise SubscriptionNotFound()
+    return subscription
+
+
+def terminate_subscription(*, subscription_id: int, actor: str, now: datetime) -> Subscription:
+    """Operator's immediate termination (L6). Never overwrites a terminal subscription: waits for
+    a concurrent sweep's lock, then re-reads, so a sweep's outcome stands."""
+    with transaction.atomic(durable=True):
+        subscription = _lock(subscription_id)
+        if subscription is None:
+            raise SubscriptionNotFound()
+        if not subscription.is_live:
+            raise AlreadyCanceled()
+        end_subscription(
+            subscription=subscription,
+            reason=Subscription.Reason.ADMINISTRATIVE,
+            actor=actor,
+            now=now,
+        )
+        _email_after_commit(
+            subscription.user_id,
+            f"Your {subscription.plan_name} has ended",
+            "An operator ended your Coding Plan. Its installed MiniMax key was removed from BYOK "
+            "(if unchanged). Contact support if you have questions.",
+        )
+    return subscription
