@@ -3,6 +3,7 @@ from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from accounts import selectors, services
@@ -30,6 +31,7 @@ def signup(request):
     return render(request, "accounts/signup.html", {"form": form})
 
 
+@never_cache  # the page right after creating a token carries its plaintext: never cache it
 @login_required
 def account(request):
     return render(
@@ -60,3 +62,26 @@ def revoke_token(request, token_id: int):
     services.revoke_api_token(user=request.user, token_id=token_id, now=timezone.now())
     messages.success(request, "The token was revoked.")
     return redirect("account")
+
+
+@login_required
+def delete_account_view(request):
+    """Self-service deletion (SPEC D1), confirmed by re-entering the password."""
+    from django.contrib.auth import logout
+
+    error = None
+    if request.method == "POST":
+        if request.POST.get("confirm") != "on":
+            error = "Tick the box to confirm that you understand what deletion does."
+        elif not request.user.check_password(request.POST.get("password", "")):
+            error = "That password is not correct."
+        else:
+            services.delete_account(
+                user=request.user, actor=f"user:{request.user.pk}", now=timezone.now()
+            )
+            logout(request)
+            messages.success(request, "Your account has been deleted.")
+            return redirect("/accounts/login/")
+    return render(
+        request, "accounts/delete.html", {"error": error}, status=400 if error else 200
+    )

@@ -14,7 +14,7 @@ from django.views.decorators.http import require_POST
 
 from billing.selectors import credit_account_for
 from codingplans.errors import DomainError
-from subscriptions import selectors, services
+from subscriptions import lifecycle, selectors, services
 from subscriptions.catalog import all_plans, get_plan
 
 
@@ -121,3 +121,42 @@ def withdraw_intent(request, plan_id: str):
     services.withdraw_intent(user=request.user, plan_id=plan_id, now=timezone.now())
     messages.success(request, "You will not be notified about this plan.")
     return redirect("subscriptions")
+
+
+@login_required
+def cancel(request, subscription_id: int):
+    """GET: the confirmation (U3). POST: cancel at period end (L5)."""
+    subscription = selectors.subscription_for(request.user, subscription_id)
+    if request.method == "POST":
+        try:
+            lifecycle.cancel_at_period_end(
+                user=request.user, subscription_id=subscription.pk, now=timezone.now()
+            )
+        except DomainError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(
+                request,
+                "Cancellation scheduled. Your plan keeps working until the paid period ends.",
+            )
+        return redirect("coding-plan-detail", subscription_id=subscription.pk)
+    return render(
+        request,
+        "subscriptions/cancel_confirm.html",
+        {"subscription": subscription, "plan_name": selectors.plan_name(subscription.plan_id)},
+    )
+
+
+@login_required
+@require_POST
+def resume(request, subscription_id: int):
+    subscription = selectors.subscription_for(request.user, subscription_id)
+    try:
+        lifecycle.resume_subscription(
+            user=request.user, subscription_id=subscription.pk, now=timezone.now()
+        )
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Cancellation undone. Your plan will renew as usual.")
+    return redirect("coding-plan-detail", subscription_id=subscription.pk)
