@@ -11,6 +11,7 @@ from ninja import Router, Status
 from subscriptions import lifecycle, selectors, services
 from subscriptions.catalog import get_plan
 from subscriptions.errors import PlanNotFound, SubscriptionNotFound
+from subscriptions.quota import QuotaUnavailable, quota_for
 
 router = Router(tags=["coding-plans"])
 
@@ -112,6 +113,45 @@ def resume(request: HttpRequest, subscription_id: int):
         user=request.auth, subscription_id=subscription_id, now=timezone.now()
     )
     return selectors.subscription_json(subscription)
+
+
+@router.get("/subscriptions/{int:subscription_id}/quota")
+def quota(request: HttpRequest, subscription_id: int):
+    subscription = selectors.subscription_for(request.auth, subscription_id)
+    return quota_for(subscription, now=timezone.now()).as_json()
+
+
+@router.get("/current")
+def current(request: HttpRequest):
+    """For clients (IDE extensions, CLIs): live plans with routing state and quota, no history."""
+    now = timezone.now()
+    plans = []
+    for subscription in selectors.subscriptions_for(request.auth):
+        entry = selectors.installed_entry(subscription)
+        item = {
+            "subscription_id": subscription.pk,
+            "plan_id": subscription.plan_id,
+            "name": subscription.plan_name,
+            "provider_id": subscription.provider_id,
+            "provider_name": selectors.provider_name(subscription.provider_id),
+            "status": subscription.status,
+            "cancel_at_period_end": subscription.cancel_at_period_end,
+            "current_period_end": selectors.iso(subscription.current_period_end),
+            "grace_deadline": selectors.iso(subscription.grace_deadline),
+            "routing": {
+                "installed_entry_linked": entry is not None,
+                "installed_entry_enabled": bool(entry and entry.enabled),
+                "byok_key_id": entry.pk if entry else None,
+            },
+            "quota": None,
+            "quota_error": None,
+        }
+        try:
+            item["quota"] = quota_for(subscription, now=now).as_json()
+        except QuotaUnavailable as exc:
+            item["quota_error"] = {"code": exc.code, "message": exc.message}
+        plans.append(item)
+    return {"subscriptions": plans}
 
 
 def _intent_plan(plan_id: str) -> str:

@@ -31,8 +31,36 @@ def plan_name(plan_id: str) -> str:
     return plan.name if plan else plan_id
 
 
+# The S object's fields, in the order responses list them.
+SUBSCRIPTION_FIELDS = (
+    "id",
+    "plan_id",
+    "provider_id",
+    "name",
+    "status",
+    "price_usd",
+    "billing_period_days",
+    "payment_source",
+    "current_period_start",
+    "current_period_end",
+    "cancel_at_period_end",
+    "grace_deadline",
+    "canceled_at",
+    "cancellation_reason",
+    "byok_key_id",
+)
+
+
+def in_field_order(body: dict) -> dict:
+    """A stored S back in its original key order. PostgreSQL's jsonb does not keep key order, so
+    without this an idempotent replay (P3) would be equal as JSON but not byte-identical."""
+    ordered = {name: body[name] for name in SUBSCRIPTION_FIELDS if name in body}
+    ordered.update((name, value) for name, value in body.items() if name not in ordered)
+    return ordered
+
+
 def subscription_json(subscription: Subscription, *, byok_key_id: int | Any | None = ...) -> dict:
-    """The S object of SPEC 11.1."""
+    """The S object of SPEC 11.1, keys in SUBSCRIPTION_FIELDS order."""
     if byok_key_id is ...:
         byok_key_id = (
             ByokKey.objects.filter(subscription=subscription).values_list("id", flat=True).first()
@@ -64,11 +92,23 @@ def subscriptions_for(user, *, include_terminal: bool = False) -> list[Subscript
     return sorted(rows.order_by("-created_at", "-id"), key=lambda s: s.status not in LIVE_STATUSES)
 
 
-def installed_entry_id(subscription: Subscription) -> int | None:
+def installed_entry(subscription: Subscription) -> ByokKey | None:
+    """The still-linked installed BYOK entry (B3), if any."""
     try:
-        return subscription.installed_entry.pk
+        return subscription.installed_entry
     except ByokKey.DoesNotExist:
         return None
+
+
+def installed_entry_id(subscription: Subscription) -> int | None:
+    entry = installed_entry(subscription)
+    return entry.pk if entry else None
+
+
+def provider_name(provider_id: str) -> str:
+    from django.conf import settings
+
+    return settings.PROVIDERS.get(provider_id, provider_id)
 
 
 def subscriptions_json(user, *, include_terminal: bool = False) -> list[dict]:

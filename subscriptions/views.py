@@ -16,6 +16,7 @@ from billing.selectors import credit_account_for
 from codingplans.errors import DomainError
 from subscriptions import lifecycle, selectors, services
 from subscriptions.catalog import all_plans, get_plan
+from subscriptions.quota import QuotaUnavailable, quota_for
 
 
 def _center(request, *, status: int = 200, error: str | None = None):
@@ -88,7 +89,13 @@ def detail(request, subscription_id: int):
         subscription, cursor=request.GET.get("cursor") or None
     )
     plan = get_plan(subscription.plan_id)
-    entry_id = selectors.installed_entry_id(subscription)
+    entry = selectors.installed_entry(subscription)
+    quota, quota_error = None, None
+    if subscription.is_live:
+        try:
+            quota = quota_for(subscription, now=timezone.now())
+        except QuotaUnavailable as exc:  # never breaks the page (Q2)
+            quota_error = exc.message
     return render(
         request,
         "subscriptions/detail.html",
@@ -99,7 +106,9 @@ def detail(request, subscription_id: int):
             "provider_name": settings.PROVIDERS.get(
                 subscription.provider_id, subscription.provider_id
             ),
-            "installed_entry": subscription.installed_entry if entry_id else None,
+            "installed_entry": entry,
+            "quota": quota,
+            "quota_error": quota_error,
             "terms": terms,
             "next_cursor": next_cursor,
             "paging": bool(request.GET.get("cursor")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
 
@@ -32,6 +33,7 @@ def standin_server():
 def standin(standin_server, settings):
     """Every test talks to a freshly reset stand-in MiniMax server, never the real one."""
     standin_server.state.reset()
+    cache.clear()  # quota results are cached per subscription id
     settings.MINIMAX_API_BASE_URL = standin_server.url
     settings.MINIMAX_TIMEOUT_SECONDS = 2
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
@@ -41,7 +43,9 @@ def standin(standin_server, settings):
 
 @pytest.fixture
 def make_user(db):
-    def make(email: str | None = None, *, credits_usd: int = 0, password: str = "pw-Secret-123!", **extra):
+    def make(
+        email: str | None = None, *, credits_usd: int = 0, password: str = "pw-Secret-123!", **extra
+    ):
         user = create_user(
             email=email or f"user{next(_emails)}@example.com",
             password=password,
