@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.utils import timezone
 from ninja import Router, Schema
+from pydantic import StrictBool, StrictInt, StrictStr
 
 from adminops.audit import actor_for
 from billing import selectors, services
@@ -24,8 +25,10 @@ class CreditsOut(Schema):
 
 
 class AutoTopUpIn(Schema):
-    enabled: bool
-    amount_usd: str | int
+    # Strict: JSON `true` must not become $1 and a float must not sneak in (money is a string
+    # such as "20.00", or a whole number of dollars).
+    enabled: StrictBool
+    amount_usd: StrictStr | StrictInt
 
 
 def _credits(account) -> dict:

@@ -16,5 +16,5 @@ class Command(BaseCommand):
         user = User.objects.filter(email__iexact=email, is_active=True).first()
         if user is None:
             raise CommandError(f"No active user with e-mail {email}.")
-        issued = create_api_token(user=user, name=name, now=timezone.now())
+        issued = create_api_token(user=user, name=name, now=timezone.now(), actor="system:command")
         self.stdout.write(issued.plaintext)

@@ -19,17 +19,28 @@ class Command(BaseCommand):
         customer = User.objects.filter(email="demo@example.com").first()
         if customer is None:
             customer = create_user(
-                email="demo@example.com", password=DEMO_PASSWORD, full_name="Demo Customer",
-                now=now, actor="system:seed",
+                email="demo@example.com",
+                password=DEMO_PASSWORD,
+                full_name="Demo Customer",
+                now=now,
+                actor="system:seed",
             )
             grant_credits(
-                user=customer, amount_micros=100_000_000, actor="system:seed",
-                reason="Demo credits", now=now,
+                user=customer,
+                amount_micros=100_000_000,
+                actor="system:seed",
+                reason="Demo credits",
+                now=now,
             )
         if not User.objects.filter(email="staff@example.com").exists():
             create_user(
-                email="staff@example.com", password=STAFF_PASSWORD, full_name="Demo Staff",
-                is_staff=True, is_superuser=True, now=now, actor="system:seed",
+                email="staff@example.com",
+                password=STAFF_PASSWORD,
+                full_name="Demo Staff",
+                is_staff=True,
+                is_superuser=True,
+                now=now,
+                actor="system:seed",
             )
         self.stdout.write(
             "Demo users:\n"

@@ -22,10 +22,16 @@ class Command(BaseCommand):
         try:
             micros = usd_to_micros(amount_usd)
             entry = grant_credits(
-                user=user, amount_micros=micros, actor="system:command", reason=reason, now=timezone.now()
+                user=user,
+                amount_micros=micros,
+                actor="system:command",
+                reason=reason,
+                now=timezone.now(),
             )
         except (InvalidAmount, DomainError) as exc:
-            raise CommandError(f"Invalid amount {amount_usd!r}: give a positive USD amount.") from exc
-        self.stdout.write(
-            f"Granted {display_usd(micros)} to {user.email}; balance {display_usd(entry.balance_after_micros)}."
-        )
+            raise CommandError(
+                f"Invalid amount {amount_usd!r}: give a positive USD amount with at most two "
+                "decimals, up to 1000000."
+            ) from exc
+        balance = display_usd(entry.balance_after_micros)
+        self.stdout.write(f"Granted {display_usd(micros)} to {user.email}; balance {balance}.")
