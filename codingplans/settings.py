@@ -68,20 +68,24 @@ def _secret(name: str) -> str:
 
 
 SECRET_KEY = _secret("SECRET_KEY")
-CODING_PLANS_ENCRYPTION_KEYS = [k.strip() for k in _secret("CODING_PLANS_ENCRYPTION_KEYS").split(",") if k.strip()]
+CODING_PLANS_ENCRYPTION_KEYS = [
+    k.strip() for k in _secret("CODING_PLANS_ENCRYPTION_KEYS").split(",") if k.strip()
+]
 CODING_PLANS_FINGERPRINT_KEY = _secret("CODING_PLANS_FINGERPRINT_KEY")
 for _key in CODING_PLANS_ENCRYPTION_KEYS:
     try:
         Fernet(_key)
     except Exception as exc:  # a malformed key must stop start-up, not the first encryption
-        raise ImproperlyConfigured("CODING_PLANS_ENCRYPTION_KEYS holds an invalid Fernet key.") from exc
+        raise ImproperlyConfigured(
+            "CODING_PLANS_ENCRYPTION_KEYS holds an invalid Fernet key."
+        ) from exc
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver" if DEBUG else "")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
 
 def parse_database_url(url: str) -> dict[str, object]:
-    """postgres://user:pass@host:port/name, with a socket directory as %2F-encoded host or ?host=."""
+    """postgres://user:pass@host:port/name; a socket directory as a %2F-encoded host or ?host=."""
     parsed = urlparse(url)
     if parsed.scheme not in {"postgres", "postgresql", "pgsql"}:
         raise ImproperlyConfigured("DATABASE_URL must be a PostgreSQL URL.")
@@ -203,6 +207,8 @@ DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Coding Plans <no-repl
 # Upstream and product flags.
 MINIMAX_API_BASE_URL = os.environ.get("MINIMAX_API_BASE_URL", "https://api.minimax.io").rstrip("/")
 MINIMAX_TIMEOUT_SECONDS = float(os.environ.get("MINIMAX_TIMEOUT_SECONDS", "10"))
+GATEWAY_TIMEOUT_SECONDS = float(os.environ.get("GATEWAY_TIMEOUT_SECONDS", "60"))
+GATEWAY_RATE_LIMIT_PER_MINUTE = int(os.environ.get("GATEWAY_RATE_LIMIT_PER_MINUTE", "600"))
 CODING_PLANS_PURCHASE_ENABLED = env_bool("CODING_PLANS_PURCHASE_ENABLED", False)
 CODING_PLANS_TOP_UP_BACKEND = os.environ.get("CODING_PLANS_TOP_UP_BACKEND", "simulated-approve")
 if CODING_PLANS_TOP_UP_BACKEND not in {"simulated-approve", "simulated-decline"}:

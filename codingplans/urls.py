@@ -3,10 +3,13 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from codingplans.api import api
+from gateway.views import chat_completions
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/subscriptions/", permanent=False)),
     path("admin/", admin.site.urls),
+    # The gateway is a plain async view (streaming under ASGI), ahead of the ninja API.
+    path("api/v1/gateway/chat/completions", chat_completions, name="gateway-chat-completions"),
     path("api/v1/", api.urls),
     path("accounts/", include("accounts.urls")),
     path("account/", include("accounts.account_urls")),

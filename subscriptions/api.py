@@ -8,6 +8,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from ninja import Router, Status
 
+from gateway.services import usage_in_period
 from subscriptions import lifecycle, selectors, services
 from subscriptions.catalog import get_plan
 from subscriptions.errors import PlanNotFound, SubscriptionNotFound
@@ -143,6 +144,7 @@ def current(request: HttpRequest):
                 "installed_entry_enabled": bool(entry and entry.enabled),
                 "byok_key_id": entry.pk if entry else None,
             },
+            "usage": usage_in_period(subscription),
             "quota": None,
             "quota_error": None,
         }

@@ -14,6 +14,7 @@ from django.views.decorators.http import require_POST
 
 from billing.selectors import credit_account_for
 from codingplans.errors import DomainError
+from gateway.services import usage_in_period
 from subscriptions import lifecycle, selectors, services
 from subscriptions.catalog import all_plans, get_plan
 from subscriptions.quota import QuotaUnavailable, quota_for
@@ -109,6 +110,7 @@ def detail(request, subscription_id: int):
             "installed_entry": entry,
             "quota": quota,
             "quota_error": quota_error,
+            "usage": usage_in_period(subscription) if subscription.is_live else None,
             "terms": terms,
             "next_cursor": next_cursor,
             "paging": bool(request.GET.get("cursor")),

@@ -6,15 +6,24 @@ or from another process through `POST /_standin/config`.
 
 Keys: by default any key is accepted except those starting with `invalid` or `sk-invalid`;
 `accepted_keys` (a list) restricts it to exactly those keys.
-Failures (`failure`, or per key in `key_failures`): `timeout` (sleeps past the client's
-timeout), `500`, `401`, `429`, `malformed` (not JSON), `oversize` (a huge body).
+Failures (`failure`, or per key in `key_failures`): `timeout` (sleeps `timeout_sleep_s` past
+the client's timeout), `500`, `401`, `403`, `429`, `malformed` (not JSON), `oversize` (a huge
+body), `redirect` (302 to `/_standin/redirected<path>`, which would answer normally if a client
+followed it), `slow_body` (200 headers, then one byte every `trickle_interval_s` until
+`timeout_sleep_s` has passed). `response` makes every product endpoint answer a canned
+`{"status", "body" | "raw", "headers"}` instead (for odd-but-well-formed upstream answers).
 
-Run: python -m upstream.standin --port 8090 [--latency-ms 0]
+Control endpoints: `POST /_standin/config` (a JSON object of the settings above; unknown names
+or failure modes → 400), `POST /_standin/reset`, `GET /_standin/requests`.
+
+Run: python -m upstream.standin --port 8090 [--latency-ms 0]   (`--port 0`: any free port; the
+first line printed names the URL)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import threading
@@ -24,6 +33,34 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 REJECTED_PREFIXES = ("invalid", "sk-invalid")
+FAILURE_MODES = frozenset(
+    {"timeout", "500", "401", "403", "429", "malformed", "oversize", "redirect", "slow_body"}
+)
+REDIRECT_PREFIX = "/_standin/redirected"
+_CONFIG_NAMES = frozenset(
+    {
+        "accepted_keys",
+        "latency_ms",
+        "failure",
+        "key_failures",
+        "quota",
+        "response",
+        "timeout_sleep_s",
+        "trickle_interval_s",
+        "stream_chunks",
+        "stream_chunk_delay_ms",
+        "stream_disconnect_after",
+    }
+)
+
+
+def _failure_mode(value: Any) -> str | None:
+    if value is None:
+        return None
+    mode = str(value)
+    if mode not in FAILURE_MODES:
+        raise ValueError(f"unknown failure mode {mode!r}")
+    return mode
 
 
 def default_quota(now_ms: int | None = None) -> dict[str, Any]:
@@ -57,9 +94,24 @@ class StandinState:
     failure: str | None = None
     key_failures: dict[str, str] = field(default_factory=dict)
     quota: dict[str, Any] = field(default_factory=dict)  # per key: a full response body
+    # When set, every product endpoint answers exactly this (after failures and the key check):
+    # {"status": 200, "body": <JSON value> | "raw": "<text>", "headers": {...}}.
+    response: dict[str, Any] | None = None
     timeout_sleep_s: float = 15.0
+    trickle_interval_s: float = 0.1
+    # Streaming chat completions (`"stream": true`): how many content chunks, the pause before
+    # each, and an optional chunk count after which the connection is dropped mid-stream.
+    stream_chunks: int = 5
+    stream_chunk_delay_ms: int = 0
+    stream_disconnect_after: int | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Product calls being answered right now, and the most seen at once since the last reset
+    # (tests of bounded client concurrency). A call still running from before a reset (e.g. a
+    # `timeout` sleeper) belongs to an older generation and is not counted.
+    in_flight: int = 0
+    max_in_flight: int = 0
+    generation: int = 0
 
     def reset(self) -> None:
         with self.lock:
@@ -68,21 +120,53 @@ class StandinState:
             self.failure = None
             self.key_failures = {}
             self.quota = {}
+            self.response = None
             self.timeout_sleep_s = 15.0
+            self.trickle_interval_s = 0.1
+            self.stream_chunks = 5
+            self.stream_chunk_delay_ms = 0
+            self.stream_disconnect_after = None
             self.requests = []
+            self.in_flight = 0
+            self.max_in_flight = 0
+            self.generation += 1
 
     def configure(self, config: dict[str, Any]) -> None:
+        """Apply settings; raises ValueError (and changes nothing) on an unknown name or mode."""
+        if not isinstance(config, dict):
+            raise ValueError("config must be a JSON object")
+        unknown = set(config) - _CONFIG_NAMES
+        if unknown:
+            raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+        failure = _failure_mode(config.get("failure"))
+        key_failures = {
+            str(k): _failure_mode(v) for k, v in (config.get("key_failures") or {}).items()
+        }
         with self.lock:
             if "accepted_keys" in config:
                 keys = config["accepted_keys"]
                 self.accepted_keys = None if keys is None else set(keys)
-            for name in ("latency_ms", "failure", "timeout_sleep_s"):
+            for name in (
+                "latency_ms",
+                "timeout_sleep_s",
+                "trickle_interval_s",
+                "stream_chunks",
+                "stream_chunk_delay_ms",
+                "stream_disconnect_after",
+            ):
                 if name in config:
                     setattr(self, name, config[name])
-            if "key_failures" in config:
-                self.key_failures.update(config["key_failures"])
+            if "failure" in config:
+                self.failure = failure
+            for key, mode in key_failures.items():
+                if mode is None:
+                    self.key_failures.pop(key, None)
+                else:
+                    self.key_failures[key] = mode
             if "quota" in config:
                 self.quota.update(config["quota"])
+            if "response" in config:
+                self.response = config["response"]
 
     def key_accepted(self, key: str) -> bool:
         if self.accepted_keys is not None:
@@ -101,6 +185,29 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # keys must never reach logs
         return
 
+    def handle_one_request(self) -> None:
+        """One request; a product call counts as in flight from `_prelude` until answered."""
+        self._flight: int | None = None
+        try:
+            super().handle_one_request()
+        finally:
+            self._land()
+
+    def _take_off(self, state: StandinState) -> None:
+        """Count this call in flight (caller holds `state.lock`)."""
+        state.in_flight += 1
+        state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        self._flight = state.generation
+
+    def _land(self) -> None:
+        generation, self._flight = getattr(self, "_flight", None), None
+        if generation is None:
+            return
+        state = self.server.state
+        with state.lock:
+            if state.generation == generation:
+                state.in_flight = max(0, state.in_flight - 1)
+
     # -- helpers -------------------------------------------------------------------------
     def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
         self.send_response(status)
@@ -113,8 +220,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(payload).encode())
 
     def _body(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = 0
+        raw = self.rfile.read(length) if length > 0 else b""
         try:
             return json.loads(raw) if raw else None
         except ValueError:
@@ -124,7 +234,7 @@ class _Handler(BaseHTTPRequestHandler):
         header = self.headers.get("Authorization", "")
         return header[7:].strip() if header.lower().startswith("bearer ") else ""
 
-    def _fail(self, failure: str | None) -> bool:
+    def _fail(self, failure: str | None, path: str) -> bool:
         """Apply a configured failure; True when the response has been sent."""
         state = self.server.state
         if failure is None:
@@ -134,8 +244,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(504, {"error": "timeout"})
         elif failure == "500":
             self._json(500, {"error": {"message": "internal error (stand-in)"}})
-        elif failure == "401":
-            self._json(401, {"error": {"message": "invalid api key (stand-in)"}})
+        elif failure in ("401", "403"):
+            self._json(int(failure), {"error": {"message": "invalid api key (stand-in)"}})
+        elif failure == "redirect":
+            body = b'{"moved": true}'
+            self.send_response(302)
+            self.send_header("Location", REDIRECT_PREFIX + path)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif failure == "slow_body":
+            self._trickle(state.timeout_sleep_s, state.trickle_interval_s)
         elif failure == "429":
             self.send_response(429)
             self.send_header("Retry-After", "7")
@@ -152,42 +272,95 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(500, {"error": {"message": f"unknown failure mode {failure}"}})
         return True
 
-    def _prelude(self, path: str, body: Any) -> str | None:
+    def _trickle(self, duration_s: float, interval_s: float) -> None:
+        """A 200 whose body arrives one byte at a time, each within any sane read timeout."""
+        total = max(1, int(duration_s / max(interval_s, 0.001)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(total))
+        self.end_headers()
+        self.wfile.flush()
+        for _ in range(total):
+            self.wfile.write(b" ")
+            self.wfile.flush()
+            time.sleep(interval_s)
+
+    def _prelude(self, path: str, body: Any, *, failures: bool = True) -> str | None:
         """Record the call, apply latency and failures, check the key. Returns the key or None."""
         state = self.server.state
         key = self._key()
         with state.lock:
             state.requests.append(
-                {"method": self.command, "path": path, "key": key, "body": body, "at": time.time()}
+                {
+                    "method": self.command,
+                    "path": path,
+                    "key": key,
+                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                    "body": body,
+                    "at": time.time(),
+                }
             )
+            self._take_off(state)
             latency = state.latency_ms
-            failure = state.key_failures.get(key) or state.failure
+            failure = (state.key_failures.get(key) or state.failure) if failures else None
             accepted = state.key_accepted(key)
         if latency:
             time.sleep(latency / 1000)
-        if self._fail(failure):
+        if self._fail(failure, path):
             return None
         if not accepted:
             self._json(401, {"base_resp": {"status_code": 1004, "status_msg": "invalid api key"}})
             return None
+        with state.lock:
+            canned = copy.deepcopy(state.response)
+        if canned is not None:
+            self._canned(canned)
+            return None
         return key
 
+    def _canned(self, canned: dict[str, Any]) -> None:
+        if "raw" in canned:
+            raw = canned["raw"]
+            body = raw.encode("latin-1") if isinstance(raw, str) else bytes(raw)
+        else:
+            body = json.dumps(canned.get("body")).encode()
+        self.send_response(int(canned.get("status", 200)))
+        headers = {"Content-Type": "application/json", **(canned.get("headers") or {})}
+        for name, value in headers.items():
+            self.send_header(name, str(value))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     # -- routes --------------------------------------------------------------------------
+    @staticmethod
+    def _route(path: str) -> tuple[str, bool]:
+        """(endpoint path, whether configured failures apply). A redirect's target answers
+        normally, so a client that wrongly follows redirects is caught succeeding."""
+        if path.startswith(REDIRECT_PREFIX + "/"):
+            return path[len(REDIRECT_PREFIX) :], False
+        return path, True
+
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
         body = self._body()
         if path == "/_standin/config":
-            self.server.state.configure(body or {})
+            try:
+                self.server.state.configure(body if body is not None else {})
+            except ValueError as exc:
+                self._json(400, {"ok": False, "error": str(exc)})
+                return
             self._json(200, {"ok": True})
             return
         if path == "/_standin/reset":
             self.server.state.reset()
             self._json(200, {"ok": True})
             return
-        if path != "/v1/chat/completions":
+        endpoint, failures = self._route(path)
+        if endpoint != "/v1/chat/completions":
             self._json(404, {"error": "not found"})
             return
-        if self._prelude(path, body) is None:
+        if self._prelude(path, body, failures=failures) is None:
             return
         self._chat_completion(body if isinstance(body, dict) else {})
 
@@ -197,22 +370,33 @@ class _Handler(BaseHTTPRequestHandler):
             calls = self.server.state.calls()
             self._json(200, {"requests": calls})
             return
-        if path != "/v1/token_plan/remains":
+        endpoint, failures = self._route(path)
+        if endpoint != "/v1/token_plan/remains":
             self._json(404, {"error": "not found"})
             return
-        key = self._prelude(path, None)
+        key = self._prelude(path, None, failures=failures)
         if key is None:
             return
         with self.server.state.lock:
             payload = copy.deepcopy(self.server.state.quota.get(key)) or default_quota()
         self._json(200, payload)
 
+    def _stream_completion(self, body: dict[str, Any], prompt_tokens: int) -> None:
+        _stream_completion_impl(self, body, prompt_tokens)
+
     def _chat_completion(self, body: dict[str, Any]) -> None:
         max_tokens = body.get("max_tokens")
         text = "Hi" if max_tokens == 1 else "Hello from the stand-in MiniMax server."
         finish = "length" if max_tokens == 1 else "stop"
-        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            messages = []
+        messages = [m for m in messages if isinstance(m, dict)]
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
         completion_tokens = len(text.split())
+        if body.get("stream") is True:
+            self._stream_completion(body, prompt_tokens)
+            return
         self._json(
             200,
             {
@@ -236,10 +420,83 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
 
+def _sse(payload: Any) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def _stream_completion_impl(handler: _Handler, body: dict[str, Any], prompt_tokens: int) -> None:
+    """OpenAI-style SSE: `data:` chunks, a final chunk with `usage`, then `data: [DONE]`."""
+    state = handler.server.state
+    with state.lock:
+        chunks, delay_ms, drop_after = (
+            max(1, int(state.stream_chunks)),
+            int(state.stream_chunk_delay_ms),
+            state.stream_disconnect_after,
+        )
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.send_header("Cache-Control", "no-cache")
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    handler.close_connection = True
+    created = int(time.time())
+    model = body.get("model", "MiniMax-M2")
+    for index in range(chunks):
+        if drop_after is not None and index >= int(drop_after):
+            return  # connection closes without [DONE]: a mid-stream disconnect
+        if delay_ms:
+            time.sleep(delay_ms / 1000)
+        delta = (
+            {"role": "assistant", "content": f"chunk{index} "}
+            if index == 0
+            else {"content": f"chunk{index} "}
+        )
+        handler.wfile.write(
+            _sse(
+                {
+                    "id": f"standin-{created}",
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+                }
+            )
+        )
+        handler.wfile.flush()
+    handler.wfile.write(
+        _sse(
+            {
+                "id": f"standin-{created}",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": chunks,
+                    "total_tokens": prompt_tokens + chunks,
+                },
+            }
+        )
+    )
+    handler.wfile.write(b"data: [DONE]\n\n")
+    handler.wfile.flush()
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     state: StandinState
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that gave up (timeouts, oversize bodies) is expected; stay quiet. Anything
+        else: one line without the request, which may carry a key."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return
+        print(f"stand-in: handler error {type(exc).__name__}", file=sys.stderr)
 
 
 class StandinServer:
@@ -249,6 +506,7 @@ class StandinServer:
         self._server = _Server((host, port), _Handler)
         self._server.state = StandinState()
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._started = False
 
     @property
     def state(self) -> StandinState:
@@ -261,10 +519,13 @@ class StandinServer:
 
     def start(self) -> StandinServer:
         self._thread.start()
+        self._started = True
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._started:  # shutdown() waits for serve_forever, which never ran otherwise
+            self._server.shutdown()
+            self._started = False
         self._server.server_close()
 
     def __enter__(self) -> StandinServer:
@@ -283,10 +544,9 @@ def main(argv: list[str] | None = None) -> None:
     server = StandinServer(args.host, args.port)
     server.state.latency_ms = args.latency_ms
     print(f"stand-in MiniMax listening on {server.url}", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server._server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    server._server.server_close()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,58 @@
+from codingplans.errors import DomainError
+
+
+class GatewayError(DomainError):
+    pass
+
+
+class NoProviderKey(GatewayError):
+    code = "no_provider_key"
+    status = 403
+    default_message = (
+        "You have no enabled key for this provider. Buy a Coding Plan or add your own key in BYOK "
+        "(and make sure it is enabled)."
+    )
+
+
+class UnknownProvider(GatewayError):
+    code = "unknown_provider"
+    status = 400
+    default_message = (
+        "Unknown provider: name the model as <provider>/<model>, e.g. minimax/MiniMax-M2."
+    )
+
+
+class InvalidRequest(GatewayError):
+    code = "invalid_request"
+    status = 400
+    default_message = "The body must be a JSON object with a model and messages."
+
+
+class RateLimited(GatewayError):
+    code = "rate_limited"
+    status = 429
+    default_message = "Too many requests with this token; slow down and retry in a minute."
+
+
+class ProviderTimeout(GatewayError):
+    code = "provider_timeout"
+    status = 504
+    default_message = "The provider did not answer in time."
+
+
+class ProviderKeyRejected(GatewayError):
+    code = "provider_key_rejected"
+    status = 502
+    default_message = "The provider rejected the key in your BYOK settings."
+
+
+class ProviderRateLimited(GatewayError):
+    code = "provider_rate_limited"
+    status = 429
+    default_message = "The provider is rate limiting this key; retry later."
+
+
+class ProviderError(GatewayError):
+    code = "provider_error"
+    status = 502
+    default_message = "The provider returned an error."
