@@ -28,7 +28,9 @@ def decrypt(token: str) -> str:
     try:
         return _fernet().decrypt(token.encode()).decode()
     except InvalidToken as exc:
-        raise SecretUnavailable("stored secret cannot be decrypted with the configured keys") from exc
+        raise SecretUnavailable("stored secret cannot be decrypted with the configured keys") from (
+            exc
+        )
 
 
 def rotate(token: str) -> str:
