@@ -1,7 +1,9 @@
 """Second line of defence for SPEC S1: redact anything key-shaped before it is logged.
 
 Services never log secrets on purpose; this catches the accidents (an exception message that
-quotes a header, a debug line with a request body).
+quotes a header, a debug line with a request body). It redacts the message, the formatted
+traceback, the stack and any string `extra=` attribute; ordinary prose, URL paths and file
+paths stay readable.
 """
 
 from __future__ import annotations
@@ -11,22 +13,51 @@ import re
 
 REDACTED = "[REDACTED]"
 
-_PATTERNS = [
-    # Authorization headers and bearer tokens.
-    (re.compile(r"(?i)\b(bearer|token|basic)\s+[A-Za-z0-9._~+/=\-]{6,}"), r"\1 " + REDACTED),
+_CRED = r"[A-Za-z0-9._~+/=\-]"
+
+
+def _scheme_credential(match: re.Match[str]) -> str:
+    """`Token <x>` / `Basic <x>`: redact only what looks like a credential (a digit, a symbol
+    or mixed case), so prose such as "token expired" or "Basic authentication" is left alone."""
+    scheme, value = match.group(1), match.group(2)
+    looks_secret = len(value) >= 8 and (
+        any(c.isdigit() or c in "._~+/=-" for c in value) or any(c.isupper() for c in value[1:])
+    )
+    return f"{scheme} {REDACTED}" if looks_secret else match.group(0)
+
+
+_PATTERNS: list[tuple[re.Pattern[str], object]] = [
+    # Authorization headers: any Bearer credential.
+    (re.compile(rf"(?i)\b(bearer)\s+{_CRED}{{6,}}"), r"\1 " + REDACTED),
+    (re.compile(rf"(?i)\b(token|basic)\s+({_CRED}+)"), _scheme_credential),
     # Provider-style keys: sk-..., eyJ... (JWT), our own API tokens cp_...
     (re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-]{6,}"), REDACTED),
     (re.compile(r"\beyJ[A-Za-z0-9_\-]{10,}(?:\.[A-Za-z0-9_\-]+)*"), REDACTED),
     (re.compile(r"\bcp_[A-Za-z0-9_\-]{10,}"), REDACTED),
-    # Fernet tokens and any other long opaque token.
+    # Fernet tokens (even short ones) and any other long opaque token.
+    (re.compile(r"\bgAAAAA[A-Za-z0-9_\-]{20,}={0,2}"), REDACTED),
     # (A digit and a letter are required, so long identifiers and file paths stay readable.)
     (
-        re.compile(r"\b(?=[A-Za-z0-9_\-]*\d)(?=[A-Za-z0-9_\-]*[A-Za-z])[A-Za-z0-9_\-]{32,}={0,2}"),
+        re.compile(
+            r"\b(?![0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b)"  # UUIDs stay
+            r"(?=[A-Za-z0-9_\-]*\d)(?=[A-Za-z0-9_\-]*[A-Za-z])[A-Za-z0-9_\-]{32,}={0,2}"
+        ),
         REDACTED,
     ),
-    # key=value / "api_key": "value" shapes.
+    # Standard base64 (with + and /): upper, lower and a digit, 40+ characters.
     (
-        re.compile(r"(?i)((?:api[_-]?key|secret|password|authorization)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"),
+        re.compile(
+            r"(?<![A-Za-z0-9+/])(?=[A-Za-z0-9+/]*[A-Z])(?=[A-Za-z0-9+/]*[a-z])"
+            r"(?=[A-Za-z0-9+/]*\d)[A-Za-z0-9+/]{40,}={0,2}"
+        ),
+        REDACTED,
+    ),
+    # key=value / "api_key": "value" / header shapes.
+    (
+        re.compile(
+            r"(?i)((?:api[_-]?key|access[_-]?key|secret|password|passwd|authorization|token)"
+            r"[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"
+        ),
         r"\1" + REDACTED,
     ),
 ]
@@ -34,8 +65,17 @@ _PATTERNS = [
 
 def redact(text: str) -> str:
     for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+        text = pattern.sub(replacement, text)  # type: ignore[arg-type]
     return text
+
+
+# Attributes every LogRecord has; anything else came from `extra=` (or a handler) and is redacted
+# when it is a string.
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "_redacted",
+}
 
 
 class RedactSecretsFilter(logging.Filter):
@@ -43,6 +83,7 @@ class RedactSecretsFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         _redact_record(record)
+        _redact_extras(record)
         return True
 
 
@@ -56,16 +97,31 @@ def _redact_record(record: logging.LogRecord) -> None:
     record.msg = redact(message)
     record.args = None
     if record.exc_info and not record.exc_text:
-        record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
-        record.exc_info = None
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = redact(record.exc_text)
+    # The formatted (and redacted) text is all a handler may see; the live exception object
+    # (frames, locals, the raw message) is dropped.
+    record.exc_info = None
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
     record._redacted = True
+
+
+def _redact_extras(record: logging.LogRecord) -> None:
+    for name, value in list(vars(record).items()):
+        if name not in _STANDARD_ATTRS and isinstance(value, str):
+            setattr(record, name, redact(value))
 
 
 _installed = False
 
 
 def install_record_factory() -> None:
-    """Redact at record creation, so every handler (and pytest's caplog) sees clean text."""
+    """Redact at record creation, so every handler (and pytest's caplog) sees clean text.
+
+    `extra=` attributes are set after the factory runs; RedactSecretsFilter (on our handlers)
+    redacts those."""
     global _installed
     if _installed:
         return

@@ -4,8 +4,10 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const el of document.querySelectorAll("time[data-local]")) {
     const when = new Date(el.getAttribute("datetime"));
     if (!Number.isNaN(when.getTime())) {
+      // (dateStyle/timeStyle cannot be combined with timeZoneName.)
       el.textContent = when.toLocaleString(undefined, {
-        dateStyle: "medium", timeStyle: "short", timeZoneName: "short",
+        year: "numeric", month: "short", day: "numeric",
+        hour: "numeric", minute: "2-digit", timeZoneName: "short",
       });
     }
   }
