@@ -99,3 +99,14 @@ class InventoryUpload(models.Model):
 
     def __str__(self) -> str:
         return f"Upload #{self.pk} ({self.plan_id}, {self.status})"
+
+
+class LowStockAlert(models.Model):
+    """Per plan: whether staff were already told it ran low (O3). Re-armed when a restock lifts
+    the plan back to its threshold, so each crossing sends exactly one e-mail."""
+
+    plan_id = models.CharField(max_length=64, unique=True)
+    alerted_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"Low-stock alert state for {self.plan_id}"

@@ -35,7 +35,7 @@ from subscriptions.models import (
     PurchaseRequest,
     Subscription,
 )
-from subscriptions.selectors import subscription_json
+from subscriptions.selectors import in_field_order, subscription_json
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,10 @@ def purchase_plan(
             if previous.plan_id != plan.plan_id:
                 raise IdempotencyKeyReused()
             return PurchaseOutcome(
-                previous.response_status, previous.response_body, True, previous.subscription_id
+                previous.response_status,
+                in_field_order(previous.response_body),
+                True,
+                previous.subscription_id,
             )
         # Lock order: credit account first. This also serializes one user's purchases, so two
         # plans bought at once resolve to one subscription and one `subscription_exists`.
@@ -114,7 +117,15 @@ def purchase_plan(
             response_body=body,
             created_at=now,
         )
+        transaction.on_commit(lambda: _after_assignment(plan.plan_id, now), robust=True)
     return PurchaseOutcome(201, body, False, subscription.pk)
+
+
+def _after_assignment(plan_id: str, now: datetime) -> None:
+    """Tell staff once when this assignment took the plan below its low-stock threshold (O3)."""
+    from inventory.alerts import check_low_stock
+
+    check_low_stock(plan_id=plan_id, now=now)
 
 
 def _activate(*, user, plan: Plan, now: datetime) -> Subscription:
