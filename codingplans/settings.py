@@ -142,6 +142,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "codingplans.middleware.NotFoundMiddleware",
+    "codingplans.middleware.SecurityHeadersMiddleware",
 ]
 
 ROOT_URLCONF = "codingplans.urls"
@@ -187,12 +188,33 @@ WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Security. Production (DEBUG off) defaults to secure cookies and HSTS; TLS is usually ended at
+# the load balancer, so the HTTPS redirect is opt-in (SECURE_SSL_REDIRECT=1) and the proxy's
+# X-Forwarded-Proto is trusted only when SECURE_PROXY_SSL_HEADER=1.
 SESSION_COOKIE_HTTPONLY = True
-SESSION_COOKIE_SECURE = not DEBUG
-CSRF_COOKIE_SECURE = not DEBUG
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "0" if DEBUG else "31536000"))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+if env_bool("SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Content-Security-Policy for every response (codingplans.middleware.SecurityHeadersMiddleware):
+# our own scripts and styles only; inline style attributes are allowed for progress bars.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self'; connect-src 'self'; object-src 'none'; "
+    "base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+# Rate limits (per minute): log-in attempts per client address and e-mail, purchases per user.
+LOGIN_RATE_LIMIT_PER_MINUTE = int(os.environ.get("LOGIN_RATE_LIMIT_PER_MINUTE", "10"))
+PURCHASE_RATE_LIMIT_PER_MINUTE = int(os.environ.get("PURCHASE_RATE_LIMIT_PER_MINUTE", "60"))
 
 # E-mail: SMTP when EMAIL_HOST is set, otherwise the console.
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+from django.conf import settings
 from django.http import HttpRequest
 from django.utils import timezone
 from ninja import Router, Status
 
+from codingplans.ratelimit import enforce
 from gateway.services import usage_in_period
 from subscriptions import lifecycle, selectors, services
 from subscriptions.catalog import get_plan
@@ -70,6 +72,7 @@ def catalog(request: HttpRequest):
 
 @router.post("/purchases", response={201: dict}, openapi_extra=_PURCHASE_OPENAPI)
 def purchase(request: HttpRequest):
+    enforce("purchase", str(request.auth.pk), limit=settings.PURCHASE_RATE_LIMIT_PER_MINUTE)
     outcome = services.purchase_plan(
         user=request.auth,
         plan_id=_purchase_plan_id(request),

@@ -14,6 +14,7 @@ from django.views.decorators.http import require_POST
 
 from billing.selectors import credit_account_for
 from codingplans.errors import DomainError
+from codingplans.ratelimit import enforce
 from gateway.services import usage_in_period
 from subscriptions import lifecycle, selectors, services
 from subscriptions.catalog import all_plans, get_plan
@@ -66,6 +67,7 @@ def purchase(request):
     if not settings.CODING_PLANS_PURCHASE_ENABLED:
         raise Http404("Purchases are not available.")
     try:
+        enforce("purchase", str(request.user.pk), limit=settings.PURCHASE_RATE_LIMIT_PER_MINUTE)
         outcome = services.purchase_plan(
             user=request.user,
             plan_id=request.POST.get("plan_id"),

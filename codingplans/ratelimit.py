@@ -1,0 +1,36 @@
+"""Fixed-window rate limits in the shared cache (Redis), so every web process counts together."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from django.core.cache import cache
+
+from codingplans.errors import DomainError
+
+
+class RateLimited(DomainError):
+    code = "rate_limited"
+    status = 429
+    default_message = "Too many attempts. Wait a minute and try again."
+
+
+def hit(scope: str, identity: str, *, limit: int, window_seconds: int = 60) -> bool:
+    """Count one attempt; True while the caller is within `limit` per window."""
+    if limit <= 0:
+        return True
+    digest = hashlib.sha256(f"{scope}:{identity}".encode()).hexdigest()[:32]
+    key = f"rl:{scope}:{digest}:{int(time.time() // window_seconds)}"
+    if cache.add(key, 1, timeout=window_seconds + 10):
+        return True
+    try:
+        return cache.incr(key) <= limit
+    except ValueError:  # expired between add and incr
+        cache.set(key, 1, timeout=window_seconds + 10)
+        return True
+
+
+def enforce(scope: str, identity: str, *, limit: int, window_seconds: int = 60) -> None:
+    if not hit(scope, identity, limit=limit, window_seconds=window_seconds):
+        raise RateLimited()

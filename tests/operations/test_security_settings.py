@@ -1,0 +1,82 @@
+"""Security settings (issue 8 hardening 6): deploy checks, headers, rate limits."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from cryptography.fernet import Fernet
+from django.conf import settings as django_settings
+
+pytestmark = pytest.mark.django_db
+
+
+def test_check_deploy_is_clean_with_production_settings():
+    env = {
+        **os.environ,
+        "DEBUG": "0",
+        "SECRET_KEY": "x" * 20 + "-production-secret-key-with-enough-entropy-0123456789",
+        "CODING_PLANS_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "CODING_PLANS_FINGERPRINT_KEY": "fingerprint-key-for-the-deploy-check",
+        "ALLOWED_HOSTS": "plans.example.com",
+        "SECURE_SSL_REDIRECT": "1",
+        "DATABASE_URL": os.environ.get("DATABASE_URL", "postgres://localhost/x"),
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        env=env,
+        cwd=django_settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_production_refuses_to_start_without_keys():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODING_PLANS_")}
+    env.update({"DEBUG": "0", "SECRET_KEY": "s" * 60, "ALLOWED_HOSTS": "x"})
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        env=env,
+        cwd=django_settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "CODING_PLANS_ENCRYPTION_KEYS must be set" in result.stderr
+
+
+def test_pages_carry_csp_and_security_headers(client):
+    r = client.get("/accounts/login/")
+    assert "script-src 'self'" in r["Content-Security-Policy"]
+    assert r["X-Frame-Options"] == "DENY"
+    assert r["X-Content-Type-Options"] == "nosniff"
+
+
+def test_login_is_rate_limited(client, make_user, settings):
+    settings.LOGIN_RATE_LIMIT_PER_MINUTE = 3
+    make_user("victim@example.com")
+    codes = [
+        client.post(
+            "/accounts/login/", {"username": "victim@example.com", "password": "nope"}
+        ).status_code
+        for _ in range(5)
+    ]
+    assert codes[:3] == [200, 200, 200] and codes[3:] == [429, 429]
+
+
+def test_purchase_is_rate_limited(api, settings):
+    settings.PURCHASE_RATE_LIMIT_PER_MINUTE = 2
+    codes = [
+        api.post(
+            "/api/v1/coding-plans/purchases",
+            {"plan_id": "minimax-token-plan-plus"},
+            content_type="application/json",
+            HTTP_IDEMPOTENCY_KEY=f"k{i}",
+        ).status_code
+        for i in range(3)
+    ]
+    assert codes[2] == 429
