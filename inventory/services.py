@@ -7,8 +7,9 @@ MiniMax with bounded concurrency, then store everything in one transaction — o
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -70,17 +71,32 @@ def _parse(text: str) -> tuple[list[_Line], list[dict[str, object]]]:
         key, sep, upstream_id = line.partition("::")
         key, upstream_id = key.strip(), upstream_id.strip()
         if not sep:
-            errors.append({"line": number, "reason": "malformed: expected <api key>::<upstream plan id>"})
+            errors.append(
+                {"line": number, "reason": "malformed: expected <api key>::<upstream plan id>"}
+            )
             continue
         if not _KEY_SHAPE.match(key):
-            errors.append({"line": number, "reason": "malformed: the API key is empty or not a single token of 8–512 characters"})
+            errors.append(
+                {
+                    "line": number,
+                    "reason": "malformed: the API key is empty or not a single token of "
+                    "8–512 characters",
+                }
+            )
             continue
         if not _UPSTREAM_ID_SHAPE.match(upstream_id):
-            errors.append({"line": number, "reason": "malformed: the upstream plan id is empty or not a single token"})
+            errors.append(
+                {
+                    "line": number,
+                    "reason": "malformed: the upstream plan id is empty or not a single token",
+                }
+            )
             continue
         fp = crypto.fingerprint(key)
         if fp in seen:
-            errors.append({"line": number, "reason": f"duplicate of line {seen[fp]} in this upload"})
+            errors.append(
+                {"line": number, "reason": f"duplicate of line {seen[fp]} in this upload"}
+            )
             continue
         seen[fp] = number
         lines.append(_Line(number, key, upstream_id, fp))
@@ -92,23 +108,44 @@ def _validate_live(
     *,
     concurrency: int,
     progress: Callable[[int], None] | None = None,
-) -> list[dict[str, object]]:
-    """One minimal call per key (I3), at most `concurrency` at once, each with the client timeout."""
+) -> tuple[list[dict[str, object]], int, bool]:
+    """One minimal call per key (I3), at most `concurrency` at once, each with the client timeout.
+
+    Returns (errors, keys left unchecked, whether MiniMax was unreachable). Once MiniMax is
+    unreachable or times out, the upload is rejected whatever the other keys would say, so the
+    keys not yet sent are not tried: a rejected upload then takes about one timeout, not one
+    timeout per `concurrency` keys (a 10,000-line file would otherwise hang for hours).
+    """
     concurrency = max(1, min(int(concurrency), 50))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     errors: list[dict[str, object]] = []
     done = 0
+    skipped = 0
+    unreachable = threading.Event()
+
+    def check(line: _Line, http: httpx.Client) -> minimax.KeyCheck | None:
+        if unreachable.is_set():  # set by whichever worker saw it first, before it takes more
+            return None
+        result = minimax.check_key(line.api_key, client=http)
+        if result.error == "network":
+            unreachable.set()
+        return result
+
     with minimax.make_client(limits=limits) as http, ThreadPoolExecutor(concurrency) as pool:
-        futures = [(line, pool.submit(minimax.check_key, line.api_key, client=http)) for line in lines]
-        for line, future in futures:
+        futures = {pool.submit(check, line, http): line for line in lines}
+        for future in as_completed(futures):
             result = future.result()
+            if result is None:
+                skipped += 1
+                continue
             if not result.ok:
                 reason = VALIDATION_REASONS.get(result.error or "", "validation failed")
+                line = futures[future]
                 errors.append({"line": line.number, "reason": f"failed live validation: {reason}"})
             done += 1
             if progress is not None:
                 progress(done)
-    return errors
+    return errors, skipped, unreachable.is_set()
 
 
 def upload_credentials(
@@ -142,7 +179,10 @@ def upload_credentials(
     for line in lines:
         if line.fingerprint in known:
             report.errors.append(
-                {"line": line.number, "reason": "duplicate of a credential already stored (in any state)"}
+                {
+                    "line": line.number,
+                    "reason": "duplicate of a credential already stored (in any state)",
+                }
             )
         else:
             fresh.append(line)
@@ -152,14 +192,21 @@ def upload_credentials(
         return report
 
     total = len(fresh)
-    report.errors = _validate_live(
+    report.errors, unchecked, unreachable = _validate_live(
         fresh,
         concurrency=concurrency,
         progress=(lambda done: progress(done, total)) if progress else None,
     )
     if report.errors:
         report.errors.sort(key=lambda e: e["line"])
-        report.message = "Nothing was stored: some credentials failed live validation."
+        if unreachable:
+            report.message = (
+                "Nothing was stored: MiniMax could not be reached or did not answer in time"
+                + (f" ({unchecked} credential(s) were not checked)" if unchecked else "")
+                + ". Try the whole upload again later."
+            )
+        else:
+            report.message = "Nothing was stored: some credentials failed live validation."
         return report
 
     try:
@@ -185,11 +232,24 @@ def upload_credentials(
                 now=now,
                 new={"plan_id": plan_id, "stored": total},
             )
-            transaction.on_commit(lambda: _after_restock(plan_id))
+            # robust: the credentials are stored once this commits; a broker that is down must
+            # not turn a stored upload into an error (the operator would re-upload duplicates).
+            transaction.on_commit(lambda: _after_restock(plan_id), robust=True)
     except IntegrityError:
         # The same key was stored by a concurrent upload between our check and the insert.
+        # Name the clashing lines (I2), as the check before validation would have.
+        clashing = set(
+            Credential.objects.filter(
+                fingerprint__in=[line.fingerprint for line in fresh]
+            ).values_list("fingerprint", flat=True)
+        )
+        reason = "duplicate of a credential stored meanwhile by another upload"
         report.message = "Nothing was stored: a credential in this file was uploaded meanwhile."
-        report.errors = [{"line": 0, "reason": "duplicate of a credential stored concurrently"}]
+        report.errors = [
+            {"line": line.number, "reason": reason}
+            for line in fresh
+            if line.fingerprint in clashing
+        ] or [{"line": 0, "reason": reason}]
         return report
     report.stored = total
     return report

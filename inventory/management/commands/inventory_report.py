@@ -19,4 +19,8 @@ class Command(BaseCommand):
         width = max(len(p) for p in counts) if counts else 10
         self.stdout.write("plan".ljust(width) + "  " + "  ".join(s.rjust(8) for s in STATES))
         for plan_id, row in counts.items():
-            self.stdout.write(plan_id.ljust(width) + "  " + "  ".join(str(row[s]).rjust(len(s) if len(s) > 8 else 8) for s in STATES))
+            self.stdout.write(
+                plan_id.ljust(width)
+                + "  "
+                + "  ".join(str(row[s]).rjust(len(s) if len(s) > 8 else 8) for s in STATES)
+            )

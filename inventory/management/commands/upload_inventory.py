@@ -22,10 +22,12 @@ class Command(BaseCommand):
 
     def handle(self, *args, plan_id, file, as_json, concurrency, **options):
         try:
+            # utf-8-sig: a byte-order mark (Windows editors) must not make line 1 "malformed".
             if file == "-":
-                text = sys.stdin.read()
+                stdin = getattr(sys.stdin, "buffer", None)
+                text = stdin.read().decode("utf-8-sig") if stdin else sys.stdin.read()
             else:
-                with open(file, encoding="utf-8") as handle:
+                with open(file, encoding="utf-8-sig") as handle:
                     text = handle.read()
         except (OSError, UnicodeDecodeError) as exc:
             raise CommandError(f"Cannot read {file}: {exc.__class__.__name__}") from None
@@ -39,10 +41,16 @@ class Command(BaseCommand):
             )
         except UnknownPlan:
             if as_json:
-                self.stdout.write(json.dumps({"stored": 0, "errors": [{"line": 0, "reason": f"unknown plan {plan_id}"}]}))
+                self.stdout.write(
+                    json.dumps(
+                        {"stored": 0, "errors": [{"line": 0, "reason": f"unknown plan {plan_id}"}]}
+                    )
+                )
             raise CommandError(f"Unknown plan id {plan_id!r}.") from None
         if as_json:
-            errors = report.errors or ([{"line": 0, "reason": report.message}] if report.message else [])
+            errors = report.errors or (
+                [{"line": 0, "reason": report.message}] if report.message else []
+            )
             self.stdout.write(json.dumps({"stored": report.stored, "errors": errors}))
         else:
             for error in report.errors:
@@ -50,6 +58,8 @@ class Command(BaseCommand):
             if report.message:
                 self.stdout.write(report.message)
         if not report.ok:
-            raise CommandError(f"Upload rejected: nothing stored ({len(report.errors)} problem(s)).")
+            raise CommandError(
+                f"Upload rejected: nothing stored ({len(report.errors)} problem(s))."
+            )
         if not as_json:
             self.stdout.write(f"Stored {report.stored} credential(s) for {plan_id}.")
