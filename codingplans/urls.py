@@ -17,3 +17,5 @@ urlpatterns = [
     path("byok/", include("byok.urls")),
     path("subscriptions/", include("subscriptions.urls")),
 ]
+
+handler404 = "codingplans.views.not_found"

@@ -33,7 +33,8 @@ def standin_server():
 def standin(standin_server, settings):
     """Every test talks to a freshly reset stand-in MiniMax server, never the real one."""
     standin_server.state.reset()
-    cache.clear()  # quota results are cached per subscription id
+    cache.clear()  # quota results and rate-limit counters are keyed by ids that tests reuse
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed only
     settings.MINIMAX_API_BASE_URL = standin_server.url
     settings.MINIMAX_TIMEOUT_SECONDS = 2
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"

@@ -80,3 +80,9 @@ def test_purchase_is_rate_limited(api, settings):
         for i in range(3)
     ]
     assert codes[2] == 429
+
+
+def test_unknown_api_path_gets_json_404(api, client):
+    r = api.get("/api/v1/coding-plans/subscriptions/abc/quota")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert client.get("/no-such-page/").status_code == 404

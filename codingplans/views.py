@@ -1,0 +1,9 @@
+from django.http import JsonResponse
+from django.views.defaults import page_not_found
+
+
+def not_found(request, exception=None):
+    """JSON error envelope under /api/ (SPEC 11.1), the HTML page elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"error": {"code": "not_found", "message": "Not found."}}, status=404)
+    return page_not_found(request, exception)
