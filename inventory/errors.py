@@ -11,3 +11,36 @@ class UploadRejected(DomainError):
     code = "upload_rejected"
     status = 400
     default_message = "The upload was rejected; nothing was stored."
+
+
+class RevocationItemNotFound(DomainError):
+    code = "not_found"
+    status = 404
+    default_message = "There is no credential with this id."
+
+
+class InvalidRevocationState(DomainError):
+    code = "invalid_state"
+    status = 409
+    default_message = (
+        "Only credentials in revocation_pending or revocation_failed can take a revocation "
+        "outcome; revoked is final."
+    )
+
+
+class InvalidRevocationOutcome(DomainError):
+    code = "invalid_outcome"
+    status = 400
+    default_message = "The outcome must be revoked or revocation_failed."
+
+
+class RevocationNoteRequired(DomainError):
+    code = "note_required"
+    status = 400
+    default_message = "A failed revocation needs a note saying what went wrong."
+
+
+class UploadNotFound(DomainError):
+    code = "not_found"
+    status = 404
+    default_message = "There is no upload with this id."

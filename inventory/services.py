@@ -19,7 +19,14 @@ from django.db import IntegrityError, transaction
 from adminops.audit import record_event
 from codingplans import crypto
 from codingplans.redaction import redact
-from inventory.errors import UnknownPlan
+from inventory.errors import (
+    InvalidRevocationOutcome,
+    InvalidRevocationState,
+    RevocationItemNotFound,
+    RevocationNoteRequired,
+    UnknownPlan,
+    UploadNotFound,
+)
 from inventory.models import Credential, InventoryUpload
 from subscriptions.catalog import get_plan
 from upstream import client as minimax
@@ -311,3 +318,205 @@ def sanitize_note(note: str) -> str:
 def decrypted_key(credential: Credential) -> str:
     """Only for the upstream call that needs it (quota, validation); never displayed."""
     return crypto.decrypt(credential.encrypted_key)
+
+
+# --- Admin uploads in the background (I1-I3) ---------------------------------------------------
+
+UPLOAD_PROGRESS_EVERY = 10
+
+
+def count_credential_lines(text: str) -> int:
+    """Non-blank lines: what an upload will try to store (blank lines are ignored, I1)."""
+    return sum(1 for line in text.splitlines() if line.strip())
+
+
+def start_upload(*, plan_id: str, text: str, user, now: datetime) -> InventoryUpload:
+    """Record an admin upload for background validation (`process_upload`).
+
+    The pasted credentials are kept only encrypted, in this row, until processing erases them:
+    the task queue carries the upload id, never a key.
+    """
+    if get_plan(plan_id) is None:
+        raise UnknownPlan()
+    actor = f"staff:{user.pk}"
+    line_count = count_credential_lines(text)
+    with transaction.atomic(durable=True):
+        upload = InventoryUpload.objects.create(
+            plan_id=plan_id,
+            status=InventoryUpload.Status.PENDING,
+            uploaded_by=user,
+            actor=actor,
+            encrypted_payload=crypto.encrypt(text),
+            line_count=line_count,
+            created_at=now,
+        )
+        record_event(
+            actor=actor,
+            subject=upload,
+            event_type="inventory.upload_started",
+            now=now,
+            new={"plan_id": plan_id, "lines": line_count},
+        )
+    return upload
+
+
+def process_upload(upload_id: int, now: datetime) -> InventoryUpload:
+    """Validate and store a pending upload (all or nothing), recording progress and the report.
+
+    Safe to repeat: only a `pending` upload is claimed; a repeated task returns the row as is.
+    Whatever happens, the encrypted payload is erased at the end.
+    """
+    claimed = InventoryUpload.objects.filter(
+        pk=upload_id, status=InventoryUpload.Status.PENDING
+    ).update(status=InventoryUpload.Status.VALIDATING)
+    upload = InventoryUpload.objects.filter(pk=upload_id).first()
+    if upload is None:
+        raise UploadNotFound()
+    if not claimed:
+        return upload
+    try:
+        text = crypto.decrypt(upload.encrypted_payload)
+    except crypto.SecretUnavailable:
+        return _finish_upload(
+            upload,
+            stored=0,
+            errors=[],
+            message="The pasted credentials could not be read back; nothing was stored. "
+            "Upload the file again.",
+            now=now,
+        )
+
+    reported = 0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal reported
+        if done - reported >= UPLOAD_PROGRESS_EVERY or done >= total:
+            reported = done
+            # Autocommit, outside the storing transaction, so the status page sees it move.
+            InventoryUpload.objects.filter(pk=upload.pk).update(validated_count=done)
+
+    try:
+        report = upload_credentials(
+            plan_id=upload.plan_id,
+            text=text,
+            actor=upload.actor,
+            now=now,
+            progress=progress,
+            upload=upload,
+        )
+    except UnknownPlan:
+        report = UploadReport(message="The plan is no longer in the catalog; nothing was stored.")
+    except Exception:
+        # The insert either committed (an after-commit hook failed) or rolled back entirely.
+        stored = Credential.objects.filter(upload_id=upload.pk).count()
+        _finish_upload(
+            upload,
+            stored=stored,
+            errors=[],
+            message="" if stored else "Validation stopped unexpectedly; nothing was stored.",
+            now=now,
+        )
+        raise
+    finally:
+        text = ""
+    return _finish_upload(
+        upload, stored=report.stored, errors=report.errors, message=report.message, now=now
+    )
+
+
+def abandon_upload(upload_id: int, *, message: str, now: datetime) -> None:
+    """Reject a still-pending upload that could not be queued, erasing its payload."""
+    upload = InventoryUpload.objects.filter(
+        pk=upload_id, status=InventoryUpload.Status.PENDING
+    ).first()
+    if upload is not None:
+        _finish_upload(upload, stored=0, errors=[], message=message, now=now)
+
+
+def _finish_upload(
+    upload: InventoryUpload,
+    *,
+    stored: int,
+    errors: list[dict[str, object]],
+    message: str,
+    now: datetime,
+) -> InventoryUpload:
+    status = InventoryUpload.Status.STORED if stored else InventoryUpload.Status.REJECTED
+    with transaction.atomic(durable=True):
+        InventoryUpload.objects.filter(pk=upload.pk).update(
+            status=status,
+            stored_count=stored,
+            errors=errors,
+            message=message[:500],
+            finished_at=now,
+            encrypted_payload="",
+        )
+        if status == InventoryUpload.Status.REJECTED:
+            record_event(
+                actor=upload.actor,
+                subject=upload,
+                event_type="inventory.upload_rejected",
+                now=now,
+                new={"plan_id": upload.plan_id, "problems": len(errors)},
+            )
+    upload.refresh_from_db()
+    return upload
+
+
+# --- Revocation outcomes (R2-R3) ---------------------------------------------------------------
+
+REVOCABLE_STATES = (Credential.State.REVOCATION_PENDING, Credential.State.REVOCATION_FAILED)
+REVOCATION_OUTCOMES = (Credential.State.REVOKED, Credential.State.REVOCATION_FAILED)
+
+
+def record_revocation_outcome(
+    *, credential_id: object, outcome: str, note: str, actor: str, now: datetime
+) -> Credential:
+    """Support's outcome for a revocation work item (R2): `revoked` (final) or
+    `revocation_failed` with a note, stored sanitized. Every record counts an attempt.
+
+    Touches only the credential and the audit log: never a subscription or a BYOK entry (R3).
+    """
+    if outcome not in {state.value for state in REVOCATION_OUTCOMES}:
+        raise InvalidRevocationOutcome()
+    cleaned = sanitize_note(note or "")
+    if outcome == Credential.State.REVOCATION_FAILED and not cleaned:
+        raise RevocationNoteRequired()
+    try:
+        pk = int(str(credential_id))
+    except ValueError:
+        raise RevocationItemNotFound() from None
+    with transaction.atomic(durable=True):
+        credential = Credential.objects.select_for_update().filter(pk=pk).first()
+        if credential is None:
+            raise RevocationItemNotFound(f"There is no credential #{pk}.")
+        if credential.state not in REVOCABLE_STATES:
+            raise InvalidRevocationState(
+                f"Credential #{pk} is {credential.state}: only revocation_pending or "
+                "revocation_failed items take an outcome (revoked is final)."
+            )
+        old = {"state": credential.state, "revocation_attempts": credential.revocation_attempts}
+        credential.state = outcome
+        credential.revocation_attempts += 1
+        credential.last_attempt_at = now
+        fields = ["state", "revocation_attempts", "last_attempt_at"]
+        if cleaned:
+            credential.failure_note = cleaned
+            fields.append("failure_note")
+        if outcome == Credential.State.REVOKED:
+            credential.revoked_at = now
+            fields.append("revoked_at")
+        credential.save(update_fields=fields)
+        record_event(
+            actor=actor,
+            subject=credential,
+            event_type=f"credential.{outcome}",
+            now=now,
+            old=old,
+            new={
+                "state": credential.state,
+                "revocation_attempts": credential.revocation_attempts,
+                "note": cleaned,
+            },
+        )
+    return credential

@@ -6,6 +6,7 @@ Lock order everywhere: credit account → subscription → credential → BYOK e
 from __future__ import annotations
 
 import logging
+import smtplib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -254,33 +255,42 @@ def withdraw_intent(*, user, plan_id: object, now: datetime) -> None:
 
 def notify_availability(*, plan_id: str, now: datetime) -> int:
     """E-mail each pending intent holder once (U6). One row per transaction: the row is marked
-    notified only if its e-mail went out, and a parallel run skips rows already being handled."""
+    notified only if its e-mail went out, and a parallel run skips rows already being handled.
+    One address that fails does not hold up the others; the run then raises so the task retries
+    the ones left (a retry reaches only holders not yet told)."""
     plan = get_plan(plan_id)
     if plan is None:
         return 0
     sent = 0
+    failed: list[int] = []
     while True:
         with transaction.atomic(durable=True):
             intent = (
                 AvailabilityIntent.objects.select_for_update(skip_locked=True)
                 .select_related("user")
                 .filter(plan_id=plan_id, notified_at__isnull=True, user__is_active=True)
+                .exclude(id__in=failed)
                 .order_by("id")
                 .first()
             )
             if intent is None:
-                return sent
-            send_mail(
-                subject=f"{plan.name} is available again",
-                message=(
-                    f"Good news: {plan.provider_name} {plan.name} ({plan.cadence}) is back in "
-                    f"stock. Subscribe from your Subscription Center while it lasts.\n\n"
-                    "You asked us to tell you once; save the reminder again to hear about later "
-                    "restocks."
-                ),
-                from_email=settings.DEFAULT_FROM_EMAIL,
-                recipient_list=[intent.user.email],
-            )
+                break
+            try:
+                send_mail(
+                    subject=f"{plan.name} is available again",
+                    message=(
+                        f"Good news: {plan.provider_name} {plan.name} ({plan.cadence}) is back "
+                        "in stock. Subscribe from your Subscription Center while it lasts.\n\n"
+                        "You asked us to tell you once; save the reminder again to hear about "
+                        "later restocks."
+                    ),
+                    from_email=settings.DEFAULT_FROM_EMAIL,
+                    recipient_list=[intent.user.email],
+                )
+            except (smtplib.SMTPException, OSError):
+                logger.warning("availability e-mail for intent %s failed; will retry", intent.pk)
+                failed.append(intent.pk)
+                continue
             intent.notified_at = now
             intent.save(update_fields=["notified_at"])
             record_event(
@@ -291,3 +301,6 @@ def notify_availability(*, plan_id: str, now: datetime) -> int:
                 new={"plan_id": plan_id},
             )
             sent += 1
+    if failed:
+        raise smtplib.SMTPException(f"{len(failed)} availability e-mail(s) could not be sent")
+    return sent

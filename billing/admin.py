@@ -1,0 +1,154 @@
+"""Credit accounts, the ledger and auto top-up attempts in the admin, read-only (SPEC P4, S5).
+
+Balances change only through the ledger (`grant_credits`, purchases, renewals, top-ups); the
+admin shows amounts in USD, never microdollars.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html
+
+from adminops.adminkit import ReadOnlyAdmin, usd
+from billing.models import CreditAccount, LedgerEntry, TopUpAttempt
+
+
+def ledger_entry_link(entry: LedgerEntry | None) -> str:
+    """A ledger entry as operators read it: number, kind and USD amount (never microdollars)."""
+    if entry is None:
+        return "-"
+    url = reverse("admin:billing_ledgerentry_change", args=[entry.pk])
+    return format_html(
+        '<a href="{}">#{} {} {}</a>',
+        url,
+        entry.pk,
+        entry.get_kind_display(),
+        usd(entry.amount_micros),
+    )
+
+
+@admin.register(CreditAccount)
+class CreditAccountAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id",
+        "user_email",
+        "balance",
+        "auto_top_up_enabled",
+        "auto_top_up_amount",
+        "updated_at",
+    )
+    list_select_related = ("user",)
+    list_filter = ("auto_top_up_enabled",)
+    search_fields = ("user__email",)
+    ordering = ("-id",)
+    fields = (
+        "id",
+        "user",
+        "balance",
+        "auto_top_up_enabled",
+        "auto_top_up_amount",
+        "created_at",
+        "updated_at",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="user", ordering="user__email")
+    def user_email(self, obj: CreditAccount) -> str:
+        return obj.user.email
+
+    @admin.display(description="balance", ordering="balance_micros")
+    def balance(self, obj: CreditAccount) -> str | None:
+        return usd(obj.balance_micros)
+
+    @admin.display(description="auto top-up amount")
+    def auto_top_up_amount(self, obj: CreditAccount) -> str | None:
+        return usd(obj.auto_top_up_amount_micros)
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(ReadOnlyAdmin):
+    list_display = (
+        "created_at",
+        "user_email",
+        "kind",
+        "amount",
+        "balance_after",
+        "reason",
+        "actor",
+        "reference",
+    )
+    list_select_related = ("account__user",)
+    list_filter = ("kind", "created_at")
+    date_hierarchy = "created_at"
+    search_fields = ("account__user__email", "=reference", "=actor")
+    ordering = ("-created_at", "-id")
+    show_full_result_count = False
+    fields = (
+        "id",
+        "account",
+        "kind",
+        "amount",
+        "balance_after",
+        "reason",
+        "actor",
+        "reference",
+        "created_at",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="user", ordering="account__user__email")
+    def user_email(self, obj: LedgerEntry) -> str:
+        return obj.account.user.email
+
+    @admin.display(description="amount", ordering="amount_micros")
+    def amount(self, obj: LedgerEntry) -> str | None:
+        return usd(obj.amount_micros)
+
+    @admin.display(description="balance after")
+    def balance_after(self, obj: LedgerEntry) -> str | None:
+        return usd(obj.balance_after_micros)
+
+
+@admin.register(TopUpAttempt)
+class TopUpAttemptAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id",
+        "user_email",
+        "subscription_id",
+        "due_at",
+        "amount",
+        "backend",
+        "status",
+        "created_at",
+        "resolved_at",
+    )
+    list_select_related = ("account__user",)
+    list_filter = ("status", "backend")
+    search_fields = ("account__user__email", "subscription_id__exact")
+    ordering = ("-created_at", "-id")
+    fields = (
+        "id",
+        "account",
+        "subscription_id",
+        "due_at",
+        "amount",
+        "backend",
+        "status",
+        "ledger",
+        "created_at",
+        "resolved_at",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="user", ordering="account__user__email")
+    def user_email(self, obj: TopUpAttempt) -> str:
+        return obj.account.user.email
+
+    @admin.display(description="amount", ordering="amount_micros")
+    def amount(self, obj: TopUpAttempt) -> str | None:
+        return usd(obj.amount_micros)
+
+    @admin.display(description="ledger entry")
+    def ledger(self, obj: TopUpAttempt) -> str:
+        return ledger_entry_link(obj.ledger_entry)
