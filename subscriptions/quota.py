@@ -4,12 +4,14 @@ or deleted — and cached briefly per subscription."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from django.core.cache import cache
 
+from codingplans.crypto import SecretUnavailable
 from inventory.models import Credential
 from inventory.services import decrypted_key
 from subscriptions.lifecycle import SubscriptionNotLive
@@ -22,12 +24,21 @@ CACHE_SECONDS = 30  # ≤ 60 s (Q2)
 ERROR_CACHE_SECONDS = 10
 
 ERROR_STATUS = {"subscription_inactive": 409}
+# The only codes a caller ever sees (Q2); anything else (e.g. `invalid_key`, a stored key that
+# cannot be sent as a header) is reported as `application`.
+ERROR_KINDS = frozenset({"network", "http", "invalid_response", "application"}) | set(ERROR_STATUS)
+UNAVAILABLE_MESSAGE = "The quota for this plan cannot be read right now."
+KEY_INACTIVE_MESSAGE = "This plan's key is no longer active."
+
+logger = logging.getLogger(__name__)
 
 
 class QuotaUnavailable(UpstreamError):
     """An upstream failure surfaced to the API: the code is the kind (Q2)."""
 
     def __init__(self, kind: str, message: str):
+        if kind not in ERROR_KINDS:
+            kind, message = "application", UNAVAILABLE_MESSAGE
         super().__init__(kind, message)
         self.code = kind
         self.status = ERROR_STATUS.get(kind, 502)
@@ -46,25 +57,50 @@ def _cache_key(subscription: Subscription) -> str:
     return f"quota:v1:{subscription.pk}:{subscription.credential_id}"
 
 
+def _cache_get(key: str) -> Any:
+    """A cache outage costs an upstream call, never the page (Q2)."""
+    try:
+        return cache.get(key)
+    except Exception:  # any backend error: fetch instead
+        logger.warning("quota cache unavailable (read)")
+        return None
+
+
+def _cache_set(key: str, value: Any, seconds: int) -> None:
+    try:
+        cache.set(key, value, seconds)
+    except Exception:  # any backend error: serve uncached
+        logger.warning("quota cache unavailable (write)")
+
+
+def _fail(key: str, kind: str, message: str) -> QuotaUnavailable:
+    error = QuotaUnavailable(kind, message)
+    _cache_set(key, {"error": {"code": error.code, "message": error.message}}, ERROR_CACHE_SECONDS)
+    return error
+
+
 def quota_for(subscription: Subscription, *, now: datetime) -> Quota:
     """Windows for a live subscription, or QuotaUnavailable. A terminal subscription raises
     SubscriptionNotLive without any upstream call."""
     if not subscription.is_live:
         raise SubscriptionNotLive()
     key = _cache_key(subscription)
-    cached = cache.get(key)
-    if cached is not None:
+    cached = _cache_get(key)
+    if isinstance(cached, dict):
         if "error" in cached:
             raise QuotaUnavailable(cached["error"]["code"], cached["error"]["message"])
         return Quota(**cached)
     credential = Credential.objects.get(pk=subscription.credential_id)
     if credential.state != Credential.State.ASSIGNED or not credential.encrypted_key:
-        raise SubscriptionNotLive()
+        # A live subscription whose key is already being revoked: a quota error, not a broken
+        # page or a 409 `subscription_not_live` for a subscription that is live.
+        raise _fail(key, "subscription_inactive", KEY_INACTIVE_MESSAGE)
     try:
         windows = fetch_quota(decrypted_key(credential))
     except UpstreamError as exc:
-        cache.set(key, {"error": {"code": exc.kind, "message": exc.message}}, ERROR_CACHE_SECONDS)
-        raise QuotaUnavailable(exc.kind, exc.message) from None
+        raise _fail(key, exc.kind, exc.message) from None
+    except SecretUnavailable:
+        raise _fail(key, "application", UNAVAILABLE_MESSAGE) from None
     quota = Quota(fetched_at=iso(now), windows=windows)
-    cache.set(key, quota.as_json(), CACHE_SECONDS)
+    _cache_set(key, quota.as_json(), CACHE_SECONDS)
     return quota

@@ -7,6 +7,7 @@ application | subscription_inactive.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,9 +42,25 @@ def _invalid() -> UpstreamError:
 
 
 def _number(value: Any) -> float:
+    """A finite JSON number (not a bool; json.loads also yields NaN and Infinity)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _invalid()
-    return float(value)
+    number = float(value)
+    if not math.isfinite(number):
+        raise _invalid()
+    return number
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _invalid()
+    return value
+
+
+def _percent(remaining: float) -> int | float:
+    """0–100, one decimal at most; whole numbers as integers (73, not 73.0)."""
+    remaining = round(max(0.0, min(100.0, remaining)), 1)
+    return int(remaining) if remaining.is_integer() else remaining
 
 
 def _time(value: Any) -> str:
@@ -56,23 +73,26 @@ def _time(value: Any) -> str:
 def _window(window_id: str, row: dict[str, Any]) -> dict[str, Any] | None:
     percent_f, status_f, start_f, end_f, boost_f = _FIELDS[window_id]
     status = row.get(status_f)
-    if status is not None and not isinstance(status, int):
-        raise _invalid()
+    if status is not None:
+        status = _integer(status)
     if status == STATUS_ABSENT:
         return None
     if status == STATUS_EXHAUSTED:
         remaining = 0.0
     else:
         remaining = _number(row.get(percent_f))
+        if not 0 <= remaining <= 100:
+            raise _invalid()
         boost = row.get(boost_f)
         if boost is not None:
             boost = _number(boost)
+            if boost < 0:
+                raise _invalid()
             if boost > 0:
-                remaining = remaining * boost / 1000
-    remaining = max(0.0, min(100.0, remaining))
+                remaining = remaining * boost / 1000  # capped at 100 by _percent
     window: dict[str, Any] = {
         "id": window_id,
-        "remaining_percent": round(remaining, 1) if remaining % 1 else int(remaining),
+        "remaining_percent": _percent(remaining),
         "resets_at": _time(row.get(end_f)),
         "period": dict(PERIODS[window_id]),
     }
@@ -86,9 +106,9 @@ def normalize(payload: Any) -> list[dict[str, Any]]:
     if not isinstance(payload, dict):
         raise _invalid()
     base = payload.get("base_resp")
-    if not isinstance(base, dict) or not isinstance(base.get("status_code"), int):
+    if not isinstance(base, dict):
         raise _invalid()
-    code = base["status_code"]
+    code = _integer(base.get("status_code"))
     if code == NO_ACTIVE_PLAN:
         raise UpstreamError("subscription_inactive", "MiniMax reports no active plan for this key.")
     if code != 0:

@@ -13,6 +13,19 @@ followed it), `slow_body` (200 headers, then one byte every `trickle_interval_s`
 `timeout_sleep_s` has passed). `response` makes every product endpoint answer a canned
 `{"status", "body" | "raw", "headers"}` instead (for odd-but-well-formed upstream answers).
 
+Quota (`GET /v1/token_plan/remains`), per key, first match wins: `quota` (a full response body
+per key), then `quota_profiles` (per key, or `"*"` for any key: the keyword arguments of
+`quota_body()`, rendered afresh on every call so reset times stay in the future; `null`
+removes a profile), then `default_quota()` (73 % / 88 %). A profile such as
+`{"short_percent": 40, "weekly_status": 3, "weekly_boost": 1500}` gives a realistic body with
+those percentages, statuses (1 normal, 2 exhausted, 3 window absent) and boosts (per mille);
+`rows` picks the row layout (`general`, `null`, `empty`, `missing_general`,
+`duplicate_general`), `status_code` / `status_msg` the `base_resp` (1004: no active plan),
+`overrides` replaces fields of the `general` row (wrong types, fixed times), `extra_rows`
+appends rows for other models. From another process:
+`POST /_standin/config {"quota_profiles": {"<key>": {"short_percent": 40}}}`; an unknown
+argument or row layout → 400.
+
 Control endpoints: `POST /_standin/config` (a JSON object of the settings above; unknown names
 or failure modes → 400), `POST /_standin/reset`, `GET /_standin/requests`.
 
@@ -44,6 +57,7 @@ _CONFIG_NAMES = frozenset(
         "failure",
         "key_failures",
         "quota",
+        "quota_profiles",
         "response",
         "timeout_sleep_s",
         "trickle_interval_s",
@@ -87,6 +101,91 @@ def default_quota(now_ms: int | None = None) -> dict[str, Any]:
     }
 
 
+QUOTA_ROW_LAYOUTS = frozenset({"general", "null", "empty", "missing_general", "duplicate_general"})
+_HOUR_MS = 3_600_000
+
+
+def quota_body(
+    *,
+    short_percent: float = 73,
+    short_status: int = 1,
+    short_boost: int = 0,
+    weekly_percent: float = 88,
+    weekly_status: int = 1,
+    weekly_boost: int = 0,
+    boost: int | None = None,
+    rows: str | None = None,
+    status_code: int = 0,
+    status_msg: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    extra_rows: list[dict[str, Any]] | None = None,
+    now_ms: int | None = None,
+) -> dict[str, Any]:
+    """A realistic `/v1/token_plan/remains` body (SPEC 11.3).
+
+    Percentages and statuses per window (`short_*`: the 5-hour window, `weekly_*`); `boost`
+    (per mille) sets both boosts at once. Times: the 5-hour window started 2 h ago and resets
+    in 3 h, the weekly one started 48 h ago and resets in 120 h (epoch ms from `now_ms`).
+    `rows`: `general` (one row; the default when `status_code` is 0), `null` (the default
+    otherwise), `empty`, `missing_general` (only another model's row), `duplicate_general`.
+    """
+    if rows is None:
+        rows = "general" if status_code == 0 else "null"
+    if rows not in QUOTA_ROW_LAYOUTS:
+        raise ValueError(f"unknown quota row layout {rows!r}")
+    if boost is not None:
+        short_boost = weekly_boost = boost
+    now_ms = now_ms or int(time.time() * 1000)
+    general: dict[str, Any] = {
+        "model_name": "general",
+        "current_interval_remaining_percent": short_percent,
+        "current_interval_status": short_status,
+        "start_time": now_ms - 2 * _HOUR_MS,
+        "end_time": now_ms + 3 * _HOUR_MS,
+        "interval_boost_permille": short_boost,
+        "current_weekly_remaining_percent": weekly_percent,
+        "current_weekly_status": weekly_status,
+        "weekly_start_time": now_ms - 48 * _HOUR_MS,
+        "weekly_end_time": now_ms + 120 * _HOUR_MS,
+        "weekly_boost_permille": weekly_boost,
+    }
+    general.update(copy.deepcopy(overrides or {}))
+    other = {**general, "model_name": "speech-hd"}
+    model_remains: list[dict[str, Any]] | None = {
+        "general": [general],
+        "null": None,
+        "empty": [],
+        "missing_general": [other],
+        "duplicate_general": [general, copy.deepcopy(general)],
+    }[rows]
+    if model_remains is not None and extra_rows:
+        model_remains += copy.deepcopy(extra_rows)
+    if status_msg is None:
+        status_msg = {0: "success", 1004: "no active token plan"}.get(status_code, "error")
+    return {
+        "base_resp": {"status_code": status_code, "status_msg": status_msg},
+        "model_remains": model_remains,
+    }
+
+
+def _quota_profiles(value: Any) -> dict[str, dict[str, Any] | None]:
+    """Validate `quota_profiles` (ValueError on anything `quota_body` would not take)."""
+    if not isinstance(value, dict):
+        raise ValueError("quota_profiles must be an object of key → profile")
+    profiles: dict[str, dict[str, Any] | None] = {}
+    for key, profile in value.items():
+        if profile is not None:
+            if not isinstance(profile, dict):
+                raise ValueError("a quota profile must be an object")
+            try:
+                quota_body(**profile)
+            except TypeError as exc:
+                raise ValueError(f"bad quota profile: {exc}") from None
+            profile = copy.deepcopy(profile)
+        profiles[str(key)] = profile
+    return profiles
+
+
 @dataclass
 class StandinState:
     accepted_keys: set[str] | None = None
@@ -94,6 +193,8 @@ class StandinState:
     failure: str | None = None
     key_failures: dict[str, str] = field(default_factory=dict)
     quota: dict[str, Any] = field(default_factory=dict)  # per key: a full response body
+    # per key (or "*"): keyword arguments of quota_body(), rendered on every call
+    quota_profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     # When set, every product endpoint answers exactly this (after failures and the key check):
     # {"status": 200, "body": <JSON value> | "raw": "<text>", "headers": {...}}.
     response: dict[str, Any] | None = None
@@ -120,6 +221,7 @@ class StandinState:
             self.failure = None
             self.key_failures = {}
             self.quota = {}
+            self.quota_profiles = {}
             self.response = None
             self.timeout_sleep_s = 15.0
             self.trickle_interval_s = 0.1
@@ -142,6 +244,7 @@ class StandinState:
         key_failures = {
             str(k): _failure_mode(v) for k, v in (config.get("key_failures") or {}).items()
         }
+        profiles = _quota_profiles(config["quota_profiles"]) if "quota_profiles" in config else {}
         with self.lock:
             if "accepted_keys" in config:
                 keys = config["accepted_keys"]
@@ -165,6 +268,11 @@ class StandinState:
                     self.key_failures[key] = mode
             if "quota" in config:
                 self.quota.update(config["quota"])
+            for key, profile in profiles.items():
+                if profile is None:
+                    self.quota_profiles.pop(key, None)
+                else:
+                    self.quota_profiles[key] = profile
             if "response" in config:
                 self.response = config["response"]
 
@@ -172,6 +280,17 @@ class StandinState:
         if self.accepted_keys is not None:
             return key in self.accepted_keys
         return bool(key) and not key.startswith(REJECTED_PREFIXES)
+
+    def quota_payload(self, key: str) -> dict[str, Any]:
+        """The quota body for a key: `quota`, else its profile (or `"*"`), else the default."""
+        with self.lock:
+            body = copy.deepcopy(self.quota.get(key))
+            profile = copy.deepcopy(self.quota_profiles.get(key, self.quota_profiles.get("*")))
+        if body:
+            return body
+        if profile is not None:
+            return quota_body(**profile)
+        return default_quota()
 
     def calls(self, path: str | None = None) -> list[dict[str, Any]]:
         with self.lock:
@@ -377,9 +496,7 @@ class _Handler(BaseHTTPRequestHandler):
         key = self._prelude(path, None, failures=failures)
         if key is None:
             return
-        with self.server.state.lock:
-            payload = copy.deepcopy(self.server.state.quota.get(key)) or default_quota()
-        self._json(200, payload)
+        self._json(200, self.server.state.quota_payload(key))
 
     def _stream_completion(self, body: dict[str, Any], prompt_tokens: int) -> None:
         _stream_completion_impl(self, body, prompt_tokens)
