@@ -18,6 +18,7 @@ from codingplans.ratelimit import enforce
 from gateway.services import usage_in_period
 from subscriptions import lifecycle, selectors, services
 from subscriptions.catalog import all_plans, get_plan
+from subscriptions.errors import InvalidCursor
 from subscriptions.quota import QuotaUnavailable, quota_for
 
 
@@ -88,9 +89,12 @@ def purchase(request):
 @login_required
 def detail(request, subscription_id: int):
     subscription = selectors.subscription_for(request.user, subscription_id)
-    terms, next_cursor = selectors.charges_page(
-        subscription, cursor=request.GET.get("cursor") or None
-    )
+    try:
+        terms, next_cursor = selectors.charges_page(
+            subscription, cursor=request.GET.get("cursor") or None
+        )
+    except InvalidCursor:  # a mangled "load more" link: start again from the newest charge
+        terms, next_cursor = selectors.charges_page(subscription)
     plan = get_plan(subscription.plan_id)
     entry = selectors.installed_entry(subscription)
     quota, quota_error = None, None
