@@ -183,16 +183,17 @@ def execute_top_up(*, attempt_id: int, now: datetime) -> None:
             )
             attempt.status = TopUpAttempt.Status.APPROVED
         else:
-            account = CreditAccount.objects.get(pk=attempt.account_id)
-            entry = LedgerEntry.objects.create(
-                account=account,
-                kind=LedgerEntry.Kind.TOP_UP_DECLINED,
+            # Through post_entry too: its zero-amount update locks the account row itself before
+            # balance_after is read, so a concurrent debit cannot leave this entry with a stale
+            # balance_after (SPEC P4) -- without relying on the join lock taken above.
+            entry = post_entry(
+                user=attempt.account.user,
                 amount_micros=0,
-                balance_after_micros=account.balance_micros,
-                reason=f"Automatic top-up declined ({result.decline_reason or 'declined'})",
+                kind=LedgerEntry.Kind.TOP_UP_DECLINED,
                 actor="system:sweep",
+                now=now,
+                reason=f"Automatic top-up declined ({result.decline_reason or 'declined'})",
                 reference=reference,
-                created_at=now,
             )
             attempt.status = TopUpAttempt.Status.DECLINED
         attempt.ledger_entry = entry

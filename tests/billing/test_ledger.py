@@ -1,0 +1,180 @@
+"""The credit ledger: the balance is the sum of its entries and never goes negative (SPEC P4, U7).
+
+A Hypothesis state machine drives random grants and debits against one fresh account per
+example and checks the conservation invariants after every step.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+
+from accounts.services import create_user
+from billing.errors import InsufficientCredits, InvalidCreditAmount
+from billing.models import CreditAccount, LedgerEntry
+from billing.services import grant_credits, post_entry
+from tests.billing.helpers import ledger_state
+
+pytestmark = pytest.mark.django_db
+
+MICROS = 1_000_000
+_machine_users = itertools.count(1)
+
+
+def debit(user, amount_micros: int) -> LedgerEntry:
+    with transaction.atomic():
+        return post_entry(
+            user=user,
+            amount_micros=-amount_micros,
+            kind=LedgerEntry.Kind.PURCHASE,
+            actor="system:test",
+            now=timezone.now(),
+            reference="test:debit",
+        )
+
+
+# Amounts in whole cents, as the product charges and grants them; small enough that debits
+# often exceed the balance.
+cents = st.integers(min_value=1, max_value=50_000).map(lambda c: c * 10_000)
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    """SPEC P4: balance == Σ entries == last balance_after, balance >= 0, failed debits no-op."""
+
+    def __init__(self):
+        super().__init__()
+        self.user = create_user(
+            email=f"ledger{next(_machine_users)}@example.com",
+            password=None,
+            now=timezone.now(),
+        )
+        self.expected = 0
+
+    @rule(amount=cents)
+    def grant(self, amount):
+        entry = grant_credits(
+            user=self.user, amount_micros=amount, actor="system:test", now=timezone.now()
+        )
+        self.expected += amount
+        assert entry.kind == LedgerEntry.Kind.GRANT
+        assert entry.amount_micros == amount
+        assert entry.balance_after_micros == self.expected
+
+    @rule(amount=cents)
+    def debit(self, amount):
+        if amount > self.expected:
+            # SPEC P4: a debit larger than the balance is refused and changes nothing.
+            before = ledger_state(self.user)
+            with pytest.raises(InsufficientCredits):
+                debit(self.user, amount)
+            assert ledger_state(self.user) == before
+        else:
+            entry = debit(self.user, amount)
+            self.expected -= amount
+            assert entry.amount_micros == -amount
+            assert entry.balance_after_micros == self.expected
+
+    @rule()
+    def debit_everything(self):
+        # The guard is `balance >= amount`: the exact balance is debitable, to zero.
+        if self.expected:
+            debit(self.user, self.expected)
+            self.expected = 0
+
+    @rule()
+    def debit_one_micro_more_than_balance(self):
+        before = ledger_state(self.user)
+        with pytest.raises(InsufficientCredits):
+            debit(self.user, self.expected + 1)
+        assert ledger_state(self.user) == before
+
+    @invariant()
+    def ledger_is_conserved(self):
+        balance, total, last, count = ledger_state(self.user)
+        assert balance == self.expected
+        assert balance == total
+        assert balance >= 0
+        assert last == (balance if count else None)
+
+
+def test_random_grants_and_debits_conserve_the_ledger(db):
+    # SPEC P4, U7: every step keeps balance == sum of entries == last balance_after, never < 0.
+    run_state_machine_as_test(
+        LedgerMachine,
+        settings=settings(
+            max_examples=100,
+            stateful_step_count=10,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
+
+
+def test_debit_of_exact_balance_leaves_zero(make_user):
+    # SPEC P4: the guarded update allows reaching exactly zero.
+    user = make_user(credits_usd=20)
+    entry = debit(user, 20 * MICROS)
+    assert entry.balance_after_micros == 0
+    assert ledger_state(user) == (0, 0, 0, 2)
+
+
+def test_debit_on_empty_account_is_refused_without_entry(make_user):
+    # SPEC P4: balance may never go negative; a refused debit writes nothing.
+    user = make_user()
+    with pytest.raises(InsufficientCredits) as exc:
+        debit(user, 1)
+    assert exc.value.code == "insufficient_credits"
+    assert ledger_state(user) == (0, 0, None, 0)
+
+
+def test_refused_debit_rolls_back_with_the_callers_transaction(make_user):
+    # SPEC P4: a failure inside the activation transaction leaves no debit behind.
+    user = make_user(credits_usd=50)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        debit(user, 20 * MICROS)
+        raise RuntimeError("a later activation step failed")
+    assert ledger_state(user)[:2] == (50 * MICROS, 50 * MICROS)
+
+
+def test_database_refuses_a_negative_balance_even_without_the_guard(make_user):
+    # DESIGN: the check constraint is the last guard against overdraft.
+    user = make_user(credits_usd=1)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        CreditAccount.objects.filter(user=user).update(balance_micros=-1)
+    assert CreditAccount.objects.get(user=user).balance_micros == MICROS
+
+
+@pytest.mark.parametrize(
+    "amount_micros",
+    [0, -MICROS, 5_000, MICROS + 1, 1_000_000 * MICROS + 10_000],
+    ids=["zero", "negative", "half-cent", "sub-cent", "over-limit"],
+)
+def test_grant_refuses_bad_amounts_and_changes_nothing(make_user, amount_micros):
+    # SPEC 0: customers see two-decimal USD, so grants are whole cents, positive and bounded.
+    user = make_user(credits_usd=5)
+    with pytest.raises(InvalidCreditAmount):
+        grant_credits(
+            user=user, amount_micros=amount_micros, actor="system:test", now=timezone.now()
+        )
+    assert ledger_state(user)[:2] == (5 * MICROS, 5 * MICROS)
+
+
+def test_grant_records_reason_actor_and_audit_event(make_user):
+    # SPEC O1: the grant writes an audit event in the same transaction.
+    from adminops.models import AuditEvent
+
+    user = make_user()
+    entry = grant_credits(
+        user=user, amount_micros=12_340_000, actor="staff:7", reason="Goodwill", now=timezone.now()
+    )
+    assert (entry.kind, entry.reason, entry.actor) == ("grant", "Goodwill", "staff:7")
+    event = AuditEvent.objects.get(event_type="credits.granted", subject_id=str(entry.account_id))
+    assert event.actor == "staff:7"
+    assert event.new_values["amount_micros"] == 12_340_000
