@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+import re
+from decimal import ROUND_HALF_UP, Decimal
 
 MICROS_PER_USD = 1_000_000
 
@@ -11,29 +12,29 @@ class InvalidAmount(ValueError):
     pass
 
 
+_USD_SHAPE = re.compile(r"^[+-]?\d{1,12}(\.\d{1,6})?$")
+
+
 def usd_to_micros(value: str | int | Decimal) -> int:
-    """Parse a USD amount ("20", "20.5", "20.50"); at most 6 decimal places, never a float."""
-    if isinstance(value, float):
+    """Parse a USD amount ("20", "20.5", "20.50"): plain digits with at most six decimal places,
+    never a float, an exponent, underscores or silent rounding."""
+    if isinstance(value, bool | float):
         raise InvalidAmount("amounts must be given as strings, not floats")
-    try:
-        amount = Decimal(str(value).strip())
-    except InvalidOperation as exc:
-        raise InvalidAmount(f"not a USD amount: {value!r}") from exc
-    if not amount.is_finite():
-        raise InvalidAmount("amount must be a finite number")
-    micros = amount * MICROS_PER_USD
-    if micros != micros.to_integral_value():
-        raise InvalidAmount("amounts have at most six decimal places")
-    return int(micros)
+    text = str(value).strip()
+    if not _USD_SHAPE.match(text):
+        raise InvalidAmount("not a USD amount")
+    whole, _, fraction = text.lstrip("+-").partition(".")
+    micros = int(whole) * MICROS_PER_USD + int(fraction.ljust(6, "0") or 0)
+    return -micros if text.startswith("-") else micros
 
 
 def format_usd(micros: int) -> str:
-    """"20.00" — two decimals, as the API and pages show money (no currency sign)."""
+    """ "20.00" — two decimals, as the API and pages show money (no currency sign)."""
     amount = (Decimal(micros) / MICROS_PER_USD).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
     return f"{amount:.2f}"
 
 
 def display_usd(micros: int) -> str:
-    """"$20.00" / "-$5.00" for pages."""
+    """ "$20.00" / "-$5.00" for pages."""
     text = format_usd(abs(micros))
     return f"-${text}" if micros < 0 else f"${text}"

@@ -86,3 +86,13 @@ def test_unknown_api_path_gets_json_404(api, client):
     r = api.get("/api/v1/coding-plans/subscriptions/abc/quota")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     assert client.get("/no-such-page/").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "text", ["20.0000000000000000000000000001", "1_000", "1e3", "nan", "", ".5", "1.1234567"]
+)
+def test_usd_parser_refuses_what_it_cannot_represent_exactly(text):
+    from codingplans.money import InvalidAmount, usd_to_micros
+
+    with pytest.raises(InvalidAmount):
+        usd_to_micros(text)
