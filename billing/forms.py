@@ -1,3 +1,5 @@
+from decimal import Decimal
+
 from django import forms
 
 
@@ -6,5 +8,5 @@ class AutoTopUpForm(forms.Form):
         required=False, label="Top up automatically when a renewal is short"
     )
     amount_usd = forms.DecimalField(
-        label="Top-up amount (USD)", min_value=1, max_value=10_000, decimal_places=2
+        label="Top-up amount (USD)", min_value=Decimal("0.01"), max_value=10_000, decimal_places=2
     )
