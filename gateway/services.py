@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
@@ -19,7 +19,8 @@ from gateway.models import GatewayRequest
 class Route:
     provider_id: str
     upstream_model: str
-    api_key: str  # decrypted only for this call; never logged or returned
+    # Decrypted only for this call; never logged or returned (kept out of repr and tracebacks).
+    api_key: str = field(repr=False)
     subscription_id: int | None
 
 

@@ -2,23 +2,28 @@
 
 An async view, so that under ASGI (uvicorn, as `make dev` serves it) a slow upstream stream
 holds a coroutine, not a worker thread. The customer's key is decrypted only for the upstream
-call, and no upstream error text, header or key ever reaches the response or the logs.
+call, and no upstream error text, header or key ever reaches the response or the logs (the
+key is also scrubbed from whatever a successful upstream answer might echo).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import ssl
 import time
 
 import httpx
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.debug import sensitive_variables
 
 from codingplans.api import bearer_or_session
 from codingplans.errors import DomainError
@@ -37,6 +42,9 @@ logger = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 1024 * 1024
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 USAGE_SCAN_BYTES = 64 * 1024
+MAX_PENDING_LINE_BYTES = 1024 * 1024
+SCRUBBED = "[REDACTED]"
+DONE_LINE = b"data: [DONE]"
 STREAM_BROKEN_EVENT = (
     b'data: {"error": {"code": "provider_error", "message": "The provider stream ended early."}}'
     b"\n\n"
@@ -73,6 +81,29 @@ def _check_rate_limit(request: HttpRequest, user) -> None:
         raise RateLimited()
 
 
+def _secret_forms(api_key: str) -> list[str]:
+    """The key as it could appear in upstream text: raw, and JSON-escaped."""
+    forms = {api_key, json.dumps(api_key)[1:-1]}
+    return sorted((f for f in forms if f), key=len, reverse=True)
+
+
+def _scrub_text(text: str, forms: list[str]) -> str:
+    for form in forms:
+        text = text.replace(form, SCRUBBED)
+    return text
+
+
+def _scrub_json(value, forms: list[str]):
+    """Replace the key anywhere in a parsed JSON value (keys and strings)."""
+    if isinstance(value, str):
+        return _scrub_text(value, forms)
+    if isinstance(value, list):
+        return [_scrub_json(item, forms) for item in value]
+    if isinstance(value, dict):
+        return {_scrub_text(k, forms): _scrub_json(v, forms) for k, v in value.items()}
+    return value
+
+
 def _map_status(response: httpx.Response) -> DomainError:
     if response.status_code in (401, 403):
         return ProviderKeyRejected()
@@ -81,9 +112,38 @@ def _map_status(response: httpx.Response) -> DomainError:
     return ProviderError(f"The provider returned an error (HTTP {response.status_code}).")
 
 
+# MiniMax can answer HTTP 200 with an error in `base_resp` (and no choices). Its codes for a
+# rejected key and for rate limits; any other non-zero code is a provider error.
+MINIMAX_KEY_REJECTED_CODES = frozenset({1004, 2049})
+MINIMAX_RATE_LIMIT_CODES = frozenset({1002, 1039})
+
+
+def _error_in_body(payload: dict) -> DomainError | None:
+    """A 200 whose `base_resp` reports an error and that carries no choices."""
+    base = payload.get("base_resp")
+    code = base.get("status_code") if isinstance(base, dict) else None
+    if not isinstance(code, int) or isinstance(code, bool) or code == 0:
+        return None
+    choices = payload.get("choices")
+    if isinstance(choices, list) and choices:
+        return None
+    if code in MINIMAX_KEY_REJECTED_CODES:
+        return ProviderKeyRejected()
+    if code in MINIMAX_RATE_LIMIT_CODES:
+        return ProviderRateLimited()
+    return ProviderError(f"The provider returned an error (code {code}).")
+
+
 def _retry_after(response: httpx.Response) -> str | None:
     value = response.headers.get("Retry-After", "").strip()
     return value if value.isdigit() and len(value) <= 6 else None
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """Made once: building it (loading the CA bundle) takes ~50 ms of CPU, which a client per
+    request would spend on the event loop, stalling every other request under ASGI."""
+    return httpx.create_ssl_context()
 
 
 def _client() -> httpx.AsyncClient:
@@ -93,21 +153,42 @@ def _client() -> httpx.AsyncClient:
         timeout=httpx.Timeout(seconds, connect=5.0),
         follow_redirects=False,
         trust_env=False,
+        verify=_ssl_context(),
     )
 
 
+def _request_body(request: HttpRequest) -> dict:
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise InvalidRequest("The request body is too large.") from None
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise InvalidRequest("The request body is too large.")
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError:
+        raise InvalidRequest() from None
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest()
+    return body
+
+
 @csrf_exempt  # bearer tokens carry no ambient authority; session callers are CSRF-checked
+@sensitive_variables("route", "headers")
 async def chat_completions(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
-        return JsonResponse(
+        response = JsonResponse(
             {"error": {"code": "method_not_allowed", "message": "Use POST."}}, status=405
         )
+        response["Allow"] = "POST"
+        return response
     try:
         user = await sync_to_async(_authenticate)(request)
     except DomainError as exc:
         return _error(exc)
     if user is None:
-        return JsonResponse(
+        response = JsonResponse(
             {
                 "error": {
                     "code": "unauthenticated",
@@ -116,16 +197,11 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
             },
             status=401,
         )
+        response["WWW-Authenticate"] = "Bearer"
+        return response
     try:
         await sync_to_async(_check_rate_limit)(request, user)
-        if len(request.body) > MAX_REQUEST_BYTES:
-            raise InvalidRequest("The request body is too large.")
-        try:
-            body = json.loads(request.body or b"null")
-        except ValueError:
-            raise InvalidRequest() from None
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            raise InvalidRequest()
+        body = _request_body(request)
         route = await sync_to_async(services.resolve_route)(user=user, model=body.get("model"))
     except DomainError as exc:
         return _error(exc)
@@ -144,9 +220,13 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         )
     except httpx.TimeoutException:
         await client.aclose()
+        logger.warning("gateway: %s upstream timed out", route.provider_id)
         return _error(ProviderTimeout())
-    except httpx.HTTPError:
+    except httpx.HTTPError as exc:
         await client.aclose()
+        logger.warning(
+            "gateway: %s upstream unreachable (%s)", route.provider_id, type(exc).__name__
+        )
         return _error(ProviderError("The provider could not be reached."))
 
     if upstream.status_code != 200:
@@ -154,9 +234,22 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         retry_after = _retry_after(upstream)
         await upstream.aclose()
         await client.aclose()
+        logger.warning(
+            "gateway: %s upstream answered HTTP %s (%s)",
+            route.provider_id,
+            upstream.status_code,
+            error.code,
+        )
         return _error(error, retry_after=retry_after if upstream.status_code == 429 else None)
 
     if stream:
+        content_type = upstream.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type != "text/event-stream":
+            # Not a stream (an error page, a plain JSON answer): never relay upstream text.
+            await upstream.aclose()
+            await client.aclose()
+            logger.warning("gateway: %s upstream answered a stream with no SSE", route.provider_id)
+            return _error(ProviderError("The provider sent an invalid response."))
         return StreamingHttpResponse(
             _relay(upstream, client, user_id=user.pk, route=route, started=started),
             content_type="text/event-stream",
@@ -173,12 +266,19 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         if not isinstance(payload, dict):
             raise ValueError
     except httpx.TimeoutException:
+        logger.warning("gateway: %s upstream timed out mid-answer", route.provider_id)
         return _error(ProviderTimeout())
     except (httpx.HTTPError, ValueError):
+        logger.warning("gateway: %s upstream sent an invalid answer", route.provider_id)
         return _error(ProviderError("The provider sent an invalid response."))
     finally:
         await upstream.aclose()
         await client.aclose()
+    error = _error_in_body(payload)
+    if error is not None:
+        logger.warning("gateway: %s upstream answered 200 with %s", route.provider_id, error.code)
+        return _error(error)
+    payload = _scrub_json(payload, _secret_forms(route.api_key))
     latency_ms = int((time.monotonic() - started) * 1000)
     await sync_to_async(services.record_usage)(
         user_id=user.pk,
@@ -192,19 +292,61 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     return JsonResponse(payload)
 
 
+def _stream_done(tail: bytes) -> bool:
+    """Whether the stream ended with its terminator (`data: [DONE]`). An upstream that simply
+    closes the connection mid-answer ends its body "cleanly" at the HTTP level when it sent no
+    length or chunked framing; without the terminator the answer is incomplete."""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    return bool(lines) and lines[-1] == DONE_LINE
+
+
+def _event_separator(tail: bytes) -> bytes:
+    """What to send so that our own event starts after whatever was relayed so far."""
+    if not tail or tail.endswith((b"\n\n", b"\r\n\r\n", b"\r\r")):
+        return b""
+    return b"\n" if tail.endswith((b"\n", b"\r")) else b"\n\n"
+
+
 async def _relay(upstream: httpx.Response, client: httpx.AsyncClient, *, user_id, route, started):
-    """Pass server-sent events through as they arrive (G2). If the client goes away, the
-    generator is closed and the upstream request with it."""
+    """Pass server-sent events through as they arrive (G2), whole lines at a time so the key
+    can be scrubbed should upstream ever echo it. If the client goes away, the generator is
+    closed and the upstream request with it. Usage is recorded only for a stream that ended
+    with `data: [DONE]`; one that broke off ends with a sanitized SSE error event instead."""
+    forms = [form.encode() for form in _secret_forms(route.api_key)]
+
+    def scrub(data: bytes) -> bytes:
+        for form in forms:
+            data = data.replace(form, SCRUBBED.encode())
+        return data
+
     tail = b""
+    pending = b""
     completed = False
     try:
         async for chunk in upstream.aiter_raw():
-            tail = (tail + chunk)[-USAGE_SCAN_BYTES:]
-            yield chunk
-        completed = True
-    except httpx.HTTPError:
+            pending += chunk
+            cut = pending.rfind(b"\n") + 1
+            if not cut:
+                if len(pending) < MAX_PENDING_LINE_BYTES:
+                    continue
+                cut = len(pending)
+            out, pending = scrub(pending[:cut]), pending[cut:]
+            tail = (tail + out)[-USAGE_SCAN_BYTES:]
+            yield out
+        if pending.strip() == DONE_LINE:  # the terminator without its final newline
+            out, pending = pending + b"\n\n", b""
+            tail = (tail + out)[-USAGE_SCAN_BYTES:]
+            yield out
+        completed = _stream_done(tail)
+        if not completed:  # a partial last line (in `pending`) is dropped
+            logger.warning("gateway: %s upstream stream ended early", route.provider_id)
+            yield _event_separator(tail) + STREAM_BROKEN_EVENT
+    except httpx.HTTPError as exc:
         # Upstream broke mid-stream: end our stream with an SSE error event, sanitized.
-        yield STREAM_BROKEN_EVENT
+        logger.warning(
+            "gateway: %s upstream stream broke (%s)", route.provider_id, type(exc).__name__
+        )
+        yield _event_separator(tail) + STREAM_BROKEN_EVENT
     finally:
         await upstream.aclose()
         await client.aclose()

@@ -26,6 +26,12 @@ appends rows for other models. From another process:
 `POST /_standin/config {"quota_profiles": {"<key>": {"short_percent": 40}}}`; an unknown
 argument or row layout → 400.
 
+Chat completions with `"stream": true` answer server-sent events: `stream_chunks` content
+chunks, each after `stream_chunk_delay_ms`, then a chunk with `usage` and `data: [DONE]`;
+`stream_disconnect_after` closes the connection after that many chunks, without `[DONE]`. How
+each stream ended ("completed", "dropped", or "aborted" when the client went away) is appended
+to `state.stream_outcomes`.
+
 Control endpoints: `POST /_standin/config` (a JSON object of the settings above; unknown names
 or failure modes → 400), `POST /_standin/reset`, `GET /_standin/requests`.
 
@@ -205,6 +211,9 @@ class StandinState:
     stream_chunks: int = 5
     stream_chunk_delay_ms: int = 0
     stream_disconnect_after: int | None = None
+    # How each streamed answer ended, in order: "completed" (through `data: [DONE]`),
+    # "dropped" (`stream_disconnect_after`), "aborted" (the client went away mid-stream).
+    stream_outcomes: list[str] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # Product calls being answered right now, and the most seen at once since the last reset
@@ -228,6 +237,7 @@ class StandinState:
             self.stream_chunks = 5
             self.stream_chunk_delay_ms = 0
             self.stream_disconnect_after = None
+            self.stream_outcomes = []
             self.requests = []
             self.in_flight = 0
             self.max_in_flight = 0
@@ -542,8 +552,20 @@ def _sse(payload: Any) -> bytes:
 
 
 def _stream_completion_impl(handler: _Handler, body: dict[str, Any], prompt_tokens: int) -> None:
-    """OpenAI-style SSE: `data:` chunks, a final chunk with `usage`, then `data: [DONE]`."""
+    """OpenAI-style SSE: `data:` chunks, a final chunk with `usage`, then `data: [DONE]`.
+    How it ended is appended to `state.stream_outcomes`."""
     state = handler.server.state
+    try:
+        outcome = _stream_chunks(handler, state, body, prompt_tokens)
+    except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+        outcome = "aborted"  # the client closed the connection mid-stream
+    with state.lock:
+        state.stream_outcomes.append(outcome)
+
+
+def _stream_chunks(
+    handler: _Handler, state: StandinState, body: dict[str, Any], prompt_tokens: int
+) -> str:
     with state.lock:
         chunks, delay_ms, drop_after = (
             max(1, int(state.stream_chunks)),
@@ -560,7 +582,7 @@ def _stream_completion_impl(handler: _Handler, body: dict[str, Any], prompt_toke
     model = body.get("model", "MiniMax-M2")
     for index in range(chunks):
         if drop_after is not None and index >= int(drop_after):
-            return  # connection closes without [DONE]: a mid-stream disconnect
+            return "dropped"  # connection closes without [DONE]: a mid-stream disconnect
         if delay_ms:
             time.sleep(delay_ms / 1000)
         delta = (
@@ -598,6 +620,7 @@ def _stream_completion_impl(handler: _Handler, body: dict[str, Any], prompt_toke
     )
     handler.wfile.write(b"data: [DONE]\n\n")
     handler.wfile.flush()
+    return "completed"
 
 
 class _Server(ThreadingHTTPServer):

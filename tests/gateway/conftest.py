@@ -1,0 +1,106 @@
+"""Gateway fixtures: buying a plan, and the ASGI application served by a real uvicorn server.
+
+`asgi_server` runs `codingplans.asgi.application` (what `make dev` serves) under uvicorn in a
+background thread on a loopback socket. Tests that use it must be transactional
+(`@pytest.mark.django_db(transaction=True)`) so that the server's threads, which open their own
+database connections, see the committed data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import uvicorn
+from django.db import connections
+from django.utils import timezone
+
+from subscriptions.services import purchase_plan
+
+URL = "/api/v1/gateway/chat/completions"
+PLUS = "minimax-token-plan-plus"
+BODY = {"model": "minimax/MiniMax-M2", "messages": [{"role": "user", "content": "hello there"}]}
+
+_purchases = itertools.count(1)
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    """Users are made with a password; the production hasher costs ~1 s per user."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def buy_plan(stock, standin):
+    """Buy a plan for a user from fresh stock: returns (subscription id, assigned credential).
+    The stand-in's request log is cleared afterwards (a purchase may check the key upstream),
+    so it shows only gateway traffic."""
+
+    def buy(user, plan_id: str = PLUS) -> tuple[int, str]:
+        (key,) = stock(plan_id)
+        out = purchase_plan(
+            user=user,
+            plan_id=plan_id,
+            idempotency_key=f"gw-{next(_purchases)}",
+            now=timezone.now(),
+        )
+        assert out.status == 201, out.body
+        with standin.state.lock:
+            standin.state.requests.clear()
+        return out.subscription_id, key
+
+    return buy
+
+
+class AsgiServer:
+    def __init__(self) -> None:
+        from codingplans.asgi import application
+
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", 0))
+        host, port = self._socket.getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        config = uvicorn.Config(
+            app=application,
+            lifespan="off",
+            log_config=None,  # leave the project's logging (and its redaction filter) alone
+            access_log=False,
+            timeout_graceful_shutdown=3,
+        )
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        )
+
+    def start(self) -> AsgiServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert self._thread.is_alive(), "uvicorn did not start"
+            assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
+            time.sleep(0.01)
+        # Warm up (URLconf import, first database connection) so timings measure streaming.
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            assert client.get("/accounts/login/").status_code == 200
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=10)
+        self._socket.close()
+
+
+@pytest.fixture
+def asgi_server(transactional_db) -> Iterator[AsgiServer]:
+    server = AsgiServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        connections.close_all()

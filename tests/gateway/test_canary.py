@@ -1,0 +1,247 @@
+"""Canary (SPEC S1, issue 6): the installed key and a customer's own key never appear in gateway
+responses, errors or logs — including when upstream echoes the key back.
+
+Two shapes of canary: one the logging filter would redact anyway (`sk-…`), and one it would not
+recognise as a key at all, so that the gateway's own care (not the second line of defence) is
+what keeps it out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+
+import httpx
+import pytest
+from django.utils import timezone
+from django.views.debug import ExceptionReporter
+
+from accounts.services import create_api_token
+from byok.services import add_key
+from gateway import services
+from inventory.services import upload_credentials
+from subscriptions.services import purchase_plan
+from tests.conftest import api_client_for
+from tests.gateway.conftest import BODY, PLUS, URL
+
+CANARY_SHAPES = {
+    "plain": ("canaryInstalled7Q3x", "canaryOwnKey9Z2w"),
+    "sk": ("sk-canary-installed-7Q3x", "sk-canary-own-9Z2w"),
+}
+# Everything at DEBUG except httpx/httpcore, which the project's LOGGING pins at WARNING (their
+# DEBUG traces print upstream response headers, which an upstream could use to echo a key).
+LOGGERS = ("", "gateway", "django", "django.request", "django.server", "uvicorn", "upstream")
+
+
+class Collect(logging.Handler):
+    """Everything logged, fully formatted (message, traceback, stack)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record) + repr(getattr(record, "args", "")))
+
+
+@pytest.fixture
+def logs(caplog):
+    for name in LOGGERS:
+        caplog.set_level(logging.DEBUG, logger=name or None)
+    for name in ("httpx", "httpcore"):
+        assert logging.getLogger(name).getEffectiveLevel() >= logging.WARNING
+    handler = Collect()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield handler, caplog
+    finally:
+        root.removeHandler(handler)
+
+
+def install(user, key: str) -> int:
+    """Upload `key` as a Plus credential and buy it: the key becomes the installed entry."""
+    report = upload_credentials(
+        plan_id=PLUS, text=f"{key}::up-{key[-4:]}", actor="system:test", now=timezone.now()
+    )
+    assert report.ok, report.errors
+    out = purchase_plan(
+        user=user, plan_id=PLUS, idempotency_key=f"canary-{key}", now=timezone.now()
+    )
+    assert out.status == 201
+    return out.subscription_id
+
+
+def echoes(key: str) -> list[dict]:
+    """Upstream answers that quote the key back, in every place they could."""
+    error = {"error": {"message": f"invalid key {key}", "key": key, key: "echo"}}
+    headers = {"X-Echo-Key": key, "Retry-After": "5"}
+    return [
+        {"status": 401, "body": error, "headers": headers},
+        {"status": 403, "body": error, "headers": headers},
+        {"status": 429, "body": error, "headers": headers},
+        {"status": 500, "body": error, "headers": headers},
+        {"status": 400, "body": error, "headers": headers},
+        {"status": 200, "raw": f"<html>bad key {key}</html>", "headers": headers},
+        {
+            "status": 200,
+            "body": {
+                "model": key,
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": f"key: {key}!"}}
+                ],
+                key: [key, {"nested": f"Bearer {key}"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 2},
+            },
+            "headers": headers,
+        },
+    ]
+
+
+def transcript(response) -> str:
+    """Everything a client receives: status line, headers, body."""
+    head = "\n".join(f"{name}: {value}" for name, value in response.items())
+    return f"{response.status_code}\n{head}\n\n{response.content.decode(errors='replace')}"
+
+
+def assert_absent(keys, *texts: str) -> None:
+    for key in keys:
+        for text in texts:
+            at = text.find(key)
+            assert at < 0, f"canary {key!r} leaked: ...{text[max(0, at - 1500) : at + 200]}"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("shape", sorted(CANARY_SHAPES))
+def test_keys_never_leak_through_responses_errors_or_logs(
+    make_user, standin, settings, logs, shape
+):
+    installed_key, own_key = CANARY_SHAPES[shape]
+    installed_user = make_user(credits_usd=50)
+    install(installed_user, installed_key)
+    own_user = make_user()
+    add_key(user=own_user, provider_id="minimax", api_key=own_key, now=timezone.now())
+    settings.GATEWAY_TIMEOUT_SECONDS = 1
+    seen: list[str] = []
+    for user, key in ((installed_user, installed_key), (own_user, own_key)):
+        client = api_client_for(user)
+        standin.state.reset()
+        r = client.post(URL, BODY, content_type="application/json")
+        assert r.status_code == 200
+        assert standin.state.calls("/v1/chat/completions")[-1]["key"] == key  # it was used
+        seen.append(transcript(r))
+        for canned in echoes(key):
+            standin.state.configure({"response": canned})
+            r = client.post(URL, BODY, content_type="application/json")
+            seen.append(transcript(r))
+            if canned["status"] == 200 and "body" in canned:
+                # A successful answer that quotes the key reaches the client scrubbed.
+                assert r.status_code == 200
+                payload = r.json()
+                assert payload["choices"][0]["message"]["content"] == "key: [REDACTED]!"
+                assert payload["[REDACTED]"] == ["[REDACTED]", {"nested": "Bearer [REDACTED]"}]
+            else:
+                assert r.status_code in (429, 502), r.content
+        standin.state.reset()
+        for failure in ("timeout", "malformed", "401"):
+            standin.state.configure({"failure": failure, "timeout_sleep_s": 1.5})
+            seen.append(transcript(client.post(URL, BODY, content_type="application/json")))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        settings.MINIMAX_API_BASE_URL = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    for user in (installed_user, own_user):
+        r = api_client_for(user).post(URL, BODY, content_type="application/json")
+        assert r.status_code == 502
+        seen.append(transcript(r))
+    handler, caplog = logs
+    assert caplog.records, "nothing was logged: the capture is not working"
+    assert any("gateway" in line for line in handler.lines)
+    assert_absent((installed_key, own_key), *seen, caplog.text, "\n".join(handler.lines))
+
+
+def _broken_metering(**kwargs):
+    raise RuntimeError("metering is down")
+
+
+@pytest.mark.django_db
+def test_error_reports_do_not_show_the_key(customer, settings, monkeypatch, mailoutbox, logs):
+    # An unexpected failure after the upstream call. Django's error report (the HTML an error
+    # e-mail to ADMINS can carry) lists every frame's local variables; with
+    # DEBUG off, none of them shows the key: `headers` and `route` are sensitive variables of
+    # the view, and a Route's repr leaves the key out.
+    # Built at run time: error reports quote source lines, and a literal would be found there.
+    key = "".join(("canary", "ErrorReport", "5K8v"))
+    install(customer, key)
+    settings.DEBUG = False
+    settings.ADMINS = [("Ops", "ops@example.com")]
+
+    monkeypatch.setattr(services, "record_usage", _broken_metering)
+    client = api_client_for(customer)
+    with pytest.raises(RuntimeError, match="metering is down") as excinfo:
+        client.post(URL, BODY, content_type="application/json")
+    below_this_test = excinfo.value.__traceback__.tb_next  # (this frame holds the canary)
+    report = ExceptionReporter(
+        None, excinfo.type, excinfo.value, below_this_test, is_email=True
+    ).get_traceback_html()
+    assert "chat_completions" in report and "upstream_body" in report  # the view's locals
+    client.raise_request_exception = False
+    r = client.post(URL, BODY, content_type="application/json")
+    assert r.status_code == 500
+    assert mailoutbox, "no error e-mail"
+    handler, caplog = logs
+    assert_absent(
+        (key,),
+        report,
+        transcript(r),
+        *(mail.body for mail in mailoutbox),
+        caplog.text,
+        "\n".join(handler.lines),
+    )
+
+
+def test_route_repr_hides_the_key():
+    route = services.Route(
+        provider_id="minimax", upstream_model="MiniMax-M2", api_key="canaryRepr", subscription_id=1
+    )
+    assert "canaryRepr" not in repr(route) and "canaryRepr" not in str(route)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_streamed_answers_are_scrubbed_too(asgi_server, make_user, standin, logs):
+    installed_key = "canaryStreamInst4M1q"
+    user = make_user(credits_usd=50)
+    install(user, installed_key)
+    token = create_api_token(user=user, now=timezone.now()).plaintext
+    headers = {"Authorization": f"Bearer {token}"}
+    body = {**BODY, "stream": True}
+    event = {"choices": [{"index": 0, "delta": {"content": f"the key is {installed_key}"}}]}
+    raw = (
+        f"data: {json.dumps(event)}\n\n"
+        f'data: {{"usage": {{"prompt_tokens": 3, "completion_tokens": 4}}, '
+        f'"note": "{installed_key}"}}\n\n'
+        "data: [DONE]\n\n"
+    )
+    seen = []
+    with httpx.Client(base_url=asgi_server.url, timeout=10, headers=headers) as client:
+        standin.state.configure(
+            {
+                "response": {
+                    "status": 200,
+                    "raw": raw,
+                    "headers": {"Content-Type": "text/event-stream"},
+                }
+            }
+        )
+        r = client.post(URL, json=body)
+        assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
+        assert "the key is [REDACTED]" in r.text
+        seen.append(r.text + repr(r.headers))
+        for canned in echoes(installed_key)[:5]:
+            standin.state.configure({"response": canned})
+            r = client.post(URL, json=body)
+            assert r.status_code in (429, 502)
+            seen.append(r.text + repr(r.headers))
+    handler, caplog = logs
+    assert_absent((installed_key,), *seen, caplog.text, "\n".join(handler.lines))
