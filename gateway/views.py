@@ -8,23 +8,20 @@ key is also scrubbed from whatever a successful upstream answer might echo).
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import logging
-import ssl
 import time
 
 import httpx
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.cache import cache
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_variables
 
+from codingplans import ratelimit
 from codingplans.api import bearer_or_session
 from codingplans.errors import DomainError
 from gateway import services
@@ -36,6 +33,7 @@ from gateway.errors import (
     ProviderTimeout,
     RateLimited,
 )
+from upstream.client import ssl_context
 
 logger = logging.getLogger(__name__)
 
@@ -65,19 +63,9 @@ def _authenticate(request: HttpRequest):
 
 
 def _check_rate_limit(request: HttpRequest, user) -> None:
-    """Per token (or per session user): a fixed one-minute window in Redis."""
-    limit = int(getattr(settings, "GATEWAY_RATE_LIMIT_PER_MINUTE", 600))
+    """Per token (or per session user), in the shared fixed-window limiter."""
     who = request.headers.get("Authorization") or f"user:{user.pk}"
-    bucket = hashlib.sha256(who.encode()).hexdigest()[:32]
-    key = f"gw-rl:{bucket}:{int(time.time() // 60)}"
-    if cache.add(key, 1, timeout=70):
-        return
-    try:
-        count = cache.incr(key)
-    except ValueError:
-        cache.set(key, 1, timeout=70)
-        return
-    if count > limit:
+    if not ratelimit.hit("gateway", who, limit=int(settings.GATEWAY_RATE_LIMIT_PER_MINUTE)):
         raise RateLimited()
 
 
@@ -139,13 +127,6 @@ def _retry_after(response: httpx.Response) -> str | None:
     return value if value.isdigit() and len(value) <= 6 else None
 
 
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    """Made once: building it (loading the CA bundle) takes ~50 ms of CPU, which a client per
-    request would spend on the event loop, stalling every other request under ASGI."""
-    return httpx.create_ssl_context()
-
-
 def _client() -> httpx.AsyncClient:
     seconds = float(getattr(settings, "GATEWAY_TIMEOUT_SECONDS", 60))
     return httpx.AsyncClient(
@@ -153,7 +134,7 @@ def _client() -> httpx.AsyncClient:
         timeout=httpx.Timeout(seconds, connect=5.0),
         follow_redirects=False,
         trust_env=False,
-        verify=_ssl_context(),
+        verify=ssl_context(),
     )
 
 

@@ -6,7 +6,11 @@ that carry our own wording only — never the provider's text, headers, or the k
 
 from __future__ import annotations
 
+import functools
 import json
+import re
+import ssl
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +20,8 @@ from django.conf import settings
 from upstream.errors import UpstreamError
 
 MAX_BODY_BYTES = 256 * 1024
+# What can travel in an `Authorization: Bearer` header: printable ASCII, no spaces.
+_SENDABLE_KEY = re.compile(r"^[\x21-\x7e]{1,4096}$")
 VALIDATION_BODY = {
     "model": "MiniMax-M2",
     "messages": [{"role": "user", "content": "Say hi"}],
@@ -27,57 +33,98 @@ def base_url() -> str:
     return settings.MINIMAX_API_BASE_URL.rstrip("/")
 
 
+def timeout_seconds() -> float:
+    return min(float(settings.MINIMAX_TIMEOUT_SECONDS), 10.0)
+
+
 def timeout() -> httpx.Timeout:
-    seconds = min(float(settings.MINIMAX_TIMEOUT_SECONDS), 10.0)
+    seconds = timeout_seconds()
     return httpx.Timeout(seconds, connect=min(seconds, 5.0))
+
+
+@functools.cache
+def ssl_context() -> ssl.SSLContext:
+    """Made once per process: building one (loading the CA bundle) costs ~50 ms of CPU, which a
+    client per call would otherwise pay every time (and, in the async gateway, on the loop)."""
+    return httpx.create_ssl_context()
 
 
 def make_client(**kwargs: Any) -> httpx.Client:
     return httpx.Client(
-        base_url=base_url(), timeout=timeout(), follow_redirects=False, trust_env=False, **kwargs
+        base_url=base_url(),
+        timeout=timeout(),
+        follow_redirects=False,
+        trust_env=False,
+        verify=ssl_context(),
+        **kwargs,
     )
 
 
 def _headers(api_key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+    return {
+        "Authorization": f"Bearer {api_key}",
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        # Raw bytes only: a compressed body could expand far beyond MAX_BODY_BYTES in memory.
+        "Accept-Encoding": "identity",
+    }
 
 
-def _read_bounded(response: httpx.Response) -> bytes:
-    body = b""
-    for chunk in response.iter_bytes():
+def _read_bounded(response: httpx.Response, deadline: float) -> bytes:
+    """At most MAX_BODY_BYTES, and no later than `deadline` (a server that trickles bytes
+    slower than the read timeout must not hold the call open indefinitely)."""
+    if response.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        raise UpstreamError("invalid_response", "MiniMax sent an encoded response.")
+    body = bytearray()
+    for chunk in response.iter_raw():
         body += chunk
         if len(body) > MAX_BODY_BYTES:
             raise UpstreamError("invalid_response", "MiniMax sent an oversized response.")
-    return body
+        if time.monotonic() > deadline:
+            raise UpstreamError("network", "MiniMax did not answer in time.")
+    return bytes(body)
 
 
 def request_json(
     method: str, path: str, api_key: str, *, body: Any = None, client: httpx.Client | None = None
 ) -> tuple[int, Any]:
-    """One bounded call; returns (status, parsed JSON or None). Raises UpstreamError(network)."""
+    """One bounded call; returns (status, parsed JSON or None).
+
+    Raises UpstreamError: `network` (unreachable, timeout), `invalid_response` (oversized or
+    encoded body), `invalid_key` (a key that cannot be sent as a header at all).
+    """
+    if not isinstance(api_key, str) or not _SENDABLE_KEY.match(api_key):
+        raise UpstreamError("invalid_key", "The key cannot be sent to MiniMax.")
+    deadline = time.monotonic() + timeout_seconds()
     own = client is None
-    client = client or make_client()
     try:
+        client = client or make_client()
         with client.stream(
             method,
             path,
             headers=_headers(api_key),
             content=json.dumps(body) if body is not None else None,
         ) as response:
-            raw = _read_bounded(response)
+            raw = _read_bounded(response, deadline)
             status = response.status_code
     except httpx.TimeoutException:
         raise UpstreamError("network", "MiniMax did not answer in time.") from None
-    except httpx.HTTPError:
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError):
+        # ValueError: e.g. a malformed base URL or header; the message may quote the request.
         raise UpstreamError("network", "MiniMax could not be reached.") from None
     finally:
-        if own:
+        if own and client is not None:
             client.close()
+    return status, _parse_json(raw)
+
+
+def _parse_json(raw: bytes) -> Any:
+    if not raw:
+        return None
     try:
-        parsed = json.loads(raw) if raw else None
-    except ValueError:
-        parsed = None
-    return status, parsed
+        return json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays/objects
+        return None
 
 
 @dataclass(frozen=True)
@@ -93,7 +140,7 @@ def check_key(api_key: str, *, client: httpx.Client | None = None) -> KeyCheck:
             "POST", "/v1/chat/completions", api_key, body=VALIDATION_BODY, client=client
         )
     except UpstreamError as exc:
-        return KeyCheck(False, exc.kind)
+        return KeyCheck(False, exc.kind if exc.kind in KEY_CHECK_MESSAGES else "network")
     if status in (401, 403):
         return KeyCheck(False, "invalid_key")
     if status != 200:
