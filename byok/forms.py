@@ -3,7 +3,12 @@ from django.conf import settings
 
 
 class AddKeyForm(forms.Form):
-    provider_id = forms.ChoiceField(label="Provider", choices=())
+    # The default invalid-choice message quotes the submitted value back; keep ours generic.
+    provider_id = forms.ChoiceField(
+        label="Provider",
+        choices=(),
+        error_messages={"invalid_choice": "This provider is not supported."},
+    )
     api_key = forms.CharField(
         label="API key",
         max_length=512,
@@ -26,3 +31,15 @@ class ReplaceKeyForm(forms.Form):
 
 class ConfirmForm(forms.Form):
     confirm = forms.BooleanField(required=False)
+
+
+class ToggleForm(ConfirmForm):
+    enabled = forms.TypedChoiceField(
+        choices=(("1", "enable"), ("0", "disable")), coerce=lambda v: v == "1", required=False
+    )
+
+    def wanted(self, *, current: bool) -> bool:
+        """The state the customer asked for; without one (an old form), the opposite of now."""
+        if self.is_valid() and self.cleaned_data["enabled"] in (True, False):
+            return self.cleaned_data["enabled"]
+        return not current

@@ -4,10 +4,11 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_POST
 
 from byok import selectors, services
-from byok.forms import AddKeyForm, ConfirmForm, ReplaceKeyForm
+from byok.forms import AddKeyForm, ConfirmForm, ReplaceKeyForm, ToggleForm
 from codingplans.errors import DomainError
 from upstream.client import KEY_CHECK_MESSAGES
 
@@ -36,6 +37,8 @@ def byok_page(request):
     return _page(request)
 
 
+@sensitive_post_parameters("api_key")
+@sensitive_variables("form", "api_key", "cleaned_data")
 @login_required
 @require_POST
 def add_key(request):
@@ -56,11 +59,13 @@ def add_key(request):
     return _page(request, add_form=form, status=400)
 
 
-def _needs_confirmation(request, key, action: str, form) -> bool:
-    """A managed entry is changed only after the customer confirmed the warning."""
+def _needs_confirmation(key, form) -> bool:
+    """A managed entry is changed only after the customer confirmed the warning (SPEC B2)."""
     return key.managed_by is not None and not (form.is_valid() and form.cleaned_data["confirm"])
 
 
+@sensitive_post_parameters("api_key")
+@sensitive_variables("form", "api_key", "cleaned_data")
 @login_required
 @require_POST
 def replace_key(request, key_id: int):
@@ -69,11 +74,14 @@ def replace_key(request, key_id: int):
     if not form.is_valid():
         messages.error(request, "Enter the new key.")
         return redirect("byok")
-    if _needs_confirmation(request, key, "replace", form):
+    if _needs_confirmation(key, form):
         return _page(request, confirm={"key": key, "action": "replace"})
     try:
         services.update_key(
-            user=request.user, key_id=key_id, api_key=form.cleaned_data["api_key"], now=timezone.now()
+            user=request.user,
+            key_id=key_id,
+            api_key=form.cleaned_data["api_key"],
+            now=timezone.now(),
         )
     except DomainError as exc:
         messages.error(request, exc.message)
@@ -86,11 +94,13 @@ def replace_key(request, key_id: int):
 @require_POST
 def toggle_key(request, key_id: int):
     key = selectors.key_for(request.user, key_id)
-    form = ConfirmForm(request.POST)
-    if _needs_confirmation(request, key, "toggle", form):
-        return _page(request, confirm={"key": key, "action": "toggle"})
-    services.update_key(user=request.user, key_id=key_id, enabled=not key.enabled, now=timezone.now())
-    messages.success(request, "Key disabled." if key.enabled else "Key enabled.")
+    form = ToggleForm(request.POST)
+    # The form names the state it asks for, so a double submit does not flip the key back.
+    wanted = form.wanted(current=key.enabled)
+    if _needs_confirmation(key, form):
+        return _page(request, confirm={"key": key, "action": "toggle", "enabled": wanted})
+    services.update_key(user=request.user, key_id=key_id, enabled=wanted, now=timezone.now())
+    messages.success(request, "Key enabled." if wanted else "Key disabled.")
     return redirect("byok")
 
 
@@ -99,7 +109,7 @@ def toggle_key(request, key_id: int):
 def delete_key(request, key_id: int):
     key = selectors.key_for(request.user, key_id)
     form = ConfirmForm(request.POST)
-    if _needs_confirmation(request, key, "delete", form):
+    if _needs_confirmation(key, form):
         return _page(request, confirm={"key": key, "action": "delete"})
     services.delete_key(user=request.user, key_id=key_id, now=timezone.now())
     messages.success(request, "Key deleted.")

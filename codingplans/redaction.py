@@ -44,6 +44,11 @@ _PATTERNS: list[tuple[re.Pattern[str], object]] = [
         ),
         REDACTED,
     ),
+    # 40+ characters of mixed case without any digit (a Fernet key can have none).
+    (
+        re.compile(r"\b(?=[A-Za-z_\-]*[A-Z])(?=[A-Za-z_\-]*[a-z])[A-Za-z_\-]{40,}={0,2}"),
+        REDACTED,
+    ),
     # Standard base64 (with + and /): upper, lower and a digit, 40+ characters.
     (
         re.compile(
