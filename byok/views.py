@@ -9,6 +9,7 @@ from django.views.decorators.http import require_POST
 
 from byok import selectors, services
 from byok.forms import AddKeyForm, ConfirmForm, ReplaceKeyForm, ToggleForm
+from codingplans.crypto import SecretUnavailable
 from codingplans.errors import DomainError
 from upstream.client import KEY_CHECK_MESSAGES
 
@@ -16,6 +17,9 @@ MANAGED_WARNING = (
     "This key is managed by your MiniMax Coding Plan. Billing for the plan continues whatever you "
     "do here, and the plan's key cannot be recovered once you replace or delete it."
 )
+
+
+UNREADABLE_KEY = "This key can no longer be read on our side. Replace it with the key's value."
 
 
 def _page(request, *, add_form=None, confirm=None, status=200):
@@ -119,7 +123,11 @@ def delete_key(request, key_id: int):
 @login_required
 @require_POST
 def test_key(request, key_id: int):
-    result = services.check_stored_key(user=request.user, key_id=key_id)
+    try:
+        result = services.check_stored_key(user=request.user, key_id=key_id)
+    except SecretUnavailable:  # encrypted under a key that has since been retired
+        messages.error(request, UNREADABLE_KEY)
+        return redirect("byok")
     if result.ok:
         messages.success(request, "The key works: MiniMax accepted a test call.")
     else:

@@ -246,6 +246,18 @@ def test_test_failure_shows_our_message(browser, key, standin, settings, failure
     assert "stand-in" not in text(r)
 
 
+def test_test_of_a_key_that_can_no_longer_be_decrypted_does_not_break_the_page(
+    browser, key, settings, standin
+):
+    # Its encryption key was retired without re-encrypting it: say so, never a 500.
+    from cryptography.fernet import Fernet
+
+    settings.CODING_PLANS_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+    r = browser.submit(f"/byok/{key.pk}/test/")
+    assert "can no longer be read" in text(r)
+    assert standin.state.calls() == []
+
+
 @pytest.mark.parametrize(
     "path",
     [
