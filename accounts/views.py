@@ -4,6 +4,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
 from accounts import selectors, services
@@ -11,6 +12,7 @@ from accounts.errors import EmailTaken
 from accounts.forms import SignupForm, TokenForm
 
 
+@sensitive_post_parameters("password")
 def signup(request):
     if request.user.is_authenticated:
         return redirect("/subscriptions/")
@@ -64,6 +66,7 @@ def revoke_token(request, token_id: int):
     return redirect("account")
 
 
+@sensitive_post_parameters("password")
 @login_required
 def delete_account_view(request):
     """Self-service deletion (SPEC D1), confirmed by re-entering the password."""
@@ -82,6 +85,4 @@ def delete_account_view(request):
             logout(request)
             messages.success(request, "Your account has been deleted.")
             return redirect("/accounts/login/")
-    return render(
-        request, "accounts/delete.html", {"error": error}, status=400 if error else 200
-    )
+    return render(request, "accounts/delete.html", {"error": error}, status=400 if error else 200)

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from django.utils import timezone
 from ninja import Router, Schema, Status
+from pydantic import StrictBool, StrictStr
 
 from byok import selectors, services
 from byok.models import ByokKey
@@ -30,13 +31,13 @@ class KeysOut(Schema):
 
 
 class KeyIn(Schema):
-    provider_id: str
-    api_key: str
+    provider_id: StrictStr
+    api_key: StrictStr
 
 
 class KeyPatch(Schema):
-    api_key: str | None = None
-    enabled: bool | None = None
+    api_key: StrictStr | None = None
+    enabled: StrictBool | None = None
 
 
 class TestOut(Schema):
@@ -65,7 +66,10 @@ def list_keys(request):
 @router.post("", response={201: KeyOut})
 def add_key(request, payload: KeyIn):
     key = services.add_key(
-        user=request.auth, provider_id=payload.provider_id, api_key=payload.api_key, now=timezone.now()
+        user=request.auth,
+        provider_id=payload.provider_id,
+        api_key=payload.api_key,
+        now=timezone.now(),
     )
     return Status(201, key_out(key))
 
@@ -98,4 +102,7 @@ def test_key(request, key_id: int):
     result = services.check_stored_key(user=request.auth, key_id=key_id)
     if result.ok:
         return {"ok": True, "error": None}
-    return {"ok": False, "error": {"code": result.error, "message": KEY_CHECK_MESSAGES[result.error]}}
+    return {
+        "ok": False,
+        "error": {"code": result.error, "message": KEY_CHECK_MESSAGES[result.error]},
+    }

@@ -18,9 +18,7 @@ class ByokKey(models.Model):
     key_hint = models.CharField(max_length=8)
     enabled = models.BooleanField(default=True)
     # Set while the entry is the unchanged installed entry of a Coding Plan (SPEC B2, B3).
-    managed_by = models.CharField(
-        max_length=20, choices=ManagedBy.choices, null=True, blank=True
-    )
+    managed_by = models.CharField(max_length=20, choices=ManagedBy.choices, null=True, blank=True)
     subscription = models.OneToOneField(
         "subscriptions.Subscription",
         null=True,
@@ -33,17 +31,19 @@ class ByokKey(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["user", "provider_id"], name="byok_one_key_per_provider"),
+            models.UniqueConstraint(
+                fields=["user", "provider_id"], name="byok_one_key_per_provider"
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.provider_id} key {self.key_hint}"
+
+    def __repr__(self) -> str:
+        return f"<ByokKey id={self.pk} provider={self.provider_id} hint={self.key_hint}>"
 
     @property
     def provider_name(self) -> str:
         from django.conf import settings
 
         return settings.PROVIDERS.get(self.provider_id, self.provider_id)
-
-    def __repr__(self) -> str:
-        return f"<ByokKey id={self.pk} provider={self.provider_id} hint={self.key_hint}>"

@@ -138,4 +138,8 @@ def check_stored_key(*, user, key_id: int) -> minimax.KeyCheck:
     key = ByokKey.objects.filter(user=user, pk=key_id).first()
     if key is None:
         raise KeyNotFound()
-    return minimax.check_key(decrypted_key(key))
+    try:
+        plaintext = decrypted_key(key)
+    except crypto.SecretUnavailable:  # encrypted under a key that has since been retired
+        return minimax.KeyCheck(False, "unreadable")
+    return minimax.check_key(plaintext)

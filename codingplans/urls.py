@@ -19,3 +19,4 @@ urlpatterns = [
 ]
 
 handler404 = "codingplans.views.not_found"
+handler500 = "codingplans.views.server_error"

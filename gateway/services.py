@@ -34,10 +34,16 @@ def resolve_route(*, user, model: object) -> Route:
     entry = ByokKey.objects.filter(user=user, provider_id=provider_id, enabled=True).first()
     if entry is None:
         raise NoProviderKey()
+    try:
+        api_key = crypto.decrypt(entry.encrypted_key)
+    except crypto.SecretUnavailable:  # encrypted under a retired key: unusable until replaced
+        raise NoProviderKey(
+            "Your stored key for this provider can no longer be read; replace it in BYOK."
+        ) from None
     return Route(
         provider_id=provider_id,
         upstream_model=upstream_model,
-        api_key=crypto.decrypt(entry.encrypted_key),
+        api_key=api_key,
         subscription_id=entry.subscription_id,
     )
 

@@ -159,4 +159,5 @@ KEY_CHECK_MESSAGES = {
     "network": "MiniMax could not be reached or did not answer in time.",
     "http": "MiniMax returned an error; try again later.",
     "invalid_response": "MiniMax sent a response we could not understand.",
+    "unreadable": "The stored key can no longer be read; replace it with a new key.",
 }
