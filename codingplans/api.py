@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
@@ -85,6 +86,11 @@ def _invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     return error_response(
         request, 400, "invalid_request", f"The request is not valid ({', '.join(fields)})."
     )
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    return error_response(request, 413, "request_too_large", "The request body is too large.")
 
 
 @api.exception_handler(HttpError)

@@ -13,7 +13,7 @@ from codingplans.ratelimit import enforce
 from gateway.services import usage_in_period
 from subscriptions import lifecycle, selectors, services
 from subscriptions.catalog import get_plan
-from subscriptions.errors import PlanNotFound, SubscriptionNotFound
+from subscriptions.errors import IdempotencyKeyMissing, PlanNotFound, SubscriptionNotFound
 from subscriptions.quota import QuotaUnavailable, quota_for
 
 router = Router(tags=["coding-plans"])
@@ -56,6 +56,13 @@ def _purchase_plan_id(request: HttpRequest) -> object:
     return data.get("plan_id") if isinstance(data, dict) else None
 
 
+def idempotency_key(raw: object) -> object:
+    """PostgreSQL text cannot hold NUL: such a key is refused like a missing one (P5), not a 500."""
+    if isinstance(raw, str) and "\x00" in raw:
+        raise IdempotencyKeyMissing("The Idempotency-Key must not contain NUL characters.")
+    return raw
+
+
 def _subscription_id(raw: str) -> int:
     """Path ids that are not a plain number are a 404 in the API's error envelope, not an HTML
     page from the URL resolver."""
@@ -76,7 +83,7 @@ def purchase(request: HttpRequest):
     outcome = services.purchase_plan(
         user=request.auth,
         plan_id=_purchase_plan_id(request),
-        idempotency_key=request.headers.get("Idempotency-Key"),
+        idempotency_key=idempotency_key(request.headers.get("Idempotency-Key")),
         now=timezone.now(),
     )
     return Status(outcome.status, {"subscription": outcome.body})

@@ -17,6 +17,7 @@ from codingplans.errors import DomainError
 from codingplans.ratelimit import enforce
 from gateway.services import usage_in_period
 from subscriptions import lifecycle, selectors, services
+from subscriptions.api import idempotency_key
 from subscriptions.catalog import all_plans, get_plan
 from subscriptions.errors import InvalidCursor
 from subscriptions.quota import QuotaUnavailable, quota_for
@@ -72,7 +73,7 @@ def purchase(request):
         outcome = services.purchase_plan(
             user=request.user,
             plan_id=request.POST.get("plan_id"),
-            idempotency_key=request.POST.get("idempotency_key"),
+            idempotency_key=idempotency_key(request.POST.get("idempotency_key")),
             now=timezone.now(),
         )
     except DomainError as exc:
