@@ -145,7 +145,12 @@ def delete_account(*, user: User, actor: str, now: datetime) -> None:
     from subscriptions.models import LIVE_STATUSES, AvailabilityIntent, Subscription
 
     with transaction.atomic(durable=True):
-        user = User.objects.select_for_update().get(pk=user.pk)
+        # FOR NO KEY UPDATE, not FOR UPDATE: a purchase that already holds this user's credit
+        # account goes on to insert rows referencing the user (the subscription, the
+        # credential's holder), which take FOR KEY SHARE on the user row. A plain FOR UPDATE
+        # would block them while we wait for that same credit account: a deadlock that
+        # PostgreSQL breaks by aborting one side. NO KEY UPDATE still serializes deletions.
+        user = User.objects.select_for_update(no_key=True).get(pk=user.pk)
         if user.deleted_at is not None:
             return
         # Lock order: credit account → subscriptions → credentials → BYOK entries.

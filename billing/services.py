@@ -144,7 +144,10 @@ def start_top_up(*, account: CreditAccount, subscription_id: int, due_at: dateti
         backend=get_backend().name,
         created_at=now,
     )
-    transaction.on_commit(lambda: execute_top_up(attempt_id=attempt.pk, now=now))
+    # robust: a processor failure is logged, not raised out of the sweep's commit (which would
+    # count a subscription already moved to past_due as a sweep error). The attempt then stays
+    # pending and the next sweep within grace charges it again (SPEC L4, S5).
+    transaction.on_commit(lambda: execute_top_up(attempt_id=attempt.pk, now=now), robust=True)
     return attempt
 
 

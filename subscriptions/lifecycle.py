@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.core.mail import send_mail
@@ -20,8 +21,8 @@ from django.utils import timezone
 
 from adminops.audit import SYSTEM_SWEEP, actor_for, record_event
 from billing.errors import InsufficientCredits
-from billing.models import CreditAccount, LedgerEntry
-from billing.services import post_entry, start_top_up
+from billing.models import CreditAccount, LedgerEntry, TopUpAttempt
+from billing.services import execute_top_up, post_entry, start_top_up
 from byok.models import ByokKey
 from codingplans.errors import DomainError
 from inventory.models import Credential
@@ -161,6 +162,10 @@ class SweepCounts:
     def as_dict(self) -> dict[str, int]:
         return {key: getattr(self, key) for key in COUNT_KEYS}
 
+    def add(self, other: SweepCounts) -> None:
+        for key in COUNT_KEYS:
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+
 
 def _due(now: datetime):
     return Subscription.objects.filter(status__in=LIVE_STATUSES, current_period_end__lte=now)
@@ -168,53 +173,60 @@ def _due(now: datetime):
 
 def process_due_subscription(subscription_id: int, *, now: datetime, counts: SweepCounts) -> None:
     """Act on one due subscription in its own transaction (L2–L5). A no-op when it is no longer
-    due or another sweep holds it — so concurrent or repeated sweeps never act twice (L8)."""
+    due or another sweep holds it — so concurrent or repeated sweeps never act twice (L8).
+
+    The outcome is added to `counts` only once the transaction has committed: a failure at
+    commit (a deferred constraint, a lost connection) is counted as an error, not also as a
+    renewal or termination that never happened (L1)."""
+    outcome = SweepCounts()
     with transaction.atomic(durable=True):
-        subscription = _lock(subscription_id, skip_locked=True)
-        if (
-            subscription is None
-            or not subscription.is_live
-            or subscription.current_period_end > now
-        ):
-            return
-        if subscription.cancel_at_period_end:
-            end_subscription(
-                subscription=subscription,
-                reason=Subscription.Reason.USER_REQUESTED,
-                actor=SYSTEM_SWEEP,
-                now=now,
-            )
-            counts.canceled += 1
-            _email_after_commit(
-                subscription.user_id,
-                f"Your {subscription.plan_name} has ended",
-                "Your Coding Plan ended at the end of its paid period, as you asked. Its "
-                "installed MiniMax key was removed from BYOK (if unchanged) and the plan's key "
-                "is being revoked.",
-            )
-            return
-        if _renew(subscription, now=now):
-            counts.renewed += 1
-            return
-        if subscription.status == Subscription.Status.ACTIVE:
-            account = CreditAccount.objects.get(user_id=subscription.user_id)
-            if account.auto_top_up_enabled:
-                _enter_grace(subscription, account=account, now=now, counts=counts)
-                return
-            reason = Subscription.Reason.INSUFFICIENT_CREDITS
-        elif subscription.grace_deadline is not None and now < subscription.grace_deadline:
-            return  # still within grace: wait for funds
-        else:
-            reason = Subscription.Reason.PAYMENT_FAILED
-        end_subscription(subscription=subscription, reason=reason, actor=SYSTEM_SWEEP, now=now)
-        counts.terminated += 1
+        _process_locked(subscription_id, now=now, counts=outcome)
+    counts.add(outcome)
+
+
+def _process_locked(subscription_id: int, *, now: datetime, counts: SweepCounts) -> None:
+    subscription = _lock(subscription_id, skip_locked=True)
+    if subscription is None or not subscription.is_live or subscription.current_period_end > now:
+        return
+    if subscription.cancel_at_period_end:
+        end_subscription(
+            subscription=subscription,
+            reason=Subscription.Reason.USER_REQUESTED,
+            actor=SYSTEM_SWEEP,
+            now=now,
+        )
+        counts.canceled += 1
         _email_after_commit(
             subscription.user_id,
             f"Your {subscription.plan_name} has ended",
-            "Your Coding Plan could not be renewed because your credits did not cover it, so it "
-            "has ended. Its installed MiniMax key was removed from BYOK (if unchanged). Your own "
-            "MiniMax key, if you added one, was not touched.",
+            "Your Coding Plan ended at the end of its paid period, as you asked. Its "
+            "installed MiniMax key was removed from BYOK (if unchanged) and the plan's key "
+            "is being revoked.",
         )
+        return
+    if _renew(subscription, now=now):
+        counts.renewed += 1
+        return
+    if subscription.status == Subscription.Status.ACTIVE:
+        account = CreditAccount.objects.get(user_id=subscription.user_id)
+        if account.auto_top_up_enabled:
+            _enter_grace(subscription, account=account, now=now, counts=counts)
+            return
+        reason = Subscription.Reason.INSUFFICIENT_CREDITS
+    elif subscription.grace_deadline is not None and now < subscription.grace_deadline:
+        _resume_pending_top_up(subscription, now=now)
+        return  # still within grace: wait for funds
+    else:
+        reason = Subscription.Reason.PAYMENT_FAILED
+    end_subscription(subscription=subscription, reason=reason, actor=SYSTEM_SWEEP, now=now)
+    counts.terminated += 1
+    _email_after_commit(
+        subscription.user_id,
+        f"Your {subscription.plan_name} has ended",
+        "Your Coding Plan could not be renewed because your credits did not cover it, so it "
+        "has ended. Its installed MiniMax key was removed from BYOK (if unchanged). Your own "
+        "MiniMax key, if you added one, was not touched.",
+    )
 
 
 def _renew(subscription: Subscription, *, now: datetime) -> bool:
@@ -269,6 +281,25 @@ def _renew(subscription: Subscription, *, now: datetime) -> bool:
     return True
 
 
+def _resume_pending_top_up(subscription: Subscription, *, now: datetime) -> None:
+    """The top-up attempt for this due term is recorded in the sweep's transaction and charged
+    after the commit (S5). If the process died in between, or the processor call failed, the
+    attempt is still pending: charge that same attempt again after this commit (never a second
+    attempt, L4). `execute_top_up` acts only on a pending attempt, under its row lock, and the
+    backend is idempotent on the attempt id, so a duplicate run is harmless."""
+    attempt_id = (
+        TopUpAttempt.objects.filter(
+            subscription_id=subscription.pk,
+            due_at=subscription.current_period_end,
+            status=TopUpAttempt.Status.PENDING,
+        )
+        .values_list("id", flat=True)
+        .first()
+    )
+    if attempt_id is not None:
+        transaction.on_commit(partial(execute_top_up, attempt_id=attempt_id, now=now), robust=True)
+
+
 def _enter_grace(
     subscription: Subscription, *, account: CreditAccount, now: datetime, counts: SweepCounts
 ) -> None:
@@ -315,7 +346,9 @@ def run_billing_sweep(
     until none is left or the time budget is spent (L1). Keyset pagination moves forward, so a
     subscription renewed into a still-past period is met again later in the same run (a backlog
     after an outage drains), while one waiting in grace is not retried in a loop."""
-    run = SweepRun.objects.create(trigger=trigger, started_at=now, as_of=now, counts={})
+    # started_at/finished_at are wall-clock times (how long the run took, O2); `as_of` is the
+    # clock the run judged due-ness by, which tests and back-fills pass in.
+    run = SweepRun.objects.create(trigger=trigger, started_at=timezone.now(), as_of=now, counts={})
     counts = SweepCounts()
     deadline = time.monotonic() + time_budget_seconds
     cursor: tuple[datetime, int] | None = None

@@ -17,7 +17,9 @@ def test_renew_then_terminate_when_short(customer, stock):
     # SPEC L2, L3
     stock()
     now = timezone.now()
-    out = purchase_plan(user=customer, plan_id="minimax-token-plan-plus", idempotency_key="a", now=now)
+    out = purchase_plan(
+        user=customer, plan_id="minimax-token-plan-plus", idempotency_key="a", now=now
+    )
     sub = Subscription.objects.get(pk=out.subscription_id)
     end = sub.current_period_end
     run = run_billing_sweep(now=end)
