@@ -32,3 +32,34 @@ class SecurityHeadersMiddleware:
         if policy and "Content-Security-Policy" not in response:
             response["Content-Security-Policy"] = policy
         return response
+
+
+class ApiMethodNotAllowedMiddleware:
+    """Keep the JSON error envelope for a method a route does not take (django-ninja answers
+    those with a bare text 405)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if (
+            response.status_code == 405
+            and request.path.startswith("/api/")
+            and "json" not in response.get("Content-Type", "")
+        ):
+            from django.http import JsonResponse
+
+            allowed = response.get("Allow", "")
+            response = JsonResponse(
+                {
+                    "error": {
+                        "code": "method_not_allowed",
+                        "message": f"Use {allowed or 'another method'} for this path.",
+                    }
+                },
+                status=405,
+            )
+            if allowed:
+                response["Allow"] = allowed
+        return response

@@ -143,6 +143,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "codingplans.middleware.NotFoundMiddleware",
     "codingplans.middleware.SecurityHeadersMiddleware",
+    "codingplans.middleware.ApiMethodNotAllowedMiddleware",
 ]
 
 ROOT_URLCONF = "codingplans.urls"

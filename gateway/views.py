@@ -147,7 +147,7 @@ def _request_body(request: HttpRequest) -> dict:
         raise InvalidRequest("The request body is too large.")
     try:
         body = json.loads(raw or b"null")
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidRequest() from None
     messages = body.get("messages") if isinstance(body, dict) else None
     if not isinstance(messages, list) or not messages:

@@ -295,11 +295,6 @@ def test_api_body_fuzz_never_500_and_4xx_changes_nothing(op, world, hostile):
     run()
 
 
-@pytest.mark.xfail(
-    reason="gateway/views.py `_request_body` catches ValueError but not the RecursionError that "
-    "json.loads raises on deep nesting: HTTP 500 (reported; gateway/ is another helper's)",
-    strict=False,
-)
 @pytest.mark.parametrize("body", DEEP, ids=["arrays", "objects"])
 def test_gateway_deeply_nested_json_is_a_400(world, hostile, body):
     response = world.a.bearer().post(

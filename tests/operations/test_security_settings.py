@@ -96,3 +96,9 @@ def test_usd_parser_refuses_what_it_cannot_represent_exactly(text):
 
     with pytest.raises(InvalidAmount):
         usd_to_micros(text)
+
+
+def test_wrong_method_on_an_api_route_keeps_the_envelope(api):
+    r = api.put("/api/v1/credits")
+    assert r.status_code == 405
+    assert r.json()["error"]["code"] == "method_not_allowed" and "GET" in r["Allow"]
