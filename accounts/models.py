@@ -51,6 +51,7 @@ class User(AbstractBaseUser, PermissionsMixin):
         constraints = [
             models.UniqueConstraint(Lower("email"), name="accounts_user_email_ci_unique"),
         ]
+        permissions = [("delete_account", "Can delete customer accounts")]
 
     def __str__(self) -> str:
         return self.email

@@ -54,3 +54,30 @@ def usd(micros: int | None) -> str | None:
 def clean_text(value: object) -> str:
     """Text shown to operators that might, by accident, carry something key-shaped."""
     return redact(str(value))
+
+
+AUDIT_PERMISSION = "adminops.view_auditevent"
+
+
+def audit_url(
+    *, subject_type: str | None = None, subject_id: object = None, actor: str = ""
+) -> str:
+    """The audit trail filtered to one subject (`app_label.model`, id) or one actor (O1)."""
+    from django.urls import reverse
+    from django.utils.http import urlencode
+
+    query: dict[str, str] = {}
+    if subject_type is not None:
+        query.update(subject_type=subject_type, subject_id=str(subject_id))
+    if actor:
+        query["actor"] = actor
+    return f"{reverse('admin:adminops_auditevent_changelist')}?{urlencode(query)}"
+
+
+def audit_links(request, obj, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+    """(label, url) pairs for a change page: the object's own events, then `extra` pairs,
+    or nothing for staff who may not read the audit trail."""
+    if obj is None or not request.user.has_perm(AUDIT_PERMISSION):
+        return []
+    own = ("Audit trail", audit_url(subject_type=obj._meta.label_lower, subject_id=obj.pk))
+    return [own, *extra]

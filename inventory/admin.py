@@ -25,7 +25,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 
-from adminops.adminkit import ReadOnlyAdmin, clean_text
+from adminops.adminkit import ReadOnlyAdmin, audit_links, audit_url, clean_text
 from adminops.audit import actor_for
 from codingplans.errors import DomainError
 from inventory import selectors, services
@@ -249,6 +249,42 @@ class CredentialAdmin(ReadOnlyAdmin):
     @admin.display(description="note")
     def note(self, obj: Credential) -> str:
         return services.sanitize_note(obj.failure_note)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        credential = (
+            Credential.objects.filter(pk=object_id).only("id", "state").first()
+            if str(object_id).isdigit()
+            else None
+        )
+        extra = {}
+        if credential is not None:
+            from subscriptions.models import Subscription
+
+            subscription_id = (
+                Subscription.objects.filter(credential_id=credential.pk)
+                .values_list("id", flat=True)
+                .first()
+            )
+            more = (
+                [
+                    (
+                        f"Subscription #{subscription_id} events",
+                        audit_url(
+                            subject_type="subscriptions.subscription", subject_id=subscription_id
+                        ),
+                    )
+                ]
+                if subscription_id is not None
+                else []
+            )
+            extra["audit_links"] = audit_links(request, credential, *more)
+            if credential.state in REVOCABLE and request.user.has_perm(REVOCATION_PERMISSION):
+                extra["record_revocation_url"] = reverse(
+                    "admin:inventory_credential_record_revocation", args=[credential.pk]
+                )
+        return super().change_view(
+            request, object_id, form_url, extra_context={**(extra_context or {}), **extra}
+        )
 
     # -- extra pages --
 
@@ -517,5 +553,6 @@ class InventoryUploadAdmin(ReadOnlyAdmin):
             "message": clean_text(upload.message),
             "upload_url": reverse("admin:inventory_credential_upload"),
             "can_upload": request.user.has_perm(UPLOAD_PERMISSION),
+            "audit_links": audit_links(request, upload),
         }
         return TemplateResponse(request, "admin/inventory/inventoryupload/status.html", context)

@@ -234,7 +234,9 @@ def upload_credentials(
             )
             record_event(
                 actor=actor,
-                subject=("inventory.upload", upload.pk if upload else plan_id),
+                # The admin upload's own row (as its start and rejection are), so filtering the
+                # trail by that upload shows its whole story; a command upload has no row.
+                subject=upload if upload is not None else ("inventory.plan", plan_id),
                 event_type="inventory.uploaded",
                 now=now,
                 new={"plan_id": plan_id, "stored": total},

@@ -1,18 +1,30 @@
 """Subscriptions, charged terms and billing sweep runs in the admin, read-only (SPEC L, O2).
 
-State changes go through services and commands (`terminate_subscription`, `run_billing_sweep`);
-no credential secret is shown: the credential appears only as its number and state.
+The one write is the operator's immediate termination (L6): a confirmation page that says what
+will happen, then `terminate_subscription` (the service), then the result. No credential secret
+is shown: the credential appears only as its number and state.
 """
 
 from __future__ import annotations
 
-from django.contrib import admin
-from django.urls import reverse
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.http import urlencode
 
-from adminops.adminkit import ReadOnlyAdmin, clean_text, usd
+from adminops.adminkit import ReadOnlyAdmin, audit_links, audit_url, clean_text, usd
 from billing.admin import ledger_entry_link
-from subscriptions.models import ChargedTerm, Subscription, SweepRun
+from byok.models import ByokKey
+from codingplans.errors import DomainError
+from subscriptions.lifecycle import terminate_subscription
+from subscriptions.models import LIVE_STATUSES, ChargedTerm, Subscription, SweepRun
+
+TERMINATE_PERMISSION = "subscriptions.terminate_subscription"
+MAX_TERMINATE_AT_ONCE = 100
 
 
 class PlanFilter(admin.SimpleListFilter):
@@ -28,6 +40,35 @@ class PlanFilter(admin.SimpleListFilter):
         return queryset.filter(plan_id=self.value()) if self.value() else queryset
 
 
+class DueFilter(admin.SimpleListFilter):
+    """What the next sweep will act on (the admin home links here, SPEC O2)."""
+
+    title = "due"
+    parameter_name = "due"
+
+    def lookups(self, request, model_admin):
+        return [("now", "Due now (period ended, live)")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "now":
+            return queryset.filter(status__in=LIVE_STATUSES, current_period_end__lte=timezone.now())
+        return queryset
+
+
+@admin.action(description="Terminate selected subscriptions now…", permissions=["terminate"])
+def terminate_selected(modeladmin, request, queryset):
+    ids = list(queryset.order_by("id").values_list("id", flat=True)[: MAX_TERMINATE_AT_ONCE + 1])
+    if len(ids) > MAX_TERMINATE_AT_ONCE:
+        modeladmin.message_user(
+            request,
+            f"Select at most {MAX_TERMINATE_AT_ONCE} subscriptions at a time.",
+            messages.ERROR,
+        )
+        return None
+    query = urlencode({"ids": ",".join(str(pk) for pk in ids)})
+    return HttpResponseRedirect(f"{reverse('admin:subscriptions_subscription_terminate')}?{query}")
+
+
 @admin.register(Subscription)
 class SubscriptionAdmin(ReadOnlyAdmin):
     list_display = (
@@ -40,8 +81,9 @@ class SubscriptionAdmin(ReadOnlyAdmin):
         "cancel_at_period_end",
     )
     list_select_related = ("user",)
-    list_filter = ("status", PlanFilter, "cancel_at_period_end")
+    list_filter = ("status", PlanFilter, "cancel_at_period_end", DueFilter)
     search_fields = ("user__email", "id__exact")
+    actions = [terminate_selected]
     ordering = ("-id",)
     fields = (
         "id",
@@ -86,6 +128,146 @@ class SubscriptionAdmin(ReadOnlyAdmin):
         url = reverse("admin:inventory_credential_change", args=[obj.credential_id])
         return format_html(
             '<a href="{}">#{} ({})</a>', url, obj.credential_id, obj.credential.get_state_display()
+        )
+
+    # -- operator termination (SPEC L6) --
+
+    def has_terminate_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm(TERMINATE_PERMISSION)
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path(
+                "terminate/",
+                wrap(self.terminate_view),
+                name="subscriptions_subscription_terminate",
+            ),
+            path(
+                "<int:subscription_id>/terminate/",
+                wrap(self.terminate_view),
+                name="subscriptions_subscription_terminate_one",
+            ),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        subscription = (
+            Subscription.objects.filter(pk=object_id).only("id", "status", "credential_id").first()
+            if str(object_id).isdigit()
+            else None
+        )
+        extra = {}
+        if subscription is not None:
+            extra["audit_links"] = audit_links(
+                request,
+                subscription,
+                (
+                    f"Credential #{subscription.credential_id} events",
+                    audit_url(
+                        subject_type="inventory.credential", subject_id=subscription.credential_id
+                    ),
+                ),
+            )
+            if subscription.is_live and self.has_terminate_permission(request):
+                extra["terminate_url"] = reverse(
+                    "admin:subscriptions_subscription_terminate_one", args=[subscription.pk]
+                )
+        return super().change_view(
+            request, object_id, form_url, extra_context={**(extra_context or {}), **extra}
+        )
+
+    def _selected_ids(self, request, subscription_id: int | None) -> list[int]:
+        if subscription_id is not None:
+            return [subscription_id]
+        raw = request.POST.get("ids") if request.method == "POST" else request.GET.get("ids")
+        ids = []
+        for part in (raw or "").split(","):
+            part = part.strip()
+            if part.isdigit() and int(part) not in ids:
+                ids.append(int(part))
+        return ids[:MAX_TERMINATE_AT_ONCE]
+
+    def terminate_view(self, request, subscription_id: int | None = None):
+        """Confirmation (what will happen, per subscription), then the service, then the result."""
+        if not self.has_terminate_permission(request):
+            raise PermissionDenied
+        ids = self._selected_ids(request, subscription_id)
+        subscriptions = list(
+            Subscription.objects.filter(pk__in=ids)
+            .select_related("user", "credential")
+            .defer("credential__encrypted_key", "credential__fingerprint")
+            .order_by("id")
+        )
+        if not subscriptions:
+            self.message_user(request, "No subscription was selected.", messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:subscriptions_subscription_changelist"))
+        installed = set(
+            ByokKey.objects.filter(subscription_id__in=[s.pk for s in subscriptions]).values_list(
+                "subscription_id", flat=True
+            )
+        )
+        if request.method == "POST" and request.POST.get("confirm") == "yes":
+            actor = f"staff:{request.user.pk}"
+            for subscription in subscriptions:
+                self._terminate_one(request, subscription, actor, subscription.pk in installed)
+            if len(subscriptions) == 1:
+                return HttpResponseRedirect(
+                    reverse("admin:subscriptions_subscription_change", args=[subscriptions[0].pk])
+                )
+            return HttpResponseRedirect(reverse("admin:subscriptions_subscription_changelist"))
+        rows = [
+            {
+                "subscription": subscription,
+                "live": subscription.is_live,
+                "installed": subscription.pk in installed,
+                "price": usd(subscription.price_micros),
+            }
+            for subscription in subscriptions
+        ]
+        live = [row for row in rows if row["live"]]
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": (
+                f"Terminate subscription #{subscriptions[0].pk}"
+                if len(subscriptions) == 1
+                else f"Terminate {len(subscriptions)} subscriptions"
+            ),
+            "rows": rows,
+            "live_count": len(live),
+            "ids": ",".join(str(s.pk) for s in subscriptions),
+            "cancel_url": (
+                reverse("admin:subscriptions_subscription_change", args=[subscriptions[0].pk])
+                if len(subscriptions) == 1
+                else reverse("admin:subscriptions_subscription_changelist")
+            ),
+        }
+        return TemplateResponse(request, "admin/subscriptions/subscription/terminate.html", context)
+
+    def _terminate_one(self, request, subscription: Subscription, actor: str, installed: bool):
+        try:
+            ended = terminate_subscription(
+                subscription_id=subscription.pk, actor=actor, now=timezone.now()
+            )
+        except DomainError as exc:
+            self.message_user(
+                request,
+                f"Subscription #{subscription.pk} was not terminated: {exc.message}",
+                messages.ERROR,
+            )
+            return
+        entry = (
+            "its installed BYOK entry was removed"
+            if installed
+            else "no installed BYOK entry was linked (the customer had replaced or removed it), "
+            "so BYOK is unchanged"
+        )
+        self.message_user(
+            request,
+            f"Subscription #{ended.pk} terminated (administrative termination): access ended "
+            f"now, {entry}, and credential #{ended.credential_id} is queued for revocation.",
+            messages.SUCCESS,
         )
 
 

@@ -39,38 +39,17 @@ def inventory_overview(context) -> dict | None:
     }
 
 
-SWEEP_STALE_AFTER_HOURS = 2
-
-
 @register.simple_tag(takes_context=True)
-def sweep_health(context) -> dict | None:
-    """SPEC O2: warn when no billing sweep finished in the last 2 hours, or the last one that
-    finished had errors. None when all is well (or the user may not see sweep runs)."""
-    from datetime import timedelta
-
+def sweep_health(context):
+    """SPEC O2: the last sweep run, its counts and errors, the subscriptions due now, and the
+    warnings (no sweep finished in 2 hours, or the last one had errors). None for staff who may
+    not see sweep runs."""
     from django.utils import timezone
 
-    from subscriptions.models import SweepRun
+    from adminops.health import sweep_health as health
 
     request = context.get("request")
     user = getattr(request, "user", None)
     if user is None or not user.is_staff or not user.has_perm("subscriptions.view_sweeprun"):
         return None
-    last = (
-        SweepRun.objects.filter(finished_at__isnull=False)
-        .order_by("-finished_at", "-id")
-        .only("id", "finished_at", "counts", "errors")
-        .first()
-    )
-    warnings = []
-    cutoff = timezone.now() - timedelta(hours=SWEEP_STALE_AFTER_HOURS)
-    if last is None or last.finished_at < cutoff:
-        warnings.append(
-            f"No billing sweep has finished in the last {SWEEP_STALE_AFTER_HOURS} hours"
-            + (f" (last: {last.finished_at:%Y-%m-%d %H:%M} UTC)." if last else ".")
-            + " Check that Celery beat and the worker are running."
-        )
-    if last is not None and (last.error_count or last.errors):
-        count = last.error_count or len(last.errors)
-        warnings.append(f"The last billing sweep (#{last.pk}) had {count} error(s).")
-    return {"warnings": warnings, "last": last} if warnings else None
+    return health(now=timezone.now())

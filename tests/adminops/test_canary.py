@@ -106,6 +106,11 @@ def _admin_urls() -> list[str]:
         urls.append(status_url(upload.pk))
     for credential in Credential.objects.all():
         urls.append(record_url(credential.pk))
+    # The operator actions' confirmation pages (L6, D1).
+    for pk in Subscription.objects.values_list("pk", flat=True):
+        urls.append(f"/admin/subscriptions/subscription/{pk}/terminate/")
+    for pk in User.objects.values_list("pk", flat=True):
+        urls.append(f"/admin/accounts/user/{pk}/delete-account/")
     for state in [s.value for s in Credential.State]:
         urls.append(f"/admin/inventory/credential/?state={state}")
     return sorted(set(urls))

@@ -1,0 +1,76 @@
+"""Billing sweep health for the admin home (SPEC O2, L1).
+
+`sweep_health(now=...)` takes the clock as an argument, like the services, so the "no sweep in
+2 hours" warning can be tested at any instant; the admin home passes `timezone.now()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from subscriptions.lifecycle import COUNT_KEYS
+from subscriptions.models import LIVE_STATUSES, Subscription, SweepRun
+
+STALE_AFTER = timedelta(hours=2)
+# A run not finished after this long was killed (deploy, OOM); the sweep's own budget is 10 min.
+RUNNING_AT_MOST = timedelta(minutes=30)
+MAX_ERRORS_SHOWN = 20
+
+
+@dataclass
+class SweepHealth:
+    now: datetime
+    last: SweepRun | None  # the last run that finished
+    running: SweepRun | None  # a run started after it and not (yet) finished
+    due_now: int  # live subscriptions whose period has ended
+    in_grace: int  # of which past_due, waiting for funds until their grace deadline
+    counts: list[tuple[str, int]] = field(default_factory=list)
+    errors: list[dict[str, object]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def running_stalled(self) -> bool:
+        return self.running is not None and self.now - self.running.started_at > RUNNING_AT_MOST
+
+
+def due_subscriptions(now: datetime):
+    """What the next sweep will look at (the sweep's own definition of due, L1)."""
+    return Subscription.objects.filter(status__in=LIVE_STATUSES, current_period_end__lte=now)
+
+
+def sweep_health(*, now: datetime) -> SweepHealth:
+    last = (
+        SweepRun.objects.filter(finished_at__isnull=False).order_by("-finished_at", "-id").first()
+    )
+    newer = SweepRun.objects.filter(finished_at__isnull=True)
+    if last is not None:
+        newer = newer.filter(started_at__gt=last.started_at)
+    running = newer.order_by("-started_at", "-id").first()
+    due = due_subscriptions(now)
+    health = SweepHealth(
+        now=now,
+        last=last,
+        running=running,
+        due_now=due.count(),
+        in_grace=due.filter(status=Subscription.Status.PAST_DUE).count(),
+    )
+    if last is not None:
+        counts = last.counts or {}
+        health.counts = [(key, int(counts.get(key, 0) or 0)) for key in COUNT_KEYS]
+        health.errors = [
+            {"subscription_id": item.get("subscription_id"), "error": str(item.get("error", ""))}
+            for item in (last.errors or [])[:MAX_ERRORS_SHOWN]
+            if isinstance(item, dict)
+        ]
+    if last is None or last.finished_at < now - STALE_AFTER:
+        hours = int(STALE_AFTER.total_seconds() // 3600)
+        health.warnings.append(
+            f"No billing sweep has finished in the last {hours} hours"
+            + (f" (last: {last.finished_at:%Y-%m-%d %H:%M} UTC)." if last else ".")
+            + " Check that Celery beat and the worker are running."
+        )
+    error_count = (last.error_count or len(last.errors or [])) if last is not None else 0
+    if error_count:
+        health.warnings.append(f"The last billing sweep (#{last.pk}) had {error_count} error(s).")
+    return health
