@@ -265,8 +265,10 @@ def upload_credentials(
 
 
 def _after_restock(plan_id: str) -> None:
+    from inventory.alerts import rearm_low_stock
     from subscriptions.tasks import notify_availability
 
+    rearm_low_stock(plan_id=plan_id)
     notify_availability.delay(plan_id)
 
 
