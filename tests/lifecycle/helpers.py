@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import connection
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Sum
 
 from accounts.models import User
@@ -264,6 +264,7 @@ def relax_commit_durability() -> None:
         cursor.execute("SET synchronous_commit TO off")
         name = connection.ops.quote_name(connection.settings_dict["NAME"])
         try:
-            cursor.execute(f"ALTER DATABASE {name} SET synchronous_commit TO off")
-        except Exception:  # not the owner: per-connection setting only
-            connection.rollback() if connection.in_atomic_block else None
+            with transaction.atomic():
+                cursor.execute(f"ALTER DATABASE {name} SET synchronous_commit TO off")
+        except DatabaseError:  # not the database's owner: this connection only
+            pass

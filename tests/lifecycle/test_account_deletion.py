@@ -158,16 +158,19 @@ def test_own_key_without_any_subscription_is_deleted(make_user, t0):
 # -- concurrency: deletion racing a purchase ----------------------------------------------------
 
 
-def _waiting_backends() -> int:
+def _blocked(pids: list[int]) -> int:
+    """How many of these backends wait for a lock (pg_locks is live, not a snapshot)."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted")
+        cursor.execute(
+            "SELECT count(DISTINCT pid) FROM pg_locks WHERE NOT granted AND pid = ANY(%s)", [pids]
+        )
         return cursor.fetchone()[0]
 
 
-def _wait_for_waiters(n: int, timeout: float = 10.0) -> None:
+def _wait_until_blocked(pids: list[int], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    while _waiting_backends() < n:
-        assert time.monotonic() < deadline, f"expected {n} blocked transactions"
+    while _blocked(pids) < len(pids):
+        assert time.monotonic() < deadline, "expected the transactions to wait for a lock"
         time.sleep(0.02)
 
 
@@ -182,8 +185,14 @@ def test_account_deletion_racing_a_purchase_does_not_deadlock(make_user, stock):
     now = timezone.now()
     results: dict[str, str] = {}
 
+    pids: dict[str, int] = {}
+    started = {name: threading.Event() for name in ("purchase", "delete")}
+
     def run(name, work):
         try:
+            connection.ensure_connection()
+            pids[name] = connection.connection.info.backend_pid
+            started[name].set()
             work()
             results[name] = "ok"
         except Exception as exc:
@@ -206,9 +215,11 @@ def test_account_deletion_racing_a_purchase_does_not_deadlock(make_user, stock):
     with transaction.atomic():
         CreditAccount.objects.select_for_update().get(user=user)
         purchase.start()
-        _wait_for_waiters(1)
+        started["purchase"].wait(10)
+        _wait_until_blocked([pids["purchase"]])
         deletion.start()
-        _wait_for_waiters(2)
+        started["delete"].wait(10)
+        _wait_until_blocked([pids["purchase"], pids["delete"]])
     purchase.join(30)
     deletion.join(30)
     assert results == {"purchase": "ok", "delete": "ok"}, results
