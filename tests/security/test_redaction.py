@@ -173,15 +173,19 @@ def test_production_console_handler_redacts():
         h for h in root.handlers if any(isinstance(f, RedactSecretsFilter) for f in h.filters)
     ]
     assert consoles, "the root console handler must carry RedactSecretsFilter"
-    handler = consoles[0]
+    # A twin of that handler on our own stream: the real one may hold a stream that an earlier
+    # test (pytest's capture) has already closed, which setStream() would try to flush.
     stream = io.StringIO()
-    original = handler.setStream(stream)
+    twin = logging.StreamHandler(stream)
+    twin.filters = list(consoles[0].filters)
+    twin.setFormatter(consoles[0].formatter)
+    root.addHandler(twin)
     try:
         logging.getLogger("codingplans.test").warning(
             "failed: %s", json.dumps({"Authorization": f"Bearer {SK}", "api_key": CP})
         )
     finally:
-        handler.setStream(original)
+        root.removeHandler(twin)
     out = stream.getvalue()
     assert "failed:" in out
     assert SK not in out and CP not in out
