@@ -61,3 +61,9 @@ class InvalidCursor(DomainError):
     code = "invalid_cursor"
     status = 400
     default_message = "The cursor is not valid; start again without it."
+
+
+class AccountInactive(DomainError):
+    code = "account_inactive"
+    status = 403
+    default_message = "This account is no longer active."

@@ -22,6 +22,7 @@ from codingplans import crypto
 from inventory.services import claim_credential
 from subscriptions.catalog import Plan, get_plan
 from subscriptions.errors import (
+    AccountInactive,
     IdempotencyKeyMissing,
     IdempotencyKeyReused,
     PlanNotFound,
@@ -101,14 +102,19 @@ def purchase_plan(
         # Lock order: credit account first. This also serializes one user's purchases, so two
         # plans bought at once resolve to one subscription and one `subscription_exists`.
         CreditAccount.objects.select_for_update().get(user=user)
+        # An account deleted while this request waited for the lock must not buy anything.
+        if not type(user).objects.filter(
+            pk=user.pk, is_active=True, deleted_at__isnull=True
+        ).exists():
+            raise AccountInactive()
         if Subscription.objects.filter(
             user=user, provider_id=plan.provider_id, status__in=LIVE_STATUSES
         ).exists():
             raise SubscriptionExists()
         if ByokKey.objects.filter(user=user, provider_id=plan.provider_id).exists():
             raise ProviderSlotOccupied()
-        subscription = _activate(user=user, plan=plan, now=now)
-        body = subscription_json(subscription)
+        subscription, entry_id = _activate(user=user, plan=plan, now=now)
+        body = subscription_json(subscription, byok_key_id=entry_id)
         PurchaseRequest.objects.create(
             user=user,
             idempotency_key=idempotency_key,
@@ -129,8 +135,9 @@ def _after_assignment(plan_id: str, now: datetime) -> None:
     check_low_stock(plan_id=plan_id, now=now)
 
 
-def _activate(*, user, plan: Plan, now: datetime) -> Subscription:
-    """Steps 2–7 of P4, inside purchase_plan's transaction."""
+def _activate(*, user, plan: Plan, now: datetime) -> tuple[Subscription, int]:
+    """Steps 2–7 of P4, inside purchase_plan's transaction. Returns the subscription and the
+    id of its installed BYOK entry."""
     period_end = now + timedelta(days=plan.billing_period_days)
     actor = actor_for(user)
     entry = post_entry(
@@ -162,7 +169,7 @@ def _activate(*, user, plan: Plan, now: datetime) -> Subscription:
     plaintext = crypto.decrypt(credential.encrypted_key)
     try:
         with transaction.atomic():
-            ByokKey.objects.create(
+            installed = ByokKey.objects.create(
                 user=user,
                 provider_id=plan.provider_id,
                 encrypted_key=crypto.encrypt(plaintext),
@@ -208,7 +215,7 @@ def _activate(*, user, plan: Plan, now: datetime) -> Subscription:
         old={"state": "available"},
         new={"state": credential.state, "subscription_id": subscription.pk},
     )
-    return subscription
+    return subscription, installed.pk
 
 
 def save_intent(*, user, plan_id: object, now: datetime) -> AvailabilityIntent:
