@@ -103,9 +103,11 @@ def purchase_plan(
         # plans bought at once resolve to one subscription and one `subscription_exists`.
         CreditAccount.objects.select_for_update().get(user=user)
         # An account deleted while this request waited for the lock must not buy anything.
-        if not type(user).objects.filter(
-            pk=user.pk, is_active=True, deleted_at__isnull=True
-        ).exists():
+        if (
+            not type(user)
+            .objects.filter(pk=user.pk, is_active=True, deleted_at__isnull=True)
+            .exists()
+        ):
             raise AccountInactive()
         if Subscription.objects.filter(
             user=user, provider_id=plan.provider_id, status__in=LIVE_STATUSES

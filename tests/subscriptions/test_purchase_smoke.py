@@ -5,11 +5,21 @@ pytestmark = pytest.mark.django_db
 
 def test_purchase_activates_and_installs_entry(api, stock, customer):
     stock("minimax-token-plan-plus", 2)
-    r = api.post("/api/v1/coding-plans/purchases", {"plan_id": "minimax-token-plan-plus"}, content_type="application/json", HTTP_IDEMPOTENCY_KEY="k1")
+    r = api.post(
+        "/api/v1/coding-plans/purchases",
+        {"plan_id": "minimax-token-plan-plus"},
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY="k1",
+    )
     assert r.status_code == 201, r.content
     sub = r.json()["subscription"]
     assert sub["status"] == "active" and sub["price_usd"] == "20.00" and sub["byok_key_id"]
-    again = api.post("/api/v1/coding-plans/purchases", {"plan_id": "minimax-token-plan-plus"}, content_type="application/json", HTTP_IDEMPOTENCY_KEY="k1")
+    again = api.post(
+        "/api/v1/coding-plans/purchases",
+        {"plan_id": "minimax-token-plan-plus"},
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY="k1",
+    )
     assert again.status_code == 201 and again.json() == r.json()
     assert api.get("/api/v1/credits").json()["balance_usd"] == "80.00"
     keys = api.get("/api/v1/byok").json()["keys"]
