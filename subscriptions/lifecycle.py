@@ -386,47 +386,41 @@ def run_billing_sweep(
 
 def cancel_at_period_end(*, user, subscription_id: int, now: datetime) -> Subscription:
     """Customer cancellation (L5): access and status stay until the period ends. Idempotent."""
-    with transaction.atomic(durable=True):
-        subscription = _lock_owned(user, subscription_id)
-        if not subscription.is_live:
-            raise SubscriptionNotLive()
-        if not subscription.cancel_at_period_end:
-            old = _state(subscription)
-            subscription.cancel_at_period_end = True
-            subscription.updated_at = now
-            subscription.save(update_fields=["cancel_at_period_end", "updated_at"])
-            record_event(
-                actor=actor_for(user),
-                subject=subscription,
-                event_type="subscription.cancel_requested",
-                now=now,
-                old=old,
-                new=_state(subscription),
-            )
-    return subscription
+    return _set_cancel_at_period_end(
+        user=user, subscription_id=subscription_id, now=now, cancel=True
+    )
 
 
 def resume_subscription(*, user, subscription_id: int, now: datetime) -> Subscription:
     """Undo a cancellation before the period ends (L5 should). Idempotent."""
+    return _set_cancel_at_period_end(
+        user=user, subscription_id=subscription_id, now=now, cancel=False
+    )
+
+
+def _set_cancel_at_period_end(
+    *, user, subscription_id: int, now: datetime, cancel: bool
+) -> Subscription:
     with transaction.atomic(durable=True):
         subscription = _lock_owned(user, subscription_id)
         if not subscription.is_live:
             raise SubscriptionNotLive()
-        if subscription.cancel_at_period_end:
-            if now >= subscription.current_period_end:
-                raise ResumeTooLate()
-            old = _state(subscription)
-            subscription.cancel_at_period_end = False
-            subscription.updated_at = now
-            subscription.save(update_fields=["cancel_at_period_end", "updated_at"])
-            record_event(
-                actor=actor_for(user),
-                subject=subscription,
-                event_type="subscription.resumed",
-                now=now,
-                old=old,
-                new=_state(subscription),
-            )
+        if subscription.cancel_at_period_end == cancel:
+            return subscription  # already so: nothing to change, nothing to audit
+        if not cancel and now >= subscription.current_period_end:
+            raise ResumeTooLate()
+        old = _state(subscription)
+        subscription.cancel_at_period_end = cancel
+        subscription.updated_at = now
+        subscription.save(update_fields=["cancel_at_period_end", "updated_at"])
+        record_event(
+            actor=actor_for(user),
+            subject=subscription,
+            event_type="subscription.cancel_requested" if cancel else "subscription.resumed",
+            now=now,
+            old=old,
+            new=_state(subscription),
+        )
     return subscription
 
 
