@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, connection, transaction
 
+from accounts.models import User
 from adminops.audit import actor_for, record_event
 from billing.models import CreditAccount, LedgerEntry
 from billing.services import open_credit_account, post_entry
@@ -103,11 +104,7 @@ def purchase_plan(
         # plans bought at once resolve to one subscription and one `subscription_exists`.
         CreditAccount.objects.select_for_update().get(user=user)
         # An account deleted while this request waited for the lock must not buy anything.
-        if (
-            not type(user)
-            .objects.filter(pk=user.pk, is_active=True, deleted_at__isnull=True)
-            .exists()
-        ):
+        if not User.objects.filter(pk=user.pk, is_active=True, deleted_at__isnull=True).exists():
             raise AccountInactive()
         if Subscription.objects.filter(
             user=user, provider_id=plan.provider_id, status__in=LIVE_STATUSES
