@@ -258,7 +258,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
 
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        # Django's Redis cache, with one connection pool per process also under ASGI.
+        "BACKEND": "codingplans.cache.SharedPoolRedisCache",
         "LOCATION": REDIS_URL,
     }
 }

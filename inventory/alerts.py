@@ -24,18 +24,37 @@ def staff_recipients() -> list[str]:
     )
 
 
+def _available_up_to(plan_id: str, limit: int) -> int:
+    """Available credentials of the plan, counted up to `limit`: exact below it, `limit` at or
+    above it -- all the threshold check needs, at the same cost with 10 or 100,000 in stock."""
+    return (
+        Credential.objects.filter(plan_id=plan_id, state=Credential.State.AVAILABLE)
+        .values("id")[:limit]
+        .count()
+    )
+
+
 def check_low_stock(*, plan_id: str, now: datetime) -> bool:
     """Run after a purchase commits. Locks the plan's alert row so concurrent purchases agree
-    on a single crossing; returns True when this call sent the e-mail."""
+    on a single crossing; returns True when this call sent the e-mail.
+
+    While the plan is at or above its threshold and no alert is armed there is nothing to do,
+    and that is settled without the lock: every purchase would otherwise queue on the one alert
+    row after its commit. Each purchase checks after its own commit, so the one that takes the
+    plan below the threshold always sees it and takes the locked path."""
     plan = get_plan(plan_id)
     if plan is None:
+        return False
+    threshold = plan.low_stock_threshold
+    if (
+        _available_up_to(plan_id, threshold) >= threshold
+        and not LowStockAlert.objects.filter(plan_id=plan_id, alerted_at__isnull=False).exists()
+    ):
         return False
     with transaction.atomic(durable=True):
         LowStockAlert.objects.get_or_create(plan_id=plan_id)
         alert = LowStockAlert.objects.select_for_update().get(plan_id=plan_id)
-        available = Credential.objects.filter(
-            plan_id=plan_id, state=Credential.State.AVAILABLE
-        ).count()
+        available = _available_up_to(plan_id, threshold)
         if available >= plan.low_stock_threshold:
             if alert.alerted_at is not None:  # restocked: the next crossing alerts again
                 alert.alerted_at = None

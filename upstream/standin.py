@@ -310,6 +310,9 @@ class StandinState:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY: headers and body go out as two writes; with Nagle on, the body of every
+    # keep-alive response waited for the client's delayed ACK (~40 ms a call, `make bench`).
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # keys must never reach logs
         return

@@ -1,0 +1,37 @@
+"""Django's Redis cache with one connection pool per process.
+
+Django keeps cache objects per asyncio context, so under ASGI (uvicorn, how the web runs) every
+request builds a new `RedisCache`, a new connection pool and so a new TCP connection to Redis
+for its first cache call (rate limits, quota), torn down again when the request ends. Sharing
+the pools per process keeps those connections open across requests, as they already are per
+thread under WSGI. redis-py's pools are thread-safe and reset themselves in a forked child.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from django.core.cache.backends.redis import RedisCache, RedisCacheClient
+
+
+class SharedPoolRedisCacheClient(RedisCacheClient):
+    _shared_pools: dict[tuple[str, str], object] = {}
+    _shared_lock = threading.Lock()
+
+    def _get_connection_pool(self, write):
+        index = self._get_connection_pool_index(write)
+        key = (self._servers[index], repr(sorted(self._pool_options.items())))
+        pool = self._shared_pools.get(key)
+        if pool is None:
+            with self._shared_lock:
+                pool = self._shared_pools.get(key)
+                if pool is None:
+                    pool = self._pool_class.from_url(self._servers[index], **self._pool_options)
+                    self._shared_pools[key] = pool
+        return pool
+
+
+class SharedPoolRedisCache(RedisCache):
+    def __init__(self, server, params):
+        super().__init__(server, params)
+        self._class = SharedPoolRedisCacheClient
