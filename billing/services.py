@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.db import transaction
-from django.db.models import F
+from django.db import connection, transaction
 
 from adminops.audit import record_event
 from billing.errors import InsufficientCredits, InvalidCreditAmount
@@ -24,6 +23,23 @@ def open_credit_account(*, user, now: datetime) -> CreditAccount:
         user=user, defaults={"created_at": now, "updated_at": now}
     )
     return account
+
+
+def _apply_to_balance(*, user_id: int, amount_micros: int, now: datetime) -> tuple[int, int] | None:
+    """One guarded statement: add the amount, never below zero, and return (account id, new
+    balance) — or None when there is no account or a debit exceeds the balance."""
+    table = connection.ops.quote_name(CreditAccount._meta.db_table)
+    guard = " AND balance_micros >= %s" if amount_micros < 0 else ""
+    params: list[object] = [amount_micros, now, user_id]
+    if amount_micros < 0:
+        params.append(-amount_micros)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET balance_micros = balance_micros + %s, updated_at = %s "  # noqa: S608 - table name from the model, values bound
+            f"WHERE user_id = %s{guard} RETURNING id, balance_micros",
+            params,
+        )
+        return cursor.fetchone()
 
 
 def post_entry(
@@ -44,18 +60,15 @@ def post_entry(
     """
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("post_entry must run inside a transaction")
-    account = open_credit_account(user=user, now=now)
-    accounts = CreditAccount.objects.filter(pk=account.pk)
-    if amount_micros < 0:
-        accounts = accounts.filter(balance_micros__gte=-amount_micros)
-    updated = accounts.update(balance_micros=F("balance_micros") + amount_micros, updated_at=now)
-    if updated != 1:
+    row = _apply_to_balance(user_id=user.pk, amount_micros=amount_micros, now=now)
+    if row is None and not CreditAccount.objects.filter(user_id=user.pk).exists():
+        open_credit_account(user=user, now=now)
+        row = _apply_to_balance(user_id=user.pk, amount_micros=amount_micros, now=now)
+    if row is None:
         raise InsufficientCredits()
-    balance_after = CreditAccount.objects.values_list("balance_micros", flat=True).get(
-        pk=account.pk
-    )
+    account_id, balance_after = row
     return LedgerEntry.objects.create(
-        account_id=account.pk,
+        account_id=account_id,
         kind=kind,
         amount_micros=amount_micros,
         balance_after_micros=balance_after,
