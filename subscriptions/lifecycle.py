@@ -62,17 +62,24 @@ class ResumeTooLate(DomainError):
 # -- shared pieces ---------------------------------------------------------------------------
 
 
-def _lock(subscription_id: int, *, skip_locked: bool = False) -> Subscription | None:
-    """Lock the credit account, then the subscription (the fixed order)."""
-    user_id = (
-        Subscription.objects.filter(pk=subscription_id).values_list("user_id", flat=True).first()
-    )
+def _lock(
+    subscription_id: int, *, skip_locked: bool = False, user_id: int | None = None
+) -> Subscription | None:
+    """Lock the credit account, then the subscription (the fixed order). The owner is read
+    with the subscription (its row is not locked) so a renewal needs no further query."""
     if user_id is None:
-        return None
+        user_id = (
+            Subscription.objects.filter(pk=subscription_id)
+            .values_list("user_id", flat=True)
+            .first()
+        )
+        if user_id is None:
+            return None
     CreditAccount.objects.select_for_update().filter(user_id=user_id).first()
     return (
-        Subscription.objects.select_for_update(skip_locked=skip_locked)
-        .filter(pk=subscription_id)
+        Subscription.objects.select_for_update(skip_locked=skip_locked, of=("self",))
+        .select_related("user")
+        .filter(pk=subscription_id, user_id=user_id)
         .first()
     )
 
@@ -171,7 +178,9 @@ def _due(now: datetime):
     return Subscription.objects.filter(status__in=LIVE_STATUSES, current_period_end__lte=now)
 
 
-def process_due_subscription(subscription_id: int, *, now: datetime, counts: SweepCounts) -> None:
+def process_due_subscription(
+    subscription_id: int, *, now: datetime, counts: SweepCounts, user_id: int | None = None
+) -> None:
     """Act on one due subscription in its own transaction (L2–L5). A no-op when it is no longer
     due or another sweep holds it — so concurrent or repeated sweeps never act twice (L8).
 
@@ -180,12 +189,14 @@ def process_due_subscription(subscription_id: int, *, now: datetime, counts: Swe
     renewal or termination that never happened (L1)."""
     outcome = SweepCounts()
     with transaction.atomic(durable=True):
-        _process_locked(subscription_id, now=now, counts=outcome)
+        _process_locked(subscription_id, now=now, counts=outcome, user_id=user_id)
     counts.add(outcome)
 
 
-def _process_locked(subscription_id: int, *, now: datetime, counts: SweepCounts) -> None:
-    subscription = _lock(subscription_id, skip_locked=True)
+def _process_locked(
+    subscription_id: int, *, now: datetime, counts: SweepCounts, user_id: int | None
+) -> None:
+    subscription = _lock(subscription_id, skip_locked=True, user_id=user_id)
     if subscription is None or not subscription.is_live or subscription.current_period_end > now:
         return
     if subscription.cancel_at_period_end:
@@ -359,15 +370,15 @@ def run_billing_sweep(
                 Q(current_period_end__gt=cursor[0])
                 | Q(current_period_end=cursor[0], id__gt=cursor[1])
             )
-        rows = list(batch.values_list("id", "current_period_end")[:batch_size])
+        rows = list(batch.values_list("id", "current_period_end", "user_id")[:batch_size])
         if not rows:
             break
-        for subscription_id, period_end in rows:
+        for subscription_id, period_end, user_id in rows:
             cursor = (period_end, subscription_id)
             if time.monotonic() >= deadline:
                 break
             try:
-                process_due_subscription(subscription_id, now=now, counts=counts)
+                process_due_subscription(subscription_id, now=now, counts=counts, user_id=user_id)
             except Exception as exc:
                 counts.errors += 1
                 counts.error_items.append(
