@@ -80,9 +80,7 @@ def _unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResp
 
 @api.exception_handler(ValidationError)
 def _invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-    fields = sorted(
-        {".".join(str(p) for p in e.get("loc", [])[1:]) or "body" for e in exc.errors}
-    )
+    fields = sorted({".".join(str(p) for p in e.get("loc", [])[1:]) or "body" for e in exc.errors})
     return error_response(
         request, 400, "invalid_request", f"The request is not valid ({', '.join(fields)})."
     )
