@@ -25,7 +25,7 @@ dev: install
 	DEBUG=1 PORT=$(PORT) STANDIN_PORT=$(STANDIN_PORT) \
 	MINIMAX_API_BASE_URL=$${MINIMAX_API_BASE_URL:-http://127.0.0.1:$(STANDIN_PORT)} \
 	CODING_PLANS_PURCHASE_ENABLED=$${CODING_PLANS_PURCHASE_ENABLED:-true} \
-	$(DEVENV) sh -c '$(PY) manage.py migrate --noinput && $(PY) manage.py seed_demo && \
+	$(DEVENV) sh -c '$(PY) manage.py migrate --noinput && $(PY) manage.py seed_demo --with-inventory && \
 	  echo "Coding Plans: http://127.0.0.1:$(PORT)/  (admin: /admin/)" && \
 	  exec $(VENV)/bin/honcho start -f Procfile'
 

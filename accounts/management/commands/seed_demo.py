@@ -14,7 +14,15 @@ STAFF_PASSWORD = "staff-password-123"
 class Command(BaseCommand):
     help = "Create the demo customer and staff user if missing (idempotent)."
 
-    def handle(self, *args, **options):
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--with-inventory",
+            action="store_true",
+            help="Also stock 5 demo credentials per plan that has none (through the real upload, "
+            "validated against a temporary stand-in MiniMax server).",
+        )
+
+    def handle(self, *args, with_inventory=False, **options):
         now = timezone.now()
         customer = User.objects.filter(email="demo@example.com").first()
         if customer is None:
@@ -42,8 +50,43 @@ class Command(BaseCommand):
                 now=now,
                 actor="system:seed",
             )
+        if with_inventory:
+            self._stock(now)
         self.stdout.write(
             "Demo users:\n"
             f"  customer  demo@example.com / {DEMO_PASSWORD}  ($100.00 credits)\n"
             f"  staff     staff@example.com / {STAFF_PASSWORD}  (admin at /admin/)"
         )
+
+    def _stock(self, now) -> None:
+        from django.conf import settings
+
+        from inventory.models import Credential
+        from inventory.services import upload_credentials
+        from subscriptions.catalog import all_plans
+        from upstream.standin import StandinServer
+
+        empty = [
+            plan
+            for plan in all_plans()
+            if not Credential.objects.filter(plan_id=plan.plan_id).exists()
+        ]
+        if not empty:
+            return
+        configured = settings.MINIMAX_API_BASE_URL
+        with StandinServer() as standin:
+            settings.MINIMAX_API_BASE_URL = standin.url
+            try:
+                for plan in empty:
+                    text = "\n".join(
+                        f"sk-demo-{plan.plan_id}-{n}-{now:%Y%m%d%H%M%S}::demo-{plan.plan_id}-{n}"
+                        for n in range(1, 6)
+                    )
+                    report = upload_credentials(
+                        plan_id=plan.plan_id, text=text, actor="system:seed", now=now
+                    )
+                    self.stdout.write(
+                        f"Stocked {report.stored} demo credential(s) for {plan.plan_id}."
+                    )
+            finally:
+                settings.MINIMAX_API_BASE_URL = configured
