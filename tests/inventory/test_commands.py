@@ -217,7 +217,7 @@ def manage(args: list[str], standin, stdin: str = "") -> subprocess.CompletedPro
     """`python manage.py ...` in a child process on this test's database and stand-in."""
     base = os.environ.get("DATABASE_URL")
     if not base:
-        pytest.skip("DATABASE_URL is not set (run through codingplans.devenv)")
+        pytest.fail("DATABASE_URL is not set: run the tests through `make test`")
     url = urlparse(base)._replace(path="/" + settings.DATABASES["default"]["NAME"]).geturl()
     env = {
         **os.environ,
