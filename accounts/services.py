@@ -128,9 +128,15 @@ def authenticate_token(plaintext: str, *, now: datetime) -> User | None:
     )
     if token is None or not token.user.is_active:
         return None
-    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    touch_token(token_id=token.pk, last_used_at=token.last_used_at, now=now)
     return token.user
+
+
+def touch_token(*, token_id: int, last_used_at: datetime | None, now: datetime) -> None:
+    """Note a token's last use, at most once a minute: the account page shows it, and writing
+    it on every call would turn each API read into a write."""
+    if last_used_at is None or (now - last_used_at).total_seconds() > 60:
+        ApiToken.objects.filter(pk=token_id).update(last_used_at=now)
 
 
 def delete_account(*, user: User, actor: str, now: datetime) -> None:

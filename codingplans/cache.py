@@ -35,3 +35,14 @@ class SharedPoolRedisCache(RedisCache):
     def __init__(self, server, params):
         super().__init__(server, params)
         self._class = SharedPoolRedisCacheClient
+
+    def incr_with_expiry(self, key: str, timeout: int) -> int:
+        """Count one more under `key`, creating it with `timeout` seconds to live: one round
+        trip (a pipelined SET NX EX and INCR) where `add` then `incr` took two — the rate
+        limiter runs on every gateway call."""
+        full_key = self.make_and_validate_key(key)
+        client = self._cache.get_client(full_key, write=True)
+        pipe = client.pipeline(transaction=False)
+        pipe.set(full_key, 0, ex=timeout, nx=True)
+        pipe.incr(full_key)
+        return int(pipe.execute()[1])

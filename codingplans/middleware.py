@@ -1,16 +1,69 @@
+"""Project middleware. Each one runs natively in both modes: under ASGI (uvicorn serves the
+streaming gateway) a synchronous-only middleware makes Django run the rest of the chain and the
+view in a worker thread, and adapting back to the async view costs a thread hop and a thread
+per request — measured at several milliseconds of the gateway's added latency (issue 8).
+"""
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.views.defaults import page_not_found
+from whitenoise.middleware import WhiteNoiseMiddleware
 
 from codingplans.errors import NotFound
 
 
-class NotFoundMiddleware:
-    """A page that asks for someone else's object gets the same 404 as a missing one (SPEC U5)."""
+class _DualModeMiddleware:
+    """Django's pattern for middleware that is both sync- and async-capable: `handle` takes the
+    response and may replace it."""
+
+    sync_capable = True
+    async_capable = True
 
     def __init__(self, get_response):
         self.get_response = get_response
+        if iscoroutinefunction(self.get_response):
+            markcoroutinefunction(self)
 
     def __call__(self, request):
-        return self.get_response(request)
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        return self.handle(request, self.get_response(request))
+
+    async def __acall__(self, request):
+        return self.handle(request, await self.get_response(request))
+
+    def handle(self, request, response):
+        return response
+
+
+class StaticFilesMiddleware(WhiteNoiseMiddleware):
+    """WhiteNoise, which is synchronous only, made dual-mode: static files are still served by
+    WhiteNoise (in a thread under ASGI); every other request passes straight through."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        super().__init__(get_response)
+        if iscoroutinefunction(self.get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request):
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        return super().__call__(request)
+
+    async def __acall__(self, request):
+        if self.autorefresh:
+            static_file = await sync_to_async(self.find_file)(request.path_info)
+        else:
+            static_file = self.files.get(request.path_info)
+        if static_file is not None:
+            return await sync_to_async(self.serve)(static_file, request)
+        return await self.get_response(request)
+
+
+class NotFoundMiddleware(_DualModeMiddleware):
+    """A page that asks for someone else's object gets the same 404 as a missing one (SPEC U5)."""
 
     def process_exception(self, request, exception):
         if isinstance(exception, NotFound):
@@ -18,31 +71,23 @@ class NotFoundMiddleware:
         return None
 
 
-class SecurityHeadersMiddleware:
+class SecurityHeadersMiddleware(_DualModeMiddleware):
     """Content-Security-Policy on every response (the admin included)."""
 
-    def __init__(self, get_response):
-        self.get_response = get_response
-
-    def __call__(self, request):
+    def handle(self, request, response):
         from django.conf import settings
 
-        response = self.get_response(request)
         policy = getattr(settings, "CONTENT_SECURITY_POLICY", "")
         if policy and "Content-Security-Policy" not in response:
             response["Content-Security-Policy"] = policy
         return response
 
 
-class ApiMethodNotAllowedMiddleware:
+class ApiMethodNotAllowedMiddleware(_DualModeMiddleware):
     """Keep the JSON error envelope for a method a route does not take (django-ninja answers
     those with a bare text 405)."""
 
-    def __init__(self, get_response):
-        self.get_response = get_response
-
-    def __call__(self, request):
-        response = self.get_response(request)
+    def handle(self, request, response):
         if (
             response.status_code == 405
             and request.path.startswith("/api/")

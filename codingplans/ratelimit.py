@@ -22,6 +22,8 @@ def hit(scope: str, identity: str, *, limit: int, window_seconds: int = 60) -> b
         return True
     digest = hashlib.sha256(f"{scope}:{identity}".encode()).hexdigest()[:32]
     key = f"rl:{scope}:{digest}:{int(time.time() // window_seconds)}"
+    if hasattr(cache, "incr_with_expiry"):  # the Redis cache (codingplans.cache)
+        return cache.incr_with_expiry(key, window_seconds + 10) <= limit
     if cache.add(key, 1, timeout=window_seconds + 10):
         return True
     try:

@@ -8,9 +8,12 @@ key is also scrubbed from whatever a successful upstream answer might echo).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+import weakref
+from functools import partial
 
 import httpx
 from asgiref.sync import sync_to_async
@@ -58,15 +61,76 @@ def _error(exc: DomainError, *, retry_after: str | None = None) -> JsonResponse:
     return response
 
 
-def _authenticate(request: HttpRequest):
-    return bearer_or_session(request)
+class _Unauthenticated(Exception):
+    """No valid token or session: answered with 401 and `WWW-Authenticate`."""
 
 
-def _check_rate_limit(request: HttpRequest, user) -> None:
-    """Per token (or per session user), in the shared fixed-window limiter."""
-    who = request.headers.get("Authorization") or f"user:{user.pk}"
+def _admit(request: HttpRequest) -> tuple[int, dict, services.Route]:
+    """Authenticate, rate-limit (per token, or per session user, in the shared fixed-window
+    limiter), parse the body and resolve the route — the first failure in that order wins.
+
+    One synchronous step, so the async view makes one thread hop for all of it instead of one
+    per step; a bearer caller and their key are read in one query (issue 8: added latency)."""
+    header = request.headers.get("Authorization", "")
+    if not header:
+        user = bearer_or_session(request)  # the session (CSRF-checked)
+        if user is None:
+            raise _Unauthenticated()
+        _rate_limit(f"user:{user.pk}")
+        body = _request_body(request)
+        return user.pk, body, services.resolve_route(user=user, model=body.get("model"))
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _Unauthenticated()
+    body, body_error = None, None
+    try:
+        body = _request_body(request)
+    except DomainError as exc:
+        body_error = exc
+    model = body.get("model") if body else None
+    parts = services.split_model(model)
+    caller = services.bearer_caller(
+        token.strip(), provider_id=parts[0] if parts else None, now=timezone.now()
+    )
+    if caller is None:
+        raise _Unauthenticated()
+    _rate_limit(header)
+    if body_error is not None:
+        raise body_error
+    return caller.user_id, body, caller.route(model)
+
+
+def _rate_limit(who: str) -> None:
     if not ratelimit.hit("gateway", who, limit=int(settings.GATEWAY_RATE_LIMIT_PER_MINUTE)):
         raise RateLimited()
+
+
+class _MeteredResponse:
+    """A response that records the request's usage once it has been sent: Django calls
+    `close()` after the last byte (under ASGI and WSGI, and in the test client), so metering
+    adds nothing to the caller's latency (issue 8). A metering failure is logged, never
+    turned into an error for an answer the caller already has."""
+
+    def set_metering(self, record) -> None:
+        self._metering = record
+
+    def close(self) -> None:
+        record, self._metering = getattr(self, "_metering", None), None
+        try:
+            if record is not None:
+                record()
+        except Exception:
+            logger.exception("gateway: could not record usage")
+        finally:
+            super().close()
+
+
+class MeteredJsonResponse(_MeteredResponse, JsonResponse):
+    pass
+
+
+class MeteredStreamingResponse(_MeteredResponse, StreamingHttpResponse):
+    pass
 
 
 def _secret_forms(api_key: str) -> list[str]:
@@ -75,12 +139,14 @@ def _secret_forms(api_key: str) -> list[str]:
     return sorted((f for f in forms if f), key=len, reverse=True)
 
 
+@sensitive_variables("forms", "form")
 def _scrub_text(text: str, forms: list[str]) -> str:
     for form in forms:
         text = text.replace(form, SCRUBBED)
     return text
 
 
+@sensitive_variables("forms")
 def _scrub_json(value, forms: list[str]):
     """Replace the key anywhere in a parsed JSON value (keys and strings)."""
     if isinstance(value, str):
@@ -127,15 +193,31 @@ def _retry_after(response: httpx.Response) -> str | None:
     return value if value.isdigit() and len(value) <= 6 else None
 
 
+# One client per event loop (uvicorn runs one per process), so upstream connections are kept
+# alive and reused: a new client per request paid a TCP connect (and, in production, a TLS
+# handshake) on every call. Keyed weakly by the loop, as a client cannot outlive its loop.
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def _client() -> httpx.AsyncClient:
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None or client.is_closed:
+        client = httpx.AsyncClient(
+            follow_redirects=False,
+            trust_env=False,
+            verify=ssl_context(),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        )
+        _clients[loop] = client
+    return client
+
+
+def _timeout() -> httpx.Timeout:
     seconds = float(getattr(settings, "GATEWAY_TIMEOUT_SECONDS", 60))
-    return httpx.AsyncClient(
-        base_url=settings.MINIMAX_API_BASE_URL,
-        timeout=httpx.Timeout(seconds, connect=5.0),
-        follow_redirects=False,
-        trust_env=False,
-        verify=ssl_context(),
-    )
+    return httpx.Timeout(seconds, connect=5.0)
 
 
 def _request_body(request: HttpRequest) -> dict:
@@ -165,10 +247,10 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         response["Allow"] = "POST"
         return response
     try:
-        user = await sync_to_async(_authenticate)(request)
+        user_id, body, route = await sync_to_async(_admit)(request)
     except DomainError as exc:
         return _error(exc)
-    if user is None:
+    except _Unauthenticated:
         response = JsonResponse(
             {
                 "error": {
@@ -180,12 +262,6 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         )
         response["WWW-Authenticate"] = "Bearer"
         return response
-    try:
-        await sync_to_async(_check_rate_limit)(request, user)
-        body = _request_body(request)
-        route = await sync_to_async(services.resolve_route)(user=user, model=body.get("model"))
-    except DomainError as exc:
-        return _error(exc)
 
     upstream_body = {**body, "model": route.upstream_model}
     stream = body.get("stream") is True
@@ -195,16 +271,18 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     try:
         upstream = await client.send(
             client.build_request(
-                "POST", "/v1/chat/completions", content=json.dumps(upstream_body), headers=headers
+                "POST",
+                settings.MINIMAX_API_BASE_URL.rstrip("/") + "/v1/chat/completions",
+                content=json.dumps(upstream_body),
+                headers=headers,
+                timeout=_timeout(),
             ),
             stream=True,
         )
     except httpx.TimeoutException:
-        await client.aclose()
         logger.warning("gateway: %s upstream timed out", route.provider_id)
         return _error(ProviderTimeout())
     except httpx.HTTPError as exc:
-        await client.aclose()
         logger.warning(
             "gateway: %s upstream unreachable (%s)", route.provider_id, type(exc).__name__
         )
@@ -214,7 +292,6 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         error = _map_status(upstream)
         retry_after = _retry_after(upstream)
         await upstream.aclose()
-        await client.aclose()
         logger.warning(
             "gateway: %s upstream answered HTTP %s (%s)",
             route.provider_id,
@@ -228,14 +305,28 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         if content_type != "text/event-stream":
             # Not a stream (an error page, a plain JSON answer): never relay upstream text.
             await upstream.aclose()
-            await client.aclose()
             logger.warning("gateway: %s upstream answered a stream with no SSE", route.provider_id)
             return _error(ProviderError("The provider sent an invalid response."))
-        return StreamingHttpResponse(
-            _relay(upstream, client, user_id=user.pk, route=route, started=started),
+        outcome: dict = {}
+        response = MeteredStreamingResponse(
+            _relay(upstream, route=route, outcome=outcome),
             content_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+        def record_stream() -> None:
+            if outcome.get("completed"):
+                services.record_usage(
+                    user_id=user_id,
+                    route=route,
+                    streamed=True,
+                    usage=outcome.get("usage"),
+                    latency_ms=int((outcome["ended"] - started) * 1000),
+                    now=timezone.now(),
+                )
+
+        response.set_metering(record_stream)
+        return response
 
     try:
         raw = b""
@@ -254,23 +345,27 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         return _error(ProviderError("The provider sent an invalid response."))
     finally:
         await upstream.aclose()
-        await client.aclose()
     error = _error_in_body(payload)
     if error is not None:
         logger.warning("gateway: %s upstream answered 200 with %s", route.provider_id, error.code)
         return _error(error)
     payload = _scrub_json(payload, _secret_forms(route.api_key))
     latency_ms = int((time.monotonic() - started) * 1000)
-    await sync_to_async(services.record_usage)(
-        user_id=user.pk,
-        route=route,
-        streamed=False,
-        usage=payload.get("usage"),
-        latency_ms=latency_ms,
-        now=timezone.now(),
-    )
+    usage = payload.get("usage")
     payload["model"] = f"{route.provider_id}/{payload.get('model') or route.upstream_model}"
-    return JsonResponse(payload)
+    response = MeteredJsonResponse(payload)
+    response.set_metering(
+        partial(
+            services.record_usage,
+            user_id=user_id,
+            route=route,
+            streamed=False,
+            usage=usage,
+            latency_ms=latency_ms,
+            now=timezone.now(),
+        )
+    )
+    return response
 
 
 def _stream_done(tail: bytes) -> bool:
@@ -288,7 +383,7 @@ def _event_separator(tail: bytes) -> bytes:
     return b"\n" if tail.endswith((b"\n", b"\r")) else b"\n\n"
 
 
-async def _relay(upstream: httpx.Response, client: httpx.AsyncClient, *, user_id, route, started):
+async def _relay(upstream: httpx.Response, *, route, outcome: dict):
     """Pass server-sent events through as they arrive (G2), whole lines at a time so the key
     can be scrubbed should upstream ever echo it. If the client goes away, the generator is
     closed and the upstream request with it. Usage is recorded only for a stream that ended
@@ -330,13 +425,5 @@ async def _relay(upstream: httpx.Response, client: httpx.AsyncClient, *, user_id
         yield _event_separator(tail) + STREAM_BROKEN_EVENT
     finally:
         await upstream.aclose()
-        await client.aclose()
-    if completed:
-        await sync_to_async(services.record_usage)(
-            user_id=user_id,
-            route=route,
-            streamed=True,
-            usage=services.usage_from_sse(tail),
-            latency_ms=int((time.monotonic() - started) * 1000),
-            now=timezone.now(),
-        )
+    if completed:  # recorded by the response once the stream is closed (_MeteredResponse)
+        outcome.update(completed=True, usage=services.usage_from_sse(tail), ended=time.monotonic())

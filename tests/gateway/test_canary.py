@@ -19,7 +19,7 @@ from django.views.debug import ExceptionReporter
 
 from accounts.services import create_api_token
 from byok.services import add_key
-from gateway import services
+from gateway import services, views
 from inventory.services import upload_credentials
 from subscriptions.services import purchase_plan
 from tests.conftest import api_client_for
@@ -165,6 +165,24 @@ def _broken_metering(**kwargs):
     raise RuntimeError("metering is down")
 
 
+def _broken_check(payload):
+    raise RuntimeError("answer check is down")
+
+
+@pytest.mark.django_db
+def test_metering_failure_keeps_the_answer_and_logs_no_key(customer, logs, monkeypatch):
+    # SPEC G3, S1; issue 8: usage is recorded once the answer has been sent, so a metering
+    # failure is logged (without the key) and the caller still gets the answer.
+    key = "".join(("canary", "Metering", "7Qx2"))
+    install(customer, key)
+    monkeypatch.setattr(services, "record_usage", _broken_metering)
+    r = api_client_for(customer).post(URL, BODY, content_type="application/json")
+    assert r.status_code == 200 and r.json()["choices"]
+    handler, caplog = logs
+    assert "could not record usage" in caplog.text
+    assert_absent((key,), transcript(r), caplog.text, "\n".join(handler.lines))
+
+
 @pytest.mark.django_db
 def test_error_reports_do_not_show_the_key(customer, settings, monkeypatch, mailoutbox, logs):
     # An unexpected failure after the upstream call. Django's error report (the HTML an error
@@ -177,9 +195,9 @@ def test_error_reports_do_not_show_the_key(customer, settings, monkeypatch, mail
     settings.DEBUG = False
     settings.ADMINS = [("Ops", "ops@example.com")]
 
-    monkeypatch.setattr(services, "record_usage", _broken_metering)
+    monkeypatch.setattr(views, "_error_in_body", _broken_check)
     client = api_client_for(customer)
-    with pytest.raises(RuntimeError, match="metering is down") as excinfo:
+    with pytest.raises(RuntimeError, match="answer check is down") as excinfo:
         client.post(URL, BODY, content_type="application/json")
     below_this_test = excinfo.value.__traceback__.tb_next  # (this frame holds the canary)
     report = ExceptionReporter(

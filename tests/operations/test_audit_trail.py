@@ -592,6 +592,14 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "inventory.alerts.daily_report_text": "a read",
     "inventory.alerts.send_daily_report": "sends the report e-mail; changes no data",
     "gateway.services.resolve_route": "a read",
+    "gateway.services.split_model": "pure function",
+    "gateway.services.bearer_caller": (
+        "a read (token and key in one query); notes the token's last use like "
+        "authenticate_token"
+    ),
+    "accounts.services.touch_token": (
+        "notes a token's last use at most once a minute: bookkeeping, not an audited change"
+    ),
     "gateway.services.record_usage": (
         "usage metering: the GatewayRequest row written per API call is itself the record "
         "(user, subscription, tokens, time); an audit event per call would swamp the trail"
