@@ -139,6 +139,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "codingplans.middleware.GatewayFastPathMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "codingplans.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -327,4 +328,3 @@ CODING_PLANS_CATALOG = [
         "low_stock_threshold": 3,
     },
 ]
-

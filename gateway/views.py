@@ -40,6 +40,7 @@ from upstream.client import ssl_context
 
 logger = logging.getLogger(__name__)
 
+GATEWAY_PATH = "/api/v1/gateway/chat/completions"
 MAX_REQUEST_BYTES = 1024 * 1024
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 USAGE_SCAN_BYTES = 64 * 1024
