@@ -25,26 +25,53 @@ def open_credit_account(*, user, now: datetime) -> CreditAccount:
     return account
 
 
-def _apply_to_balance(*, user_id: int, amount_micros: int, now: datetime) -> tuple[int, int] | None:
-    """One guarded statement: add the amount, never below zero, and return (account id, new
-    balance) — or None when there is no account or a debit exceeds the balance."""
-    table = connection.ops.quote_name(CreditAccount._meta.db_table)
-    guard = " AND balance_micros >= %s" if amount_micros < 0 else ""
-    params: list[object] = [amount_micros, now, user_id]
-    if amount_micros < 0:
-        params.append(-amount_micros)
+_POST_ENTRY_SQL = """
+    WITH account AS (
+        UPDATE {account} SET balance_micros = balance_micros + %(amount)s, updated_at = %(now)s
+        WHERE user_id = %(user_id)s{guard}
+        RETURNING id, balance_micros
+    )
+    INSERT INTO {entry} (account_id, kind, amount_micros, balance_after_micros, reason, actor,
+                         reference, created_at)
+    SELECT id, %(kind)s, %(amount)s, balance_micros, %(reason)s, %(actor)s, %(reference)s,
+           %(now)s
+    FROM account
+    RETURNING id, account_id, balance_after_micros
+"""
+
+
+def _apply_entry(
+    *, user_id: int, amount_micros: int, kind: str, actor: str, reason: str, reference: str, now
+) -> tuple[int, int, int] | None:
+    """One statement: the guarded balance change (never below zero) and its ledger entry, or
+    nothing at all. Returns (entry id, account id, balance after) — None when there is no
+    account or a debit exceeds the balance. One round trip instead of two (issue 8)."""
+    sql = _POST_ENTRY_SQL.format(
+        account=connection.ops.quote_name(CreditAccount._meta.db_table),
+        entry=connection.ops.quote_name(LedgerEntry._meta.db_table),
+        guard=" AND balance_micros >= %(debit)s" if amount_micros < 0 else "",
+    )
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} SET balance_micros = balance_micros + %s, updated_at = %s "  # noqa: S608 - table name from the model, values bound
-            f"WHERE user_id = %s{guard} RETURNING id, balance_micros",
-            params,
+            sql,
+            {
+                "amount": amount_micros,
+                "debit": -amount_micros,
+                "now": now,
+                "user_id": user_id,
+                "kind": kind,
+                "reason": reason,
+                "actor": actor,
+                "reference": reference,
+            },
         )
         return cursor.fetchone()
 
 
 def post_entry(
     *,
-    user,
+    user=None,
+    user_id: int | None = None,
     amount_micros: int,
     kind: str,
     actor: str,
@@ -56,27 +83,49 @@ def post_entry(
 
     Must run inside the caller's transaction (a purchase debits, claims stock and creates the
     subscription atomically). A debit larger than the balance raises InsufficientCredits and
-    changes nothing.
+    changes nothing — and leaves the transaction usable, so callers need no savepoint. Pass the
+    `user` or, where only the id is at hand (the sweep), `user_id`.
     """
+    uid = user.pk if user is not None else user_id
+    if uid is None:
+        raise TypeError("post_entry needs user or user_id")
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("post_entry must run inside a transaction")
-    row = _apply_to_balance(user_id=user.pk, amount_micros=amount_micros, now=now)
-    if row is None and not CreditAccount.objects.filter(user_id=user.pk).exists():
-        open_credit_account(user=user, now=now)
-        row = _apply_to_balance(user_id=user.pk, amount_micros=amount_micros, now=now)
+    values = {
+        "kind": kind,
+        "amount_micros": amount_micros,
+        "reason": reason[:255],
+        "actor": actor,
+        "reference": reference[:100],
+        "created_at": now,
+    }
+
+    def apply() -> tuple[int, int, int] | None:
+        return _apply_entry(
+            user_id=uid,
+            amount_micros=amount_micros,
+            kind=kind,
+            actor=actor,
+            reason=values["reason"],
+            reference=values["reference"],
+            now=now,
+        )
+
+    row = apply()
+    # A credit opens the account if need be; a debit never does (there is nothing to debit).
+    if row is None and amount_micros > 0:
+        CreditAccount.objects.get_or_create(
+            user_id=uid, defaults={"created_at": now, "updated_at": now}
+        )
+        row = apply()
     if row is None:
         raise InsufficientCredits()
-    account_id, balance_after = row
-    return LedgerEntry.objects.create(
-        account_id=account_id,
-        kind=kind,
-        amount_micros=amount_micros,
-        balance_after_micros=balance_after,
-        reason=reason[:255],
-        actor=actor,
-        reference=reference[:100],
-        created_at=now,
+    entry_id, account_id, balance_after = row
+    entry = LedgerEntry(
+        id=entry_id, account_id=account_id, balance_after_micros=balance_after, **values
     )
+    entry._state.adding = False
+    return entry
 
 
 def grant_credits(

@@ -144,6 +144,8 @@ class GatewayFastPathMiddleware(_DualModeMiddleware):
             response = await chat_completions(request)
             if request.session.accessed:  # a session caller: cookie and Vary as usual
                 response = await sync_to_async(self.sessions.process_response)(request, response)
+        if not response.streaming and not response.has_header("Content-Length"):
+            response.headers["Content-Length"] = str(len(response.content))  # as CommonMiddleware
         response = self.security.process_response(request, response)
         response = self.frames.process_response(request, response)
         return self.csp.handle(request, response)

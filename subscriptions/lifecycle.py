@@ -15,7 +15,7 @@ from functools import partial
 
 from django.conf import settings
 from django.core.mail import send_mail
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -24,6 +24,7 @@ from billing.errors import InsufficientCredits
 from billing.models import CreditAccount, LedgerEntry, TopUpAttempt
 from billing.services import execute_top_up, post_entry, start_top_up
 from byok.models import ByokKey
+from codingplans import sql
 from codingplans.errors import DomainError
 from inventory.models import Credential
 from inventory.services import request_revocation
@@ -65,8 +66,8 @@ class ResumeTooLate(DomainError):
 def _lock(
     subscription_id: int, *, skip_locked: bool = False, user_id: int | None = None
 ) -> Subscription | None:
-    """Lock the credit account, then the subscription (the fixed order). The owner is read
-    with the subscription (its row is not locked) so a renewal needs no further query."""
+    """Lock the credit account, then the subscription (the fixed order). Two lean statements
+    (codingplans.sql): the sweep takes these locks for every due subscription (issue 8)."""
     if user_id is None:
         user_id = (
             Subscription.objects.filter(pk=subscription_id)
@@ -75,12 +76,17 @@ def _lock(
         )
         if user_id is None:
             return None
-    CreditAccount.objects.select_for_update().filter(user_id=user_id).first()
-    return (
-        Subscription.objects.select_for_update(skip_locked=skip_locked, of=("self",))
-        .select_related("user")
-        .filter(pk=subscription_id, user_id=user_id)
-        .first()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT 1 FROM {connection.ops.quote_name(CreditAccount._meta.db_table)} "  # noqa: S608 - table name from the model
+            "WHERE user_id = %s FOR UPDATE",
+            [user_id],
+        )
+    return sql.select_one(
+        Subscription,
+        "id = %s AND user_id = %s",
+        [subscription_id, user_id],
+        lock="FOR UPDATE SKIP LOCKED" if skip_locked else "FOR UPDATE",
     )
 
 
@@ -241,30 +247,33 @@ def _process_locked(
 
 
 def _renew(subscription: Subscription, *, now: datetime) -> bool:
-    """One term at the recorded price, from the previous period end (L2). False when short."""
+    """One term at the recorded price, from the previous period end (L2). False when short.
+
+    Lean statements throughout (one for the debit and its ledger entry, one each for the term,
+    the period and the audit event): the sweep's throughput is this function's (issue 8)."""
     start = subscription.current_period_end
     end = start + timedelta(days=subscription.billing_period_days)
     try:
-        with transaction.atomic():
-            entry = post_entry(
-                user=subscription.user,
-                amount_micros=-subscription.price_micros,
-                kind=LedgerEntry.Kind.RENEWAL,
-                actor=SYSTEM_SWEEP,
-                now=now,
-                reason=f"{subscription.plan_name} renewal",
-                reference=f"subscription:{subscription.pk}",
-            )
-    except InsufficientCredits:
+        entry = post_entry(
+            user_id=subscription.user_id,
+            amount_micros=-subscription.price_micros,
+            kind=LedgerEntry.Kind.RENEWAL,
+            actor=SYSTEM_SWEEP,
+            now=now,
+            reason=f"{subscription.plan_name} renewal",
+            reference=f"subscription:{subscription.pk}",
+        )
+    except InsufficientCredits:  # nothing was written; the transaction goes on
         return False
-    ChargedTerm.objects.create(
-        subscription=subscription,
+    sql.insert(
+        ChargedTerm,
+        subscription_id=subscription.pk,
         amount_micros=subscription.price_micros,
         period_start=start,
         period_end=end,
         charged_at=now,
         description=term_description(subscription.plan_name, "renewal", start, end),
-        ledger_entry=entry,
+        ledger_entry_id=entry.pk,
     )
     old = _state(subscription)
     subscription.status = Subscription.Status.ACTIVE
@@ -272,14 +281,14 @@ def _renew(subscription: Subscription, *, now: datetime) -> bool:
     subscription.current_period_end = end
     subscription.grace_deadline = None
     subscription.updated_at = now
-    subscription.save(
-        update_fields=[
-            "status",
-            "current_period_start",
-            "current_period_end",
-            "grace_deadline",
-            "updated_at",
-        ]
+    sql.update(
+        Subscription,
+        subscription.pk,
+        status=subscription.status,
+        current_period_start=start,
+        current_period_end=end,
+        grace_deadline=None,
+        updated_at=now,
     )
     record_event(
         actor=SYSTEM_SWEEP,

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 from django.apps import apps
-from django.db import transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -594,8 +594,7 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "gateway.services.resolve_route": "a read",
     "gateway.services.split_model": "pure function",
     "gateway.services.bearer_caller": (
-        "a read (token and key in one query); notes the token's last use like "
-        "authenticate_token"
+        "a read (token and key in one query); notes the token's last use like authenticate_token"
     ),
     "accounts.services.touch_token": (
         "notes a token's last use at most once a minute: bookkeeping, not an audited change"
@@ -676,11 +675,18 @@ def test_a_failing_audit_write_rolls_the_change_back(scenario, world, monkeypatc
     expect = scenario(world)
     before = _state_of(world)
 
-    def broken(**kwargs):
-        raise RuntimeError("audit table unavailable")
-
-    monkeypatch.setattr(AuditEvent.objects, "create", broken)
-    with pytest.raises(RuntimeError, match="audit table unavailable"):
+    # A real database fault: the audit table refuses inserts (a trigger, dropped with the
+    # test's transaction).
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION pg_temp.refuse_audit() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'audit table unavailable'; END $$"
+        )
+        cursor.execute(
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON adminops_auditevent "
+            "FOR EACH ROW EXECUTE FUNCTION pg_temp.refuse_audit()"
+        )
+    with pytest.raises(DatabaseError, match="audit table unavailable"):
         expect.act()
     assert _state_of(world) == before
 

@@ -1,0 +1,92 @@
+"""Lean single-row statements for the hot paths: the billing sweep's renewal, the purchase, the
+audit trail and the gateway's metering (issue 8).
+
+Building a query through the ORM costs ≈0.4 ms of CPU per statement on the benchmark machine,
+against ≈0.1 ms for executing it: a renewal of ten statements spent most of its time compiling
+SQL. These helpers build each statement's text once per (model, columns) from the model's own
+metadata — table and column names, and each field's `get_db_prep_save` for the values, so JSON,
+datetimes and foreign keys are converted exactly as the ORM converts them — and run it on the
+caller's connection, inside the caller's transaction and row locks.
+
+They skip model `save()` machinery: no signals (the project registers none for these models),
+no `full_clean` (services validate first, and the database constraints still hold).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from typing import Any, TypeVar
+
+from django.db import connection, models
+
+M = TypeVar("M", bound=models.Model)
+
+
+def _quote(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+@cache
+def _insert_sql(model: type[models.Model], names: tuple[str, ...]) -> tuple[str, tuple]:
+    fields = tuple(model._meta.get_field(name) for name in names)
+    columns = ", ".join(_quote(f.column) for f in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    sql = (
+        f"INSERT INTO {_quote(model._meta.db_table)} ({columns}) VALUES ({placeholders}) "  # noqa: S608 - names from model metadata
+        f"RETURNING {_quote(model._meta.pk.column)}"
+    )
+    return sql, fields
+
+
+def _prepared(fields: Sequence, values: dict[str, Any]) -> list[Any]:
+    return [
+        f.get_db_prep_save(values[name], connection) for f, name in zip(fields, values, strict=True)
+    ]
+
+
+def insert(model: type[models.Model], **values: Any) -> int:
+    """INSERT one row (fields by name or attname, e.g. `subscription_id`); returns its pk."""
+    sql, fields = _insert_sql(model, tuple(values))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, _prepared(fields, values))
+        return cursor.fetchone()[0]
+
+
+@cache
+def _update_sql(model: type[models.Model], names: tuple[str, ...]) -> tuple[str, tuple]:
+    fields = tuple(model._meta.get_field(name) for name in names)
+    assignments = ", ".join(f"{_quote(f.column)} = %s" for f in fields)
+    sql = (
+        f"UPDATE {_quote(model._meta.db_table)} SET {assignments} "  # noqa: S608 - names from model metadata
+        f"WHERE {_quote(model._meta.pk.column)} = %s"
+    )
+    return sql, fields
+
+
+def update(model: type[models.Model], pk: int, **values: Any) -> int:
+    """UPDATE one row by primary key; returns the number of rows changed (0 or 1)."""
+    sql, fields = _update_sql(model, tuple(values))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*_prepared(fields, values), pk])
+        return cursor.rowcount
+
+
+@cache
+def _select_sql(model: type[models.Model], where: str, lock: str) -> tuple[str, list[str]]:
+    fields = model._meta.concrete_fields
+    columns = ", ".join(_quote(f.column) for f in fields)
+    sql = f"SELECT {columns} FROM {_quote(model._meta.db_table)} WHERE {where} {lock}"  # noqa: S608 - names from model metadata, `where` from our code
+    return sql, [f.attname for f in fields]
+
+
+def select_one(model: type[M], where: str, params: Sequence[Any], *, lock: str = "") -> M | None:
+    """One model instance (through `Model.from_db`, as the ORM builds it) or None. `where` is
+    SQL of ours with %s placeholders; `lock` e.g. "FOR UPDATE SKIP LOCKED"."""
+    sql, attnames = _select_sql(model, where, lock)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, list(params))
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return model.from_db(connection.alias, attnames, row)
