@@ -28,13 +28,16 @@ def _quote(name: str) -> str:
 
 
 @cache
-def _insert_sql(model: type[models.Model], names: tuple[str, ...]) -> tuple[str, tuple]:
+def _insert_sql(
+    model: type[models.Model], names: tuple[str, ...], skip_conflict: bool
+) -> tuple[str, tuple]:
     fields = tuple(model._meta.get_field(name) for name in names)
     columns = ", ".join(_quote(f.column) for f in fields)
     placeholders = ", ".join(["%s"] * len(fields))
+    conflict = " ON CONFLICT DO NOTHING" if skip_conflict else ""
     sql = (
-        f"INSERT INTO {_quote(model._meta.db_table)} ({columns}) VALUES ({placeholders}) "  # noqa: S608 - names from model metadata
-        f"RETURNING {_quote(model._meta.pk.column)}"
+        f"INSERT INTO {_quote(model._meta.db_table)} ({columns}) VALUES ({placeholders})"  # noqa: S608 - names from model metadata
+        f"{conflict} RETURNING {_quote(model._meta.pk.column)}"
     )
     return sql, fields
 
@@ -47,10 +50,33 @@ def _prepared(fields: Sequence, values: dict[str, Any]) -> list[Any]:
 
 def insert(model: type[models.Model], **values: Any) -> int:
     """INSERT one row (fields by name or attname, e.g. `subscription_id`); returns its pk."""
-    sql, fields = _insert_sql(model, tuple(values))
+    sql, fields = _insert_sql(model, tuple(values), False)
     with connection.cursor() as cursor:
         cursor.execute(sql, _prepared(fields, values))
         return cursor.fetchone()[0]
+
+
+def insert_unless_conflict(model: type[models.Model], **values: Any) -> int | None:
+    """INSERT … ON CONFLICT DO NOTHING: the new pk, or None when a unique constraint already
+    holds such a row — without aborting the transaction, so no savepoint is needed."""
+    sql, fields = _insert_sql(model, tuple(values), True)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, _prepared(fields, values))
+        row = cursor.fetchone()
+    return None if row is None else row[0]
+
+
+def execute(statement: str, params: Sequence[Any] | dict[str, Any] = ()) -> tuple | None:
+    """Run one statement of ours (positional or named parameters); its first row, if it
+    returns rows."""
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params if isinstance(params, dict) else list(params))
+        return cursor.fetchone() if cursor.description else None
+
+
+def table(model: type[models.Model]) -> str:
+    """The model's quoted table name, for statements written by hand."""
+    return _quote(model._meta.db_table)
 
 
 @cache
@@ -73,20 +99,32 @@ def update(model: type[models.Model], pk: int, **values: Any) -> int:
 
 
 @cache
-def _select_sql(model: type[models.Model], where: str, lock: str) -> tuple[str, list[str]]:
+def _select_sql(
+    model: type[models.Model], where: str, lock: str
+) -> tuple[str, list[str], list[tuple[int, list]]]:
     fields = model._meta.concrete_fields
     columns = ", ".join(_quote(f.column) for f in fields)
     sql = f"SELECT {columns} FROM {_quote(model._meta.db_table)} WHERE {where} {lock}"  # noqa: S608 - names from model metadata, `where` from our code
-    return sql, [f.attname for f in fields]
+    # The fields' own converters (e.g. JSONField decodes its text), as the ORM applies them.
+    converters = [
+        (i, f.get_db_converters(connection))
+        for i, f in enumerate(fields)
+        if f.get_db_converters(connection)
+    ]
+    return sql, [f.attname for f in fields], converters
 
 
 def select_one(model: type[M], where: str, params: Sequence[Any], *, lock: str = "") -> M | None:
     """One model instance (through `Model.from_db`, as the ORM builds it) or None. `where` is
     SQL of ours with %s placeholders; `lock` e.g. "FOR UPDATE SKIP LOCKED"."""
-    sql, attnames = _select_sql(model, where, lock)
+    sql, attnames, converters = _select_sql(model, where, lock)
     with connection.cursor() as cursor:
         cursor.execute(sql, list(params))
         row = cursor.fetchone()
     if row is None:
         return None
-    return model.from_db(connection.alias, attnames, row)
+    values = list(row)
+    for i, funcs in converters:
+        for convert in funcs:
+            values[i] = convert(values[i], None, connection)
+    return model.from_db(connection.alias, attnames, values)

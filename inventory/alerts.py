@@ -11,6 +11,7 @@ from django.db import transaction
 
 from accounts.models import User
 from adminops.audit import record_event
+from codingplans import sql
 from inventory.models import Credential, LowStockAlert
 from inventory.selectors import STATES, counts_by_plan, revocation_queue
 from subscriptions.catalog import all_plans, get_plan
@@ -46,10 +47,14 @@ def check_low_stock(*, plan_id: str, now: datetime) -> bool:
     if plan is None:
         return False
     threshold = plan.low_stock_threshold
-    if (
-        _available_up_to(plan_id, threshold) >= threshold
-        and not LowStockAlert.objects.filter(plan_id=plan_id, alerted_at__isnull=False).exists()
-    ):
+    available, armed = sql.execute(
+        f"SELECT (SELECT count(*) FROM (SELECT 1 FROM {sql.table(Credential)} "  # noqa: S608 - table names from the models
+        "WHERE plan_id = %s AND state = %s LIMIT %s) AS stock), "
+        f"EXISTS (SELECT 1 FROM {sql.table(LowStockAlert)} "
+        "WHERE plan_id = %s AND alerted_at IS NOT NULL)",
+        [plan_id, Credential.State.AVAILABLE, threshold, plan_id],
+    )
+    if available >= threshold and not armed:  # one lean query: this runs after every purchase
         return False
     with transaction.atomic(durable=True):
         LowStockAlert.objects.get_or_create(plan_id=plan_id)

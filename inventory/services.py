@@ -17,7 +17,7 @@ import httpx
 from django.db import IntegrityError, transaction
 
 from adminops.audit import record_event
-from codingplans import crypto
+from codingplans import crypto, sql
 from codingplans.redaction import redact
 from inventory.errors import (
     InvalidRevocationOutcome,
@@ -272,25 +272,41 @@ def _after_restock(plan_id: str) -> None:
     notify_availability.delay(plan_id)
 
 
-def claim_credential(*, plan_id: str, user, now: datetime) -> Credential | None:
+_CLAIM_SQL = """
+    UPDATE {table} SET state = %s, assigned_to_id = %s, holder_ref = %s, assigned_at = %s
+    WHERE id = (
+        SELECT id FROM {table} WHERE plan_id = %s AND state = %s
+        ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
+    )
+    RETURNING id, encrypted_key
+"""
+
+
+@dataclass(frozen=True)
+class ClaimedCredential:
+    id: int
+    # The encrypted value, decrypted only where it is installed (never logged or shown).
+    encrypted_key: str = field(repr=False)
+
+
+def claim_credential(*, plan_id: str, user, now: datetime) -> ClaimedCredential | None:
     """Take one available credential for the plan inside the caller's transaction (P4 step 3).
 
     SKIP LOCKED: concurrent purchases each get a different row instead of queueing on one.
+    One statement claims and assigns it (issue 8: purchase throughput).
     """
-    credential = (
-        Credential.objects.select_for_update(skip_locked=True)
-        .filter(plan_id=plan_id, state=Credential.State.AVAILABLE)
-        .order_by("id")
-        .first()
+    row = sql.execute(
+        _CLAIM_SQL.format(table=sql.table(Credential)),
+        [
+            Credential.State.ASSIGNED,
+            user.pk,
+            crypto.fingerprint(str(user.pk), purpose="holder")[:32],
+            now,
+            plan_id,
+            Credential.State.AVAILABLE,
+        ],
     )
-    if credential is None:
-        return None
-    credential.state = Credential.State.ASSIGNED
-    credential.assigned_to = user
-    credential.holder_ref = crypto.fingerprint(str(user.pk), purpose="holder")[:32]
-    credential.assigned_at = now
-    credential.save(update_fields=["state", "assigned_to", "holder_ref", "assigned_at"])
-    return credential
+    return None if row is None else ClaimedCredential(id=row[0], encrypted_key=row[1])
 
 
 def request_revocation(*, credential: Credential, actor: str, now: datetime) -> None:
