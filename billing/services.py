@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.db import connection, transaction
+from django.db import transaction
 
 from adminops.audit import record_event
 from billing.errors import InsufficientCredits, InvalidCreditAmount
 from billing.models import CreditAccount, LedgerEntry
+from codingplans import sql as sql_helpers
 
 MAX_GRANT_MICROS = 1_000_000 * 1_000_000  # $1,000,000: a typo guard for operators
 CENT_MICROS = 10_000  # customers see two decimals, so operators grant whole cents (SPEC 0, 11.1)
@@ -46,26 +47,24 @@ def _apply_entry(
     """One statement: the guarded balance change (never below zero) and its ledger entry, or
     nothing at all. Returns (entry id, account id, balance after) — None when there is no
     account or a debit exceeds the balance. One round trip instead of two (issue 8)."""
-    sql = _POST_ENTRY_SQL.format(
-        account=connection.ops.quote_name(CreditAccount._meta.db_table),
-        entry=connection.ops.quote_name(LedgerEntry._meta.db_table),
+    statement = _POST_ENTRY_SQL.format(
+        account=sql_helpers.table(CreditAccount),
+        entry=sql_helpers.table(LedgerEntry),
         guard=" AND balance_micros >= %(debit)s" if amount_micros < 0 else "",
     )
-    with connection.cursor() as cursor:
-        cursor.execute(
-            sql,
-            {
-                "amount": amount_micros,
-                "debit": -amount_micros,
-                "now": now,
-                "user_id": user_id,
-                "kind": kind,
-                "reason": reason,
-                "actor": actor,
-                "reference": reference,
-            },
-        )
-        return cursor.fetchone()
+    return sql_helpers.execute(
+        statement,
+        {
+            "amount": amount_micros,
+            "debit": -amount_micros,
+            "now": now,
+            "user_id": user_id,
+            "kind": kind,
+            "reason": reason,
+            "actor": actor,
+            "reference": reference,
+        },
+    )
 
 
 def post_entry(

@@ -15,7 +15,7 @@ from functools import partial
 
 from django.conf import settings
 from django.core.mail import send_mail
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -76,12 +76,10 @@ def _lock(
         )
         if user_id is None:
             return None
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT 1 FROM {connection.ops.quote_name(CreditAccount._meta.db_table)} "  # noqa: S608 - table name from the model
-            "WHERE user_id = %s FOR UPDATE",
-            [user_id],
-        )
+    sql.execute(
+        f"SELECT 1 FROM {sql.table(CreditAccount)} WHERE user_id = %s FOR UPDATE",  # noqa: S608 - table name from the model
+        [user_id],
+    )
     return sql.select_one(
         Subscription,
         "id = %s AND user_id = %s",

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.mail import send_mail
-from django.db import connection, transaction
+from django.db import transaction
 
 from accounts.models import User
 from adminops.audit import actor_for, record_event
@@ -61,11 +61,9 @@ def term_description(plan_name: str, kind: str, start: datetime, end: datetime) 
 def _lock_idempotency_key(user_id: int, key: str) -> None:
     """Serialize requests that share (user, key): later ones wait for the first to finish and
     then find its stored outcome (P3), instead of failing with "key in use"."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-            [f"purchase:{user_id}:{key}"],
-        )
+    sql.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"purchase:{user_id}:{key}"]
+    )
 
 
 _CHECKS_SQL = """
