@@ -158,7 +158,7 @@ def test_cli_starts_and_serves():
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=5)
+            proc.wait(timeout=20)  # generous: the full suite loads both cores
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
