@@ -26,6 +26,18 @@ def open_credit_account(*, user, now: datetime) -> CreditAccount:
     return account
 
 
+def lock_credit_account(*, user_id: int) -> int | None:
+    """Lock a user's credit account row (first in the lock order) inside the caller's
+    transaction; returns its balance, which cannot change under the lock, or None when the
+    user has no account. One lean statement: the sweep and the purchase take it every time."""
+    row = sql_helpers.execute(
+        f"SELECT balance_micros FROM {sql_helpers.table(CreditAccount)} "  # noqa: S608 - table name from the model
+        "WHERE user_id = %s FOR UPDATE",
+        [user_id],
+    )
+    return None if row is None else row[0]
+
+
 _POST_ENTRY_SQL = """
     WITH account AS (
         UPDATE {account} SET balance_micros = balance_micros + %(amount)s, updated_at = %(now)s

@@ -22,7 +22,7 @@ from django.utils import timezone
 from adminops.audit import SYSTEM_SWEEP, actor_for, record_event
 from billing.errors import InsufficientCredits
 from billing.models import CreditAccount, LedgerEntry, TopUpAttempt
-from billing.services import execute_top_up, post_entry, start_top_up
+from billing.services import execute_top_up, lock_credit_account, post_entry, start_top_up
 from byok.models import ByokKey
 from codingplans import sql
 from codingplans.errors import DomainError
@@ -76,10 +76,7 @@ def _lock(
         )
         if user_id is None:
             return None
-    sql.execute(
-        f"SELECT 1 FROM {sql.table(CreditAccount)} WHERE user_id = %s FOR UPDATE",  # noqa: S608 - table name from the model
-        [user_id],
-    )
+    lock_credit_account(user_id=user_id)
     return sql.select_one(
         Subscription,
         "id = %s AND user_id = %s",

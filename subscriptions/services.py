@@ -17,8 +17,8 @@ from django.db import transaction
 from accounts.models import User
 from adminops.audit import actor_for, record_event
 from billing.errors import InsufficientCredits
-from billing.models import CreditAccount, LedgerEntry
-from billing.services import open_credit_account, post_entry
+from billing.models import LedgerEntry
+from billing.services import lock_credit_account, open_credit_account, post_entry
 from byok.models import ByokKey
 from codingplans import crypto, sql
 from inventory.services import claim_credential
@@ -149,16 +149,12 @@ def purchase_plan(
 
 
 def _lock_credit_account(user, *, now: datetime) -> int:
-    """Lock the buyer's credit account (opening it at a first purchase); returns the balance,
-    which cannot change under the lock."""
-    statement = (
-        f"SELECT balance_micros FROM {sql.table(CreditAccount)} WHERE user_id = %s FOR UPDATE"  # noqa: S608 - table name from the model
-    )
-    row = sql.execute(statement, [user.pk])
-    if row is None:
+    """Lock the buyer's credit account (opening it at a first purchase); returns the balance."""
+    balance = lock_credit_account(user_id=user.pk)
+    if balance is None:
         open_credit_account(user=user, now=now)
-        row = sql.execute(statement, [user.pk])
-    return row[0]
+        balance = lock_credit_account(user_id=user.pk)
+    return balance
 
 
 def _after_assignment(plan_id: str, now: datetime) -> None:

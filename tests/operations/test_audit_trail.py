@@ -593,6 +593,7 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "inventory.alerts.send_daily_report": "sends the report e-mail; changes no data",
     "gateway.services.resolve_route": "a read",
     "gateway.services.split_model": "pure function",
+    "billing.services.lock_credit_account": "a row lock and read inside a caller's transaction",
     "gateway.services.bearer_caller": (
         "a read (token and key in one query); notes the token's last use like authenticate_token"
     ),
