@@ -268,10 +268,10 @@ def run(scale: float, standin=None) -> Figure:
         },
         notes=[
             "raw SQL: guarded debit, ledger, SKIP LOCKED claim + update, subscription, BYOK, "
-            "term, 2 audit events, idempotency insert; the service also takes the idempotency "
-            "advisory lock, checks account, live subscription and BYOK slot, re-encrypts the "
-            "key and runs the low-stock check after commit; buyers' User rows are read before "
-            "the clock starts on both sides",
+            "term, 2 audit events, idempotency insert; the service also locks the account, "
+            "checks the stored outcome, account, live subscription and BYOK slot, re-encrypts "
+            "the key and runs the low-stock check after commit; buyers' User rows are read "
+            "before the clock starts on both sides",
             f"client CPU per purchase (8 threads share one GIL): service {product_cpu_ms:.2f} ms, "
             f"raw SQL {raw_cpu_ms:.2f} ms",
         ],

@@ -38,18 +38,33 @@ def lock_credit_account(*, user_id: int) -> int | None:
     return None if row is None else row[0]
 
 
-_POST_ENTRY_SQL = """
-    WITH account AS (
+def entry_ctes(*, debit: bool) -> str:
+    """The `account` and `entry` common table expressions: the balance change (guarded, for a
+    debit: never below zero) and the ledger entry explaining it, for a statement that may do
+    more in the same round trip (the purchase's activation). Parameters: %(amount)s (signed),
+    %(debit)s, %(user_id)s, %(kind)s, %(reason)s, %(actor)s, %(reference)s, %(now)s. `entry`
+    is empty when there is no account or a debit exceeds the balance."""
+    return _ENTRY_CTES.format(
+        account=sql_helpers.table(CreditAccount),
+        entry=sql_helpers.table(LedgerEntry),
+        guard=" AND balance_micros >= %(debit)s" if debit else "",
+    )
+
+
+_ENTRY_CTES = """
+    account AS (
         UPDATE {account} SET balance_micros = balance_micros + %(amount)s, updated_at = %(now)s
         WHERE user_id = %(user_id)s{guard}
         RETURNING id, balance_micros
+    ),
+    entry AS (
+        INSERT INTO {entry} (account_id, kind, amount_micros, balance_after_micros, reason,
+                             actor, reference, created_at)
+        SELECT id, %(kind)s, %(amount)s, balance_micros, %(reason)s, %(actor)s, %(reference)s,
+               %(now)s
+        FROM account
+        RETURNING id, account_id, balance_after_micros
     )
-    INSERT INTO {entry} (account_id, kind, amount_micros, balance_after_micros, reason, actor,
-                         reference, created_at)
-    SELECT id, %(kind)s, %(amount)s, balance_micros, %(reason)s, %(actor)s, %(reference)s,
-           %(now)s
-    FROM account
-    RETURNING id, account_id, balance_after_micros
 """
 
 
@@ -59,11 +74,7 @@ def _apply_entry(
     """One statement: the guarded balance change (never below zero) and its ledger entry, or
     nothing at all. Returns (entry id, account id, balance after) — None when there is no
     account or a debit exceeds the balance. One round trip instead of two (issue 8)."""
-    statement = _POST_ENTRY_SQL.format(
-        account=sql_helpers.table(CreditAccount),
-        entry=sql_helpers.table(LedgerEntry),
-        guard=" AND balance_micros >= %(debit)s" if amount_micros < 0 else "",
-    )
+    statement = f"WITH {entry_ctes(debit=amount_micros < 0)} SELECT * FROM entry"  # noqa: S608 - our own SQL
     return sql_helpers.execute(
         statement,
         {

@@ -31,6 +31,10 @@ import psycopg
 from django.db import connection, models
 
 PREPARE = os.environ.get("CODING_PLANS_PREPARED_STATEMENTS", "1") != "0"
+# Django opens its connections with `prepare_threshold=None`, which makes psycopg ignore even
+# an explicit `prepare=True`. A threshold no query reaches turns preparing back on for the
+# statements that ask for it (ours) and leaves the ORM's queries unprepared, as Django wants.
+_ONLY_WHEN_ASKED = 2**31 - 1
 
 M = TypeVar("M", bound=models.Model)
 
@@ -44,7 +48,10 @@ def _cursor() -> Iterator[psycopg.Cursor]:
     """A server-side-binding cursor on Django's connection, in its current transaction."""
     connection.ensure_connection()
     connection.validate_no_broken_transaction()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+    raw = connection.connection
+    if PREPARE and raw.prepare_threshold is None:
+        raw.prepare_threshold = _ONLY_WHEN_ASKED
+    with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
         yield cursor
 
 
@@ -102,6 +109,25 @@ def execute(statement: str, params: Sequence[Any] | dict[str, Any] = ()) -> tupl
 def table(model: type[models.Model]) -> str:
     """The model's quoted table name, for statements written by hand."""
     return _quote(model._meta.db_table)
+
+
+@cache
+def _sequence(db_table: str, column: str) -> str:
+    with _cursor() as cursor:
+        cursor.execute("SELECT pg_get_serial_sequence(%s, %s)", [db_table, column])
+        return cursor.fetchone()[0]
+
+
+def next_id(model: type[models.Model]) -> str:
+    """An SQL expression drawing the model's next primary key, for a statement that needs a
+    row's id before the row is written (the purchase writes its rows in one statement)."""
+    name = _sequence(model._meta.db_table, model._meta.pk.column)
+    return f"nextval('{name}'::regclass)"
+
+
+def prepared_value(model: type[models.Model], name: str, value: Any) -> Any:
+    """`value` converted for the model's field `name`, as the ORM converts it (JSON, dates)."""
+    return model._meta.get_field(name).get_db_prep_save(value, connection)
 
 
 @cache

@@ -49,10 +49,10 @@ def check_low_stock(*, plan_id: str, now: datetime) -> bool:
     threshold = plan.low_stock_threshold
     available, armed = sql.execute(
         f"SELECT (SELECT count(*) FROM (SELECT 1 FROM {sql.table(Credential)} "  # noqa: S608 - table names from the models
-        "WHERE plan_id = %s AND state = %s LIMIT %s) AS stock), "
+        f"WHERE plan_id = %s AND state = '{Credential.State.AVAILABLE}' LIMIT %s) AS stock), "
         f"EXISTS (SELECT 1 FROM {sql.table(LowStockAlert)} "
         "WHERE plan_id = %s AND alerted_at IS NOT NULL)",
-        [plan_id, Credential.State.AVAILABLE, threshold, plan_id],
+        [plan_id, threshold, plan_id],
     )
     if available >= threshold and not armed:  # one lean query: this runs after every purchase
         return False

@@ -275,7 +275,7 @@ def _after_restock(plan_id: str) -> None:
 _CLAIM_SQL = """
     UPDATE {table} SET state = %s, assigned_to_id = %s, holder_ref = %s, assigned_at = %s
     WHERE id = (
-        SELECT id FROM {table} WHERE plan_id = %s AND state = %s
+        SELECT id FROM {table} WHERE plan_id = %s AND state = '{available}'
         ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
     )
     RETURNING id, encrypted_key
@@ -296,14 +296,15 @@ def claim_credential(*, plan_id: str, user, now: datetime) -> ClaimedCredential 
     One statement claims and assigns it (issue 8: purchase throughput).
     """
     row = sql.execute(
-        _CLAIM_SQL.format(table=sql.table(Credential)),
+        # The state as a literal, not a parameter: a prepared statement's generic plan can use
+        # the partial index on available credentials only when it sees the state it filters on.
+        _CLAIM_SQL.format(table=sql.table(Credential), available=Credential.State.AVAILABLE),
         [
             Credential.State.ASSIGNED,
             user.pk,
             crypto.fingerprint(str(user.pk), purpose="holder")[:32],
             now,
             plan_id,
-            Credential.State.AVAILABLE,
         ],
     )
     return None if row is None else ClaimedCredential(id=row[0], encrypted_key=row[1])

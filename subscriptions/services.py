@@ -5,20 +5,22 @@ Lock order everywhere: credit account → subscription → credential → BYOK e
 
 from __future__ import annotations
 
+import json
 import logging
 import smtplib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
 
 from accounts.models import User
-from adminops.audit import actor_for, record_event
+from adminops.audit import actor_for, event_values, events_insert, record_event
 from billing.errors import InsufficientCredits
 from billing.models import LedgerEntry
-from billing.services import lock_credit_account, open_credit_account, post_entry
+from billing.services import entry_ctes, lock_credit_account, open_credit_account
 from byok.models import ByokKey
 from codingplans import crypto, sql
 from inventory.services import claim_credential
@@ -58,20 +60,61 @@ def term_description(plan_name: str, kind: str, start: datetime, end: datetime) 
     return f"{plan_name} — {kind} {start:%Y-%m-%d} to {end:%Y-%m-%d}"
 
 
-def _lock_idempotency_key(user_id: int, key: str) -> None:
-    """Serialize requests that share (user, key): later ones wait for the first to finish and
-    then find its stored outcome (P3), instead of failing with "key in use"."""
-    sql.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"purchase:{user_id}:{key}"]
+_STATE_SQL = """
+    SELECT request.plan_id, request.response_status, request.response_body,
+           request.subscription_id,
+           EXISTS (SELECT 1 FROM {user} WHERE id = %(user)s AND is_active
+                   AND deleted_at IS NULL),
+           EXISTS (SELECT 1 FROM {subscription} WHERE user_id = %(user)s
+                   AND provider_id = %(provider)s AND status IN ({live})),
+           EXISTS (SELECT 1 FROM {byok} WHERE user_id = %(user)s
+                   AND provider_id = %(provider)s),
+           CASE WHEN request.id IS NULL THEN {next_subscription} END,
+           CASE WHEN request.id IS NULL THEN {next_byok} END
+    FROM (SELECT 1) AS one
+    LEFT JOIN {request} AS request
+        ON request.user_id = %(user)s AND request.idempotency_key = %(key)s
+"""
+
+# P4 steps 2 and 4–7 in one statement: the debit and its ledger entry (billing's own CTEs),
+# the subscription, the installed entry, the charged term, the intent cleared, two audit
+# events and the stored outcome. Foreign keys between these rows are checked at commit.
+_ACTIVATE_SQL = """
+    WITH {entry_ctes},
+    subscription AS (
+        INSERT INTO {subscription} (id, user_id, plan_id, provider_id, status, price_micros,
+            billing_period_days, credential_id, current_period_start, current_period_end,
+            cancel_at_period_end, created_at, updated_at)
+        VALUES (%(subscription_id)s, %(user_id)s, %(plan_id)s, %(provider_id)s, %(status)s,
+            %(debit)s, %(period_days)s, %(credential_id)s, %(now)s, %(period_end)s, false,
+            %(now)s, %(now)s)
+    ),
+    installed AS (
+        INSERT INTO {byok} (id, user_id, provider_id, encrypted_key, key_hint, enabled,
+            managed_by, subscription_id, created_at, updated_at)
+        VALUES (%(byok_id)s, %(user_id)s, %(provider_id)s, %(encrypted_key)s, %(key_hint)s,
+            true, %(managed_by)s, %(subscription_id)s, %(now)s, %(now)s)
+        ON CONFLICT DO NOTHING
+        RETURNING id
+    ),
+    term AS (
+        INSERT INTO {term} (subscription_id, amount_micros, period_start, period_end,
+            charged_at, description, ledger_entry_id)
+        SELECT %(subscription_id)s, %(debit)s, %(now)s, %(period_end)s, %(now)s,
+            %(description)s, id
+        FROM entry
+    ),
+    intent AS (
+        DELETE FROM {intent} WHERE user_id = %(user_id)s AND plan_id = %(plan_id)s
+    ),
+    {audit},
+    outcome AS (
+        INSERT INTO {request} (user_id, idempotency_key, plan_id, subscription_id,
+            response_status, response_body, created_at)
+        VALUES (%(user_id)s, %(idempotency_key)s, %(plan_id)s, %(subscription_id)s, 201,
+            %(body)s, %(now)s)
     )
-
-
-_CHECKS_SQL = """
-    SELECT
-        EXISTS (SELECT 1 FROM {user} WHERE id = %(user)s AND is_active AND deleted_at IS NULL),
-        EXISTS (SELECT 1 FROM {subscription} WHERE user_id = %(user)s
-                AND provider_id = %(provider)s AND status = ANY(%(live)s)),
-        EXISTS (SELECT 1 FROM {byok} WHERE user_id = %(user)s AND provider_id = %(provider)s)
+    SELECT (SELECT id FROM entry), (SELECT id FROM installed)
 """
 
 
@@ -84,9 +127,10 @@ def purchase_plan(
     Any refusal raises before commit, so nothing is charged that would need a refund; a refused
     request stores nothing and a retry with the same key is judged afresh.
 
-    Written as lean statements (codingplans.sql), one per row written plus the locks and one
-    query for all the refusal checks: building each query through the ORM took most of a
-    purchase's time (issue 8: purchase throughput).
+    Four statements: the account lock, one read of the stored outcome and every refusal check,
+    the claim, and one activation statement writing every row. Written one row per statement
+    through the ORM a purchase took sixteen round trips and most of its time building SQL
+    (issue 8: purchase throughput; docs/architecture.md).
     """
     if not isinstance(idempotency_key, str) or not idempotency_key.strip():
         raise IdempotencyKeyMissing()
@@ -98,32 +142,39 @@ def purchase_plan(
         raise PlanNotFound()
 
     with transaction.atomic(durable=True):
-        _lock_idempotency_key(user.pk, idempotency_key)
-        previous = sql.select_one(
-            PurchaseRequest, "user_id = %s AND idempotency_key = %s", [user.pk, idempotency_key]
-        )
-        if previous is not None:
-            if previous.plan_id != plan.plan_id:
-                raise IdempotencyKeyReused()
-            return PurchaseOutcome(
-                previous.response_status,
-                in_field_order(previous.response_body),
-                True,
-                previous.subscription_id,
-            )
-        # Lock order: credit account first. This also serializes one user's purchases, so two
-        # plans bought at once resolve to one subscription and one `subscription_exists`.
+        # Lock order: credit account first. The lock serializes all of one user's purchases:
+        # requests sharing an idempotency key wait for the first and then find its stored
+        # outcome (P3), and two plans bought at once resolve to one subscription and one
+        # `subscription_exists`.
         balance = _lock_credit_account(user, now=now)
-        # Read after the lock: an account deleted, or a plan bought, while this request waited
-        # for it is seen here.
-        active, live, slot_taken = sql.execute(
-            _CHECKS_SQL.format(
-                user=sql.table(User),
-                subscription=sql.table(Subscription),
-                byok=sql.table(ByokKey),
-            ),
-            {"user": user.pk, "provider": plan.provider_id, "live": list(LIVE_STATUSES)},
+        # Read after the lock (a statement of its own, so with a snapshot taken after the
+        # wait): an outcome stored, an account deleted or a plan bought meanwhile is seen here.
+        (
+            previous_plan,
+            previous_status,
+            previous_body,
+            previous_subscription,
+            active,
+            live,
+            slot_taken,
+            subscription_id,
+            byok_id,
+        ) = sql.execute(
+            _state_sql(),
+            {
+                "user": user.pk,
+                "key": idempotency_key,
+                "provider": plan.provider_id,
+            },
         )
+        if previous_plan is not None:
+            if previous_plan != plan.plan_id:
+                raise IdempotencyKeyReused()
+            if isinstance(previous_body, str):
+                previous_body = json.loads(previous_body)
+            return PurchaseOutcome(
+                previous_status, in_field_order(previous_body), True, previous_subscription
+            )
         if not active:
             raise AccountInactive()
         if live:
@@ -132,20 +183,31 @@ def purchase_plan(
             raise ProviderSlotOccupied()
         if balance < plan.price_micros:
             raise InsufficientCredits()
-        subscription, entry_id = _activate(user=user, plan=plan, now=now)
-        body = subscription_json(subscription, byok_key_id=entry_id)
-        sql.insert(
-            PurchaseRequest,
-            user_id=user.pk,
+        body = _activate(
+            user=user,
+            plan=plan,
             idempotency_key=idempotency_key,
-            plan_id=plan.plan_id,
-            subscription_id=subscription.pk,
-            response_status=201,
-            response_body=body,
-            created_at=now,
+            subscription_id=subscription_id,
+            byok_id=byok_id,
+            now=now,
         )
         transaction.on_commit(lambda: _after_assignment(plan.plan_id, now), robust=True)
-    return PurchaseOutcome(201, body, False, subscription.pk)
+    return PurchaseOutcome(201, body, False, subscription_id)
+
+
+@cache
+def _state_sql() -> str:
+    return _STATE_SQL.format(
+        user=sql.table(User),
+        subscription=sql.table(Subscription),
+        byok=sql.table(ByokKey),
+        request=sql.table(PurchaseRequest),
+        next_subscription=sql.next_id(Subscription),
+        next_byok=sql.next_id(ByokKey),
+        # Literals, not parameters: the prepared statement's generic plan can then use the
+        # partial unique index on live subscriptions.
+        live=", ".join(f"'{status}'" for status in LIVE_STATUSES),
+    )
 
 
 def _lock_credit_account(user, *, now: datetime) -> int:
@@ -164,20 +226,30 @@ def _after_assignment(plan_id: str, now: datetime) -> None:
     check_low_stock(plan_id=plan_id, now=now)
 
 
-def _activate(*, user, plan: Plan, now: datetime) -> tuple[Subscription, int]:
+def _activate(
+    *,
+    user,
+    plan: Plan,
+    idempotency_key: str,
+    subscription_id: int,
+    byok_id: int,
+    now: datetime,
+) -> dict:
     """Steps 2–7 of P4, inside purchase_plan's transaction, under the account lock and after
-    the balance check. Returns the subscription and the id of its installed BYOK entry.
+    the balance check; returns the response body (S), also stored as the outcome.
 
-    The credential is claimed before the debit is written so the ledger entry can name the
-    subscription in the same statement; inside the one transaction the order cannot be
-    observed, and the balance was checked first, so `insufficient_credits` still wins over
-    `sold_out` (P5)."""
+    The credential is claimed first so the one activation statement can name it; inside the
+    one transaction the order cannot be observed, and the balance was checked first, so
+    `insufficient_credits` still wins over `sold_out` (P5). The ids of the subscription and
+    its installed entry were drawn with the checks, so the stored outcome is written in the
+    same statement as the rows it describes."""
     period_end = now + timedelta(days=plan.billing_period_days)
     actor = actor_for(user)
     credential = claim_credential(plan_id=plan.plan_id, user=user, now=now)
     if credential is None:
         raise SoldOut()
     subscription = Subscription(
+        id=subscription_id,
         user_id=user.pk,
         plan_id=plan.plan_id,
         provider_id=plan.provider_id,
@@ -191,89 +263,86 @@ def _activate(*, user, plan: Plan, now: datetime) -> tuple[Subscription, int]:
         created_at=now,
         updated_at=now,
     )
-    subscription.pk = sql.insert(
-        Subscription,
-        **{f: getattr(subscription, f) for f in _NEW_SUBSCRIPTION_FIELDS},
-    )
-    subscription._state.adding = False
-    entry = post_entry(
-        user=user,
-        amount_micros=-plan.price_micros,
-        kind=LedgerEntry.Kind.PURCHASE,
-        actor=actor,
-        now=now,
-        reason=f"{plan.name} — first {plan.billing_period_days} days",
-        reference=f"subscription:{subscription.pk}",
-    )
+    body = subscription_json(subscription, byok_key_id=byok_id)
     plaintext = crypto.decrypt(credential.encrypted_key)
-    installed_id = sql.insert_unless_conflict(
-        ByokKey,
-        user_id=user.pk,
-        provider_id=plan.provider_id,
-        encrypted_key=crypto.encrypt(plaintext),
-        key_hint=crypto.key_hint(plaintext),
-        enabled=True,
-        managed_by=ByokKey.ManagedBy.CODING_PLAN,
-        subscription_id=subscription.pk,
-        created_at=now,
-        updated_at=now,
-    )
+    encrypted_key, key_hint = crypto.encrypt(plaintext), crypto.key_hint(plaintext)
     del plaintext
+    audit, audit_params = events_insert(
+        "audit",
+        [
+            event_values(
+                actor=actor,
+                subject=subscription,
+                event_type="subscription.purchased",
+                now=now,
+                new={
+                    "plan_id": plan.plan_id,
+                    "status": subscription.status,
+                    "price_micros": plan.price_micros,
+                    "credential_id": credential.id,
+                    "current_period_end": period_end.isoformat(),
+                },
+            ),
+            event_values(
+                actor=actor,
+                subject=("inventory.credential", credential.id),
+                event_type="credential.assigned",
+                now=now,
+                old={"state": "available"},
+                new={"state": "assigned", "subscription_id": subscription_id},
+            ),
+        ],
+    )
+    entry_id, installed_id = sql.execute(
+        _activate_sql(audit),
+        {
+            # billing.entry_ctes: the guarded debit and its ledger entry
+            "amount": -plan.price_micros,
+            "debit": plan.price_micros,
+            "user_id": user.pk,
+            "kind": LedgerEntry.Kind.PURCHASE,
+            "reason": f"{plan.name} — first {plan.billing_period_days} days",
+            "actor": actor,
+            "reference": f"subscription:{subscription_id}",
+            "now": now,
+            # the subscription, its installed entry, the term and the stored outcome
+            "subscription_id": subscription_id,
+            "plan_id": plan.plan_id,
+            "provider_id": plan.provider_id,
+            "status": subscription.status,
+            "period_days": plan.billing_period_days,
+            "credential_id": credential.id,
+            "period_end": period_end,
+            "byok_id": byok_id,
+            "encrypted_key": encrypted_key,
+            "key_hint": key_hint,
+            "managed_by": ByokKey.ManagedBy.CODING_PLAN,
+            "description": term_description(plan.name, "purchase", now, period_end),
+            "idempotency_key": idempotency_key,
+            "body": sql.prepared_value(PurchaseRequest, "response_body", body),
+            **audit_params,
+        },
+    )
+    if entry_id is None:
+        # Cannot happen under the account lock after the balance check; the guard still holds.
+        raise InsufficientCredits()
     if installed_id is None:
         # The customer added their own key after our slot check: the whole purchase rolls back.
         raise ProviderSlotOccupied()
-    sql.insert(
-        ChargedTerm,
-        subscription_id=subscription.pk,
-        amount_micros=plan.price_micros,
-        period_start=now,
-        period_end=period_end,
-        charged_at=now,
-        description=term_description(plan.name, "purchase", now, period_end),
-        ledger_entry_id=entry.pk,
-    )
-    sql.execute(
-        f"DELETE FROM {sql.table(AvailabilityIntent)} WHERE user_id = %s AND plan_id = %s",  # noqa: S608 - table name from the model
-        [user.pk, plan.plan_id],
-    )
-    record_event(
-        actor=actor,
-        subject=subscription,
-        event_type="subscription.purchased",
-        now=now,
-        new={
-            "plan_id": plan.plan_id,
-            "status": subscription.status,
-            "price_micros": plan.price_micros,
-            "credential_id": credential.id,
-            "current_period_end": period_end.isoformat(),
-        },
-    )
-    record_event(
-        actor=actor,
-        subject=("inventory.credential", credential.id),
-        event_type="credential.assigned",
-        now=now,
-        old={"state": "available"},
-        new={"state": "assigned", "subscription_id": subscription.pk},
-    )
-    return subscription, installed_id
+    return body
 
 
-_NEW_SUBSCRIPTION_FIELDS = (
-    "user_id",
-    "plan_id",
-    "provider_id",
-    "status",
-    "price_micros",
-    "billing_period_days",
-    "credential_id",
-    "current_period_start",
-    "current_period_end",
-    "cancel_at_period_end",
-    "created_at",
-    "updated_at",
-)
+@cache
+def _activate_sql(audit: str) -> str:
+    return _ACTIVATE_SQL.format(
+        entry_ctes=entry_ctes(debit=True),
+        subscription=sql.table(Subscription),
+        byok=sql.table(ByokKey),
+        term=sql.table(ChargedTerm),
+        intent=sql.table(AvailabilityIntent),
+        request=sql.table(PurchaseRequest),
+        audit=audit,
+    )
 
 
 def save_intent(*, user, plan_id: object, now: datetime) -> AvailabilityIntent:

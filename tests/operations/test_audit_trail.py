@@ -594,6 +594,9 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "gateway.services.resolve_route": "a read",
     "gateway.services.split_model": "pure function",
     "billing.services.lock_credit_account": "a row lock and read inside a caller's transaction",
+    "billing.services.entry_ctes": (
+        "SQL text for a caller's statement; the purchase that runs it writes its audit events"
+    ),
     "gateway.services.bearer_caller": (
         "a read (token and key in one query); notes the token's last use like authenticate_token"
     ),
