@@ -1,0 +1,38 @@
+"""codingplans/sql.py: the hot paths' statements run prepared (issue 8).
+
+Django opens connections with `prepare_threshold=None`, under which psycopg silently ignores
+`prepare=True`; these tests fail if that ever comes back."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+
+from accounts.models import User
+from codingplans import sql
+
+pytestmark = pytest.mark.django_db
+
+
+def _server_prepared() -> set[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return {" ".join(row[0].split()) for row in cursor.fetchall()}
+
+
+@pytest.mark.skipif(not sql.PREPARE, reason="CODING_PLANS_PREPARED_STATEMENTS=0")
+def test_lean_statement_is_prepared_on_the_server():
+    statement = f"SELECT count(*) FROM {sql.table(User)} WHERE id = %s"
+    sql.execute(statement, [0])
+    assert any(
+        text.startswith('SELECT count(*) FROM "accounts_user" WHERE id = $1')
+        for text in _server_prepared()
+    )
+
+
+@pytest.mark.skipif(not sql.PREPARE, reason="CODING_PLANS_PREPARED_STATEMENTS=0")
+def test_orm_queries_stay_unprepared():
+    sql.execute("SELECT 1")
+    for _ in range(10):
+        list(User.objects.filter(email="nobody@example.com"))
+    assert not any("accounts_user" in text and "email" in text for text in _server_prepared())
