@@ -80,7 +80,7 @@ def _prepared(fields: Sequence, values: dict[str, Any]) -> list[Any]:
     ]
 
 
-def insert(model: type[models.Model], **values: Any) -> int:
+def insert(model: type[models.Model], /, **values: Any) -> int:
     """INSERT one row (fields by name or attname, e.g. `subscription_id`); returns its pk."""
     sql, fields = _insert_sql(model, tuple(values), False)
     with _cursor() as cursor:
@@ -88,7 +88,7 @@ def insert(model: type[models.Model], **values: Any) -> int:
         return cursor.fetchone()[0]
 
 
-def insert_unless_conflict(model: type[models.Model], **values: Any) -> int | None:
+def insert_unless_conflict(model: type[models.Model], /, **values: Any) -> int | None:
     """INSERT … ON CONFLICT DO NOTHING: the new pk, or None when a unique constraint already
     holds such a row — without aborting the transaction, so no savepoint is needed."""
     sql, fields = _insert_sql(model, tuple(values), True)
@@ -141,7 +141,7 @@ def _update_sql(model: type[models.Model], names: tuple[str, ...]) -> tuple[str,
     return sql, fields
 
 
-def update(model: type[models.Model], pk: int, **values: Any) -> int:
+def update(model: type[models.Model], pk: int, /, **values: Any) -> int:
     """UPDATE one row by primary key; returns the number of rows changed (0 or 1)."""
     sql, fields = _update_sql(model, tuple(values))
     with _cursor() as cursor:

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
-from django.db import connection
 from django.db.models import Count, Sum
 
 from accounts.models import ApiToken, User
 from accounts.services import TOKEN_PREFIX, hash_token, touch_token
 from byok.models import ByokKey
 from codingplans import crypto
+from codingplans import sql as lean
 from gateway.errors import NoProviderKey, UnknownProvider
 from gateway.models import GatewayRequest
 
@@ -101,13 +101,11 @@ def bearer_caller(token: str, *, provider_id: str | None, now: datetime) -> Bear
     if not token.startswith(TOKEN_PREFIX):
         return None
     sql = _BEARER_SQL.format(
-        token=connection.ops.quote_name(ApiToken._meta.db_table),
-        user=connection.ops.quote_name(User._meta.db_table),
-        byok=connection.ops.quote_name(ByokKey._meta.db_table),
+        token=lean.table(ApiToken),
+        user=lean.table(User),
+        byok=lean.table(ByokKey),
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [provider_id or "", hash_token(token)])
-        row = cursor.fetchone()
+    row = lean.execute(sql, [provider_id or "", hash_token(token)])  # prepared
     if row is None:
         return None
     token_id, last_used_at, user_id, encrypted_key, subscription_id, entry_id = row
@@ -131,7 +129,9 @@ def record_usage(
         value = usage.get(name)
         return value if isinstance(value, int) and 0 <= value < 2**31 else 0
 
-    GatewayRequest.objects.create(
+    # A lean, prepared INSERT (codingplans.sql): one per gateway request.
+    lean.insert(
+        GatewayRequest,
         user_id=user_id,
         subscription_id=route.subscription_id,
         provider_id=route.provider_id,
