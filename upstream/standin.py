@@ -562,6 +562,7 @@ def _stream_completion_impl(handler: _Handler, body: dict[str, Any], prompt_toke
         outcome = _stream_chunks(handler, state, body, prompt_tokens)
     except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
         outcome = "aborted"  # the client closed the connection mid-stream
+        handler.close_connection = True
     with state.lock:
         state.stream_outcomes.append(outcome)
 
@@ -578,9 +579,20 @@ def _stream_chunks(
     handler.send_response(200)
     handler.send_header("Content-Type", "text/event-stream")
     handler.send_header("Cache-Control", "no-cache")
-    handler.send_header("Connection", "close")
+    # Chunked framing keeps the connection alive as a real provider's does. A stream set to
+    # drop has no framing and ends by closing the connection, so the client sees a body that
+    # ends "cleanly" without `data: [DONE]`.
+    chunked = drop_after is None
+    if chunked:
+        handler.send_header("Transfer-Encoding", "chunked")
+    else:
+        handler.send_header("Connection", "close")
+        handler.close_connection = True
     handler.end_headers()
-    handler.close_connection = True
+
+    def write(data: bytes) -> None:
+        handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+
     created = int(time.time())
     model = body.get("model", "MiniMax-M2")
     for index in range(chunks):
@@ -593,7 +605,7 @@ def _stream_chunks(
             if index == 0
             else {"content": f"chunk{index} "}
         )
-        handler.wfile.write(
+        write(
             _sse(
                 {
                     "id": f"standin-{created}",
@@ -605,7 +617,7 @@ def _stream_chunks(
             )
         )
         handler.wfile.flush()
-    handler.wfile.write(
+    write(
         _sse(
             {
                 "id": f"standin-{created}",
@@ -621,7 +633,9 @@ def _stream_chunks(
             }
         )
     )
-    handler.wfile.write(b"data: [DONE]\n\n")
+    write(b"data: [DONE]\n\n")
+    if chunked:
+        handler.wfile.write(b"0\r\n\r\n")
     handler.wfile.flush()
     return "completed"
 
