@@ -128,4 +128,29 @@ FIXES = [
             "0.70 + 1.05); sweep 471/s vs 714/s, ratio 0.66 (bench --only runs)"
         ),
     },
+    {
+        "figure": "6. gateway",
+        "cause": (
+            "uvicorn CPU per streamed request 5.5 ms (from /proc) against 0.7 ms for the "
+            "stand-in; py-spy: a new OS thread started and joined per request (Django enters "
+            "a fresh ThreadSensitiveContext and asgiref gives it a new executor), httpcore "
+            "retrying a failing `import sniffio` on every lock it sets up, usage written "
+            "through the ORM, the bearer lookup unprepared; streamed answers from the stand-in "
+            "closed their connection, so every streamed call opened a new one"
+        ),
+        "change": (
+            "codingplans/asgi.py ReusedThreadASGIHandler (the same per-request thread "
+            "semantics, threads kept for later requests); sniffio installed; bearer_caller "
+            "and record_usage as prepared lean statements; the stand-in streams in chunked "
+            "framing on a kept-alive connection"
+        ),
+        "before": (
+            "+4.7 ms p50 non-streaming, +5.6 ms streaming (uvicorn CPU 5.5 ms per request); "
+            "155 / 159 req/s"
+        ),
+        "after": (
+            "+3.4 ms p50 non-streaming, +3.8 ms streaming (uvicorn CPU 3.5 ms per request); "
+            "213 / 172 req/s (bench --only gateway)"
+        ),
+    },
 ]
