@@ -112,8 +112,9 @@ FIXES = [
             "1.1 ms raw"
         ),
         "change": (
-            "codingplans/sql.py sets a prepare threshold no query reaches, so the lean "
-            "statements are prepared (the ORM's are not); purchase_plan in four statements: "
+            "codingplans/sql.py sets prepare_threshold=1, so a lean statement is prepared "
+            "the second time a connection runs it (the ORM's client-side-bound queries never "
+            "are); purchase_plan in four statements: "
             "account lock (replacing the idempotency advisory lock), one read of the stored "
             "outcome + refusal checks + new ids, the claim, one activation statement "
             "(billing.entry_ctes, adminops.audit.events_insert) writing every row"

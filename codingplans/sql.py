@@ -32,9 +32,12 @@ from django.db import connection, models
 
 PREPARE = os.environ.get("CODING_PLANS_PREPARED_STATEMENTS", "1") != "0"
 # Django opens its connections with `prepare_threshold=None`, which makes psycopg ignore even
-# an explicit `prepare=True`. A threshold no query reaches turns preparing back on for the
-# statements that ask for it (ours) and leaves the ORM's queries unprepared, as Django wants.
-_ONLY_WHEN_ASKED = 2**31 - 1
+# an explicit `prepare=True`. With a threshold, psycopg prepares a statement the second time a
+# connection runs it: a connection that lives for one request (WSGI with CONN_MAX_AGE=0) never
+# pays the extra PREPARE round trip, a pooled or long-lived one (the sweep, ASGI) runs its
+# repeated statements prepared. The ORM's queries use client-side binding, which psycopg never
+# prepares, so they are unaffected.
+_PREPARE_THRESHOLD = 1
 
 M = TypeVar("M", bound=models.Model)
 
@@ -50,13 +53,13 @@ def _cursor() -> Iterator[psycopg.Cursor]:
     connection.validate_no_broken_transaction()
     raw = connection.connection
     if PREPARE and raw.prepare_threshold is None:
-        raw.prepare_threshold = _ONLY_WHEN_ASKED
+        raw.prepare_threshold = _PREPARE_THRESHOLD
     with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
         yield cursor
 
 
 def _execute(cursor: psycopg.Cursor, statement: str, params) -> None:
-    cursor.execute(statement, params, prepare=PREPARE or None)
+    cursor.execute(statement, params, prepare=None if PREPARE else False)
 
 
 @cache
