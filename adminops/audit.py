@@ -48,10 +48,14 @@ def event_values(
 _COLUMNS = tuple(event_values(actor="", subject=("", ""), event_type="", now=None))
 
 
-def events_insert(name: str, events: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+def events_insert(
+    name: str, events: list[dict[str, Any]], *, source: str | None = None
+) -> tuple[str, dict[str, Any]]:
     """A `name AS (INSERT …)` common table expression writing `events` (from `event_values`)
     and its named parameters, for a service that writes its rows in one statement (the
-    purchase). Same rows as `record_event`, without a round trip each."""
+    purchase, the renewal). Same rows as `record_event`, without a round trip each. With
+    `source` (another CTE of the statement) the events are written once per row of it: only
+    if the change they describe happened."""
     params: dict[str, Any] = {}
     rows = []
     for i, event in enumerate(events):
@@ -63,10 +67,11 @@ def events_insert(name: str, events: list[dict[str, Any]]) -> tuple[str, dict[st
             params[key] = sql.prepared_value(AuditEvent, column, value)
             placeholders.append(f"%({key})s")
         rows.append(f"({', '.join(placeholders)})")
-    statement = (
-        f"{name} AS (INSERT INTO {sql.table(AuditEvent)} ({', '.join(_COLUMNS)}) "  # noqa: S608 - names from our code
-        f"VALUES {', '.join(rows)})"
-    )
+    if source is None:
+        values = f"VALUES {', '.join(rows)}"
+    else:
+        values = " UNION ALL ".join(f"SELECT {row[1:-1]} FROM {source}" for row in rows)  # noqa: S608 - names from our code
+    statement = f"{name} AS (INSERT INTO {sql.table(AuditEvent)} ({', '.join(_COLUMNS)}) {values})"
     return statement, params
 
 

@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import partial
+from functools import cache, partial
 
 from django.conf import settings
 from django.core.mail import send_mail
@@ -19,10 +19,14 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from adminops.audit import SYSTEM_SWEEP, actor_for, record_event
-from billing.errors import InsufficientCredits
+from adminops.audit import SYSTEM_SWEEP, actor_for, event_values, events_insert, record_event
 from billing.models import CreditAccount, LedgerEntry, TopUpAttempt
-from billing.services import execute_top_up, lock_credit_account, post_entry, start_top_up
+from billing.services import (
+    entry_ctes,
+    execute_top_up,
+    lock_credit_account,
+    start_top_up,
+)
 from byok.models import ByokKey
 from codingplans import sql
 from codingplans.errors import DomainError
@@ -241,59 +245,94 @@ def _process_locked(
     )
 
 
-def _renew(subscription: Subscription, *, now: datetime) -> bool:
-    """One term at the recorded price, from the previous period end (L2). False when short.
+# L2 in one statement: the guarded debit and its ledger entry (billing's own CTEs), then the
+# charged term, the extended period and the audit event, each written only if the debit was.
+_RENEW_SQL = """
+    WITH {entry_ctes},
+    term AS (
+        INSERT INTO {term} (subscription_id, amount_micros, period_start, period_end,
+            charged_at, description, ledger_entry_id)
+        SELECT %(subscription_id)s, %(debit)s, %(start)s, %(end)s, %(now)s, %(description)s, id
+        FROM entry
+    ),
+    period AS (
+        UPDATE {subscription} SET status = %(status)s, current_period_start = %(start)s,
+            current_period_end = %(end)s, grace_deadline = NULL, updated_at = %(now)s
+        WHERE id = %(subscription_id)s AND EXISTS (SELECT 1 FROM entry)
+    ),
+    {audit}
+    SELECT id FROM entry
+"""
 
-    Lean statements throughout (one for the debit and its ledger entry, one each for the term,
-    the period and the audit event): the sweep's throughput is this function's (issue 8)."""
+
+def _renew(subscription: Subscription, *, now: datetime) -> bool:
+    """One term at the recorded price, from the previous period end (L2). False when short,
+    and then nothing was written and the transaction goes on.
+
+    One statement for the debit, its ledger entry, the term, the period and the audit event
+    (after the two lock statements): the sweep's throughput is this function's (issue 8)."""
     start = subscription.current_period_end
     end = start + timedelta(days=subscription.billing_period_days)
-    try:
-        entry = post_entry(
-            user_id=subscription.user_id,
-            amount_micros=-subscription.price_micros,
-            kind=LedgerEntry.Kind.RENEWAL,
-            actor=SYSTEM_SWEEP,
-            now=now,
-            reason=f"{subscription.plan_name} renewal",
-            reference=f"subscription:{subscription.pk}",
-        )
-    except InsufficientCredits:  # nothing was written; the transaction goes on
-        return False
-    sql.insert(
-        ChargedTerm,
-        subscription_id=subscription.pk,
-        amount_micros=subscription.price_micros,
-        period_start=start,
-        period_end=end,
-        charged_at=now,
-        description=term_description(subscription.plan_name, "renewal", start, end),
-        ledger_entry_id=entry.pk,
-    )
     old = _state(subscription)
+    renewed = {
+        **old,
+        "status": Subscription.Status.ACTIVE,
+        "current_period_end": end.isoformat(),
+        "grace_deadline": None,
+    }
+    audit, audit_params = events_insert(
+        "audit",
+        [
+            event_values(
+                actor=SYSTEM_SWEEP,
+                subject=subscription,
+                event_type="subscription.renewed",
+                now=now,
+                old=old,
+                new={**renewed, "charged_micros": subscription.price_micros},
+            )
+        ],
+        source="entry",
+    )
+    row = sql.execute(
+        _renew_sql(audit),
+        {
+            # billing.entry_ctes: the guarded debit and its ledger entry
+            "amount": -subscription.price_micros,
+            "debit": subscription.price_micros,
+            "user_id": subscription.user_id,
+            "kind": LedgerEntry.Kind.RENEWAL,
+            "reason": f"{subscription.plan_name} renewal"[:255],
+            "actor": SYSTEM_SWEEP,
+            "reference": f"subscription:{subscription.pk}",
+            "now": now,
+            # the term and the period
+            "subscription_id": subscription.pk,
+            "start": start,
+            "end": end,
+            "status": Subscription.Status.ACTIVE,
+            "description": term_description(subscription.plan_name, "renewal", start, end),
+            **audit_params,
+        },
+    )
+    if row is None:
+        return False
     subscription.status = Subscription.Status.ACTIVE
     subscription.current_period_start = start
     subscription.current_period_end = end
     subscription.grace_deadline = None
     subscription.updated_at = now
-    sql.update(
-        Subscription,
-        subscription.pk,
-        status=subscription.status,
-        current_period_start=start,
-        current_period_end=end,
-        grace_deadline=None,
-        updated_at=now,
-    )
-    record_event(
-        actor=SYSTEM_SWEEP,
-        subject=subscription,
-        event_type="subscription.renewed",
-        now=now,
-        old=old,
-        new={**_state(subscription), "charged_micros": subscription.price_micros},
-    )
     return True
+
+
+@cache
+def _renew_sql(audit: str) -> str:
+    return _RENEW_SQL.format(
+        entry_ctes=entry_ctes(debit=True),
+        term=sql.table(ChargedTerm),
+        subscription=sql.table(Subscription),
+        audit=audit,
+    )
 
 
 def _resume_pending_top_up(subscription: Subscription, *, now: datetime) -> None:

@@ -166,10 +166,14 @@ def test_short_without_auto_top_up_terminates_and_cleans_up(
     assert credential.encrypted_key == ""  # SPEC I5
     assert credential.revocation_requested_at == now
     assert credential.upstream_plan_id and credential.fingerprint
-    # No debit, no term, no top-up.
+    # No debit, no term, no top-up, and no renewal recorded (the renewal statement writes its
+    # term, period and audit event only with the debit).
     assert balance(user) == 10 * MICROS == ledger_sum(user)
     assert ChargedTerm.objects.filter(subscription=sub).count() == 1
     assert not TopUpAttempt.objects.exists()
+    assert not AuditEvent.objects.filter(
+        subject_id=str(sub.pk), event_type="subscription.renewed"
+    ).exists()
     assert len(mail.outbox) == 1 and mail.outbox[0].to == [user.email]
     assert "ended" in mail.outbox[0].subject
     assert AuditEvent.objects.filter(
