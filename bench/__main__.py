@@ -137,7 +137,7 @@ def main(argv: list[str]) -> int:
 
     from django.conf import settings
 
-    from bench.common import BENCH_DB, ROOT, Figure, drop_database, log
+    from bench.common import BENCH_DB, ROOT, Figure, drop_database, log, settle
     from bench.fixes import FIXES
     from upstream.standin import StandinServer
 
@@ -159,7 +159,7 @@ def main(argv: list[str]) -> int:
                     Figure(key=name, name=name, measured="not run (time budget)", met=False)
                 )
                 continue
-            log(f"--- {name}")
+            log(f"--- {name} (database settled in {settle():.1f} s)")
             started = time.perf_counter()
             module = importlib.import_module(f"bench.{name}")
             profiler = None

@@ -148,6 +148,19 @@ def analyze(*tables: str) -> None:
             conn.execute(f"VACUUM ANALYZE {table}")
 
 
+def settle() -> float:
+    """Vacuum and checkpoint the benchmark database before a figure, so that one figure's
+    leftovers (autovacuum of the rows it wrote, a checkpoint flushing them) are not measured
+    as part of the next one on a machine whose cores PostgreSQL shares. Returns the seconds
+    it took."""
+    started = time.perf_counter()
+    with connect(autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        with contextlib.suppress(psycopg.Error):  # CHECKPOINT needs pg_checkpoint or superuser
+            conn.execute("CHECKPOINT")
+    return time.perf_counter() - started
+
+
 # -- seeding with set-based SQL (fast: tens of thousands of rows in a second or two) ------------
 
 

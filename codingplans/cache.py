@@ -16,7 +16,17 @@ from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 
 class SharedPoolRedisCacheClient(RedisCacheClient):
     _shared_pools: dict[tuple[str, str], object] = {}
+    _shared_clients: dict[int, object] = {}
     _shared_lock = threading.Lock()
+
+    def get_client(self, key=None, *, write=False):
+        """One `redis.Redis` per shared pool (it is thread-safe): Django builds a new one per
+        call, which py-spy put at a third of the gateway's rate-limit hit (issue 8)."""
+        pool = self._get_connection_pool(write)
+        client = self._shared_clients.get(id(pool))
+        if client is None:
+            client = self._shared_clients.setdefault(id(pool), self._client(connection_pool=pool))
+        return client
 
     def _get_connection_pool(self, write):
         index = self._get_connection_pool_index(write)
