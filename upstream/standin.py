@@ -563,13 +563,14 @@ def _stream_completion_impl(handler: _Handler, body: dict[str, Any], prompt_toke
     except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
         outcome = "aborted"  # the client closed the connection mid-stream
         handler.close_connection = True
-    with state.lock:
-        state.stream_outcomes.append(outcome)
+    if outcome is not None:  # None: already recorded
+        with state.lock:
+            state.stream_outcomes.append(outcome)
 
 
 def _stream_chunks(
     handler: _Handler, state: StandinState, body: dict[str, Any], prompt_tokens: int
-) -> str:
+) -> str | None:
     with state.lock:
         chunks, delay_ms, drop_after = (
             max(1, int(state.stream_chunks)),
@@ -634,10 +635,17 @@ def _stream_chunks(
         )
     )
     write(b"data: [DONE]\n\n")
-    if chunked:
-        handler.wfile.write(b"0\r\n\r\n")
     handler.wfile.flush()
-    return "completed"
+    if not chunked:
+        return "completed"  # recorded before the connection closes, which ends the body
+    # On a kept-alive connection the terminating chunk ends the body: record the outcome first,
+    # so a client that has read the whole answer also finds it recorded.
+    with state.lock:
+        state.stream_outcomes.append("completed")
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+        handler.wfile.write(b"0\r\n\r\n")
+        handler.wfile.flush()
+    return None
 
 
 class _Server(ThreadingHTTPServer):
