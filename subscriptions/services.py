@@ -170,10 +170,12 @@ def purchase_plan(
         if previous_plan is not None:
             if previous_plan != plan.plan_id:
                 raise IdempotencyKeyReused()
-            if isinstance(previous_body, str):
-                previous_body = json.loads(previous_body)
+            # Django's connections load jsonb as text (its JSONField decodes it), so do we.
             return PurchaseOutcome(
-                previous_status, in_field_order(previous_body), True, previous_subscription
+                previous_status,
+                in_field_order(json.loads(previous_body)),
+                True,
+                previous_subscription,
             )
         if not active:
             raise AccountInactive()

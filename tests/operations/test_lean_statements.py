@@ -13,6 +13,9 @@ from codingplans import sql
 
 pytestmark = pytest.mark.django_db
 
+# Deployments behind PgBouncer in transaction mode turn preparing off on purpose; CI keeps it on.
+PREPARE_OFF = "CODING_PLANS_PREPARED_STATEMENTS=0: prepared statements turned off on purpose"
+
 
 def _server_prepared() -> set[str]:
     with connection.cursor() as cursor:
@@ -20,7 +23,7 @@ def _server_prepared() -> set[str]:
         return {" ".join(row[0].split()) for row in cursor.fetchall()}
 
 
-@pytest.mark.skipif(not sql.PREPARE, reason="CODING_PLANS_PREPARED_STATEMENTS=0")
+@pytest.mark.skipif(not sql.PREPARE, reason=PREPARE_OFF)
 def test_lean_statement_is_prepared_on_the_server_when_run_again():
     statement = f"SELECT count(*) FROM {sql.table(User)} WHERE id = %s"
     expected = 'SELECT count(*) FROM "accounts_user" WHERE id = $1'
@@ -31,7 +34,7 @@ def test_lean_statement_is_prepared_on_the_server_when_run_again():
     assert any(text.startswith(expected) for text in _server_prepared())
 
 
-@pytest.mark.skipif(not sql.PREPARE, reason="CODING_PLANS_PREPARED_STATEMENTS=0")
+@pytest.mark.skipif(not sql.PREPARE, reason=PREPARE_OFF)
 def test_orm_queries_stay_unprepared():
     sql.execute("SELECT 1")
     for _ in range(10):
