@@ -30,6 +30,7 @@ dev: install
 	  exec $(VENV)/bin/honcho start -f Procfile'
 
 test: install
+	sh scripts/ensure-chromium
 	DEBUG=1 $(DEVENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
