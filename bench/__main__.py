@@ -139,7 +139,7 @@ def main(argv: list[str]) -> int:
 
     from bench.common import BENCH_DB, ROOT, Figure, drop_database, log, settle
     from bench.fixes import FIXES
-    from upstream.standin import StandinServer
+    from standins.minimax import StandinServer
 
     standin = StandinServer().start()
     settings.MINIMAX_API_BASE_URL = standin.url

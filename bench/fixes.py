@@ -28,7 +28,7 @@ FIXES = [
             "the stand-in MiniMax server wrote headers and body as two TCP writes with Nagle "
             "on, so every keep-alive response waited ~40 ms for the client's delayed ACK"
         ),
-        "change": "upstream/standin.py: TCP_NODELAY (disable_nagle_algorithm = True)",
+        "change": "standins/minimax.py: TCP_NODELAY (disable_nagle_algorithm = True)",
         "before": (
             "direct stand-in call p50 47 ms; upload of 250 credentials at 200 ms x10: "
             "6.9 s for an ideal 5 s (x1.38)"

@@ -80,7 +80,7 @@ def _requester(url: str, secrets: list[str], *, stream: bool, model: str):
 def run(scale: float, standin=None) -> list[Figure]:
     tokens, keys = _seed()
     standin_port, web_port = free_port(), free_port()
-    standin_argv = [PY, "-m", "upstream.standin", "--port", str(standin_port)]
+    standin_argv = [PY, "-m", "standins.minimax", "--port", str(standin_port)]
     results: dict[str, dict] = {}
     requests = max(50, int(LATENCY_REQUESTS * min(1.0, scale * 2)))
     with server_process(standin_argv, standin_port, server_env()) as upstream_url:

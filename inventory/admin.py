@@ -27,10 +27,10 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 
 from adminops.adminkit import ReadOnlyAdmin, audit_links, audit_url, clean_text
 from adminops.audit import actor_for
+from catalog import all_plans, get_plan
 from codingplans.errors import DomainError
 from inventory import selectors, services
 from inventory.models import Credential, InventoryUpload
-from subscriptions.catalog import all_plans, get_plan
 
 logger = logging.getLogger(__name__)
 
@@ -258,11 +258,11 @@ class CredentialAdmin(ReadOnlyAdmin):
         )
         extra = {}
         if credential is not None:
-            from subscriptions.models import Subscription
-
+            # Through the reverse relation the subscription declares, so inventory names no
+            # model above it (issue 14).
             subscription_id = (
-                Subscription.objects.filter(credential_id=credential.pk)
-                .values_list("id", flat=True)
+                Credential.objects.filter(pk=credential.pk)
+                .values_list("subscription__id", flat=True)
                 .first()
             )
             more = (

@@ -11,10 +11,10 @@ from django.db import transaction
 
 from accounts.models import User
 from adminops.audit import record_event
+from catalog import all_plans, get_plan
 from codingplans import sql
 from inventory.models import Credential, LowStockAlert
 from inventory.selectors import STATES, counts_by_plan, revocation_queue
-from subscriptions.catalog import all_plans, get_plan
 
 
 def staff_recipients() -> list[str]:

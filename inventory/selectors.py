@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from django.db.models import Count
 
+from catalog import all_plans
 from inventory.models import Credential
-from subscriptions.catalog import all_plans
 
 STATES = [state.value for state in Credential.State]
 

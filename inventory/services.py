@@ -17,6 +17,7 @@ import httpx
 from django.db import IntegrityError, transaction
 
 from adminops.audit import record_event
+from catalog import get_plan
 from codingplans import crypto, sql
 from codingplans.redaction import redact
 from inventory.errors import (
@@ -28,7 +29,6 @@ from inventory.errors import (
     UploadNotFound,
 )
 from inventory.models import Credential, InventoryUpload
-from subscriptions.catalog import get_plan
 from upstream import client as minimax
 
 DEFAULT_VALIDATION_CONCURRENCY = 10
@@ -266,10 +266,10 @@ def upload_credentials(
 
 def _after_restock(plan_id: str) -> None:
     from inventory.alerts import rearm_low_stock
-    from subscriptions.tasks import notify_availability
+    from inventory.signals import announce_restock
 
     rearm_low_stock(plan_id=plan_id)
-    notify_availability.delay(plan_id)
+    announce_restock(plan_id)
 
 
 _CLAIM_SQL = """

@@ -32,7 +32,7 @@ class PlanFilter(admin.SimpleListFilter):
     parameter_name = "plan_id"
 
     def lookups(self, request, model_admin):
-        from subscriptions.catalog import all_plans
+        from catalog import all_plans
 
         return [(plan.plan_id, plan.name) for plan in all_plans()]
 

@@ -9,10 +9,10 @@ from django.http import HttpRequest
 from django.utils import timezone
 from ninja import Router, Status
 
+from catalog import get_plan
 from codingplans.ratelimit import enforce
 from gateway.services import usage_in_period
 from subscriptions import lifecycle, selectors, services
-from subscriptions.catalog import get_plan
 from subscriptions.errors import IdempotencyKeyMissing, PlanNotFound, SubscriptionNotFound
 from subscriptions.quota import QuotaUnavailable, quota_for
 

@@ -80,7 +80,7 @@ class Subscription(models.Model):
 
     @property
     def plan_name(self) -> str:
-        from subscriptions.catalog import get_plan
+        from catalog import get_plan
 
         plan = get_plan(self.plan_id)
         return plan.name if plan else self.plan_id

@@ -10,9 +10,9 @@ from typing import Any
 from django.db.models import Q
 
 from byok.models import ByokKey
+from catalog import Plan, all_plans, get_plan
 from codingplans.money import format_usd
 from inventory.models import Credential
-from subscriptions.catalog import Plan, all_plans, get_plan
 from subscriptions.errors import InvalidCursor, SubscriptionNotFound
 from subscriptions.models import LIVE_STATUSES, AvailabilityIntent, ChargedTerm, Subscription
 

@@ -22,9 +22,9 @@ from billing.errors import InsufficientCredits
 from billing.models import LedgerEntry
 from billing.services import entry_ctes, lock_credit_account, open_credit_account
 from byok.models import ByokKey
+from catalog import Plan, get_plan
 from codingplans import crypto, sql
 from inventory.services import claim_credential
-from subscriptions.catalog import Plan, get_plan
 from subscriptions.errors import (
     AccountInactive,
     IdempotencyKeyMissing,

@@ -13,12 +13,12 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from billing.selectors import credit_account_for
+from catalog import all_plans, get_plan
 from codingplans.errors import DomainError
 from codingplans.ratelimit import enforce
 from gateway.services import usage_in_period
 from subscriptions import lifecycle, selectors, services
 from subscriptions.api import idempotency_key
-from subscriptions.catalog import all_plans, get_plan
 from subscriptions.errors import InvalidCursor
 from subscriptions.quota import QuotaUnavailable, quota_for
 

@@ -13,7 +13,7 @@ from accounts.services import create_api_token, create_user
 from billing.services import grant_credits
 from codingplans.celery import app as celery_app
 from inventory.services import upload_credentials
-from upstream.standin import StandinServer
+from standins.minimax import StandinServer
 
 _emails = itertools.count(1)
 _keys = itertools.count(1)

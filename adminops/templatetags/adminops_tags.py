@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from django import template
 
+from catalog import get_plan
 from inventory import selectors
-from subscriptions.catalog import get_plan
 
 register = template.Library()
 

@@ -36,8 +36,8 @@ from django.core.management import CommandError, call_command
 from adminops.models import AuditEvent
 from byok.models import ByokKey
 from inventory.models import Credential, InventoryUpload
+from standins.minimax import FAILURE_MODES
 from tests.hardening.conftest import PLUS
-from upstream.standin import FAILURE_MODES
 
 pytestmark = pytest.mark.django_db
 

@@ -17,9 +17,9 @@ import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
+from catalog import plan_ids
 from codingplans import crypto
 from inventory.models import Credential
-from subscriptions.catalog import plan_ids
 from tests.inventory.helpers import OTHER_PLAN, PLAN, assert_no_key, lines_for, new_keys
 
 pytestmark = pytest.mark.django_db

@@ -41,11 +41,11 @@ from billing.services import grant_credits, set_auto_top_up
 from byok.errors import ProviderSlotOccupied
 from byok.models import ByokKey
 from byok.services import add_key, delete_key, update_key
+from catalog import get_plan
 from codingplans import crypto
 from codingplans.errors import DomainError
 from inventory.models import Credential
 from inventory.services import record_revocation_outcome
-from subscriptions.catalog import get_plan
 from subscriptions.lifecycle import (
     GRACE_PERIOD,
     AlreadyCanceled,

@@ -23,6 +23,7 @@ from django.db import connections, transaction
 from django.test import AsyncClient, Client, override_settings
 from django.urls import Resolver404, resolve
 
+from standins.minimax import FAILURE_MODES
 from tests.security.world import (
     ADMIN_FORM_BODIES,
     API_BODIES,
@@ -38,7 +39,6 @@ from tests.security.world import (
     foreign_param_sets,
     unknown_params,
 )
-from upstream.standin import FAILURE_MODES
 
 pytestmark = pytest.mark.django_db
 

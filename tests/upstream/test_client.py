@@ -10,10 +10,10 @@ import time
 import httpx
 import pytest
 
+from standins.minimax import REDIRECT_PREFIX
 from upstream import client
 from upstream.client import KEY_CHECK_MESSAGES, KeyCheck, check_key, request_json
 from upstream.errors import UpstreamError
-from upstream.standin import REDIRECT_PREFIX
 
 KEY = "sk-live-upstream0123456789abcdef"
 CHAT = "/v1/chat/completions"

@@ -9,9 +9,9 @@ import time
 import httpx
 import pytest
 
+from standins.minimax import quota_body
 from upstream.errors import UpstreamError
 from upstream.quota import fetch_quota, normalize
-from upstream.standin import quota_body
 
 KEY = "sk-quota-normalize-0123456789"
 REMAINS = "/v1/token_plan/remains"

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from standins.minimax import StandinServer
 from upstream.client import KeyCheck, check_key
-from upstream.standin import StandinServer
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-live-standin0123456789"
@@ -136,7 +136,7 @@ def test_server_can_be_stopped_without_being_started():
 
 def test_cli_starts_and_serves():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "upstream.standin", "--port", "0", "--latency-ms", "10"],
+        [sys.executable, "-m", "standins.minimax", "--port", "0", "--latency-ms", "10"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -61,10 +61,10 @@ class Command(BaseCommand):
     def _stock(self, now) -> None:
         from django.conf import settings
 
+        from catalog import all_plans
         from inventory.models import Credential
         from inventory.services import upload_credentials
-        from subscriptions.catalog import all_plans
-        from upstream.standin import StandinServer
+        from standins.minimax import StandinServer
 
         empty = [
             plan

@@ -35,7 +35,7 @@ to `state.stream_outcomes`.
 Control endpoints: `POST /_standin/config` (a JSON object of the settings above; unknown names
 or failure modes → 400), `POST /_standin/reset`, `GET /_standin/requests`.
 
-Run: python -m upstream.standin --port 8090 [--latency-ms 0]   (`--port 0`: any free port; the
+Run: python -m standins.minimax --port 8090 [--latency-ms 0]   (`--port 0`: any free port; the
 first line printed names the URL)
 """
 
