@@ -12,7 +12,7 @@ from django.db import IntegrityError, transaction
 from adminops.audit import actor_for, record_event
 from byok.errors import InvalidKey, KeyNotFound, ProviderSlotOccupied, UnknownProvider
 from byok.models import ByokKey
-from codingplans import crypto
+from codingplans import crypto, sql
 from upstream import client as minimax
 
 _KEY_SHAPE = re.compile(r"^[\x21-\x7e]{8,512}$")
@@ -143,3 +143,41 @@ def check_stored_key(*, user, key_id: int) -> minimax.KeyCheck:
     except crypto.SecretUnavailable:  # encrypted under a key that has since been retired
         return minimax.KeyCheck(False, "unreadable")
     return minimax.check_key(plaintext)
+
+
+# The installed entry a purchase creates (P4 step 4), as a fragment of the purchase's one
+# activation statement: byok owns its table and the format of its encrypted keys, so the
+# statement that writes the row comes from here (issue 14), as billing.entry_ctes does for the
+# ledger. ON CONFLICT: a key the customer added after the slot check leaves no row, and the
+# caller rolls the purchase back as `provider_slot_occupied`.
+_INSTALLED_ENTRY_CTE = """
+    {name} AS (
+        INSERT INTO {table} (id, user_id, provider_id, encrypted_key, key_hint, enabled,
+            managed_by, subscription_id, created_at, updated_at)
+        VALUES (%(byok_id)s, %(user_id)s, %(provider_id)s, %(byok_encrypted_key)s,
+            %(byok_key_hint)s, true, '{managed_by}', %(subscription_id)s, %(now)s, %(now)s)
+        ON CONFLICT DO NOTHING
+        RETURNING id
+    )"""
+
+
+def installed_entry_cte(name: str = "installed") -> str:
+    """A data-modifying WITH clause inserting the installed entry; it returns the new id, or no
+    row when the slot was taken meanwhile. Parameters: `byok_id`, `user_id`, `provider_id`,
+    `subscription_id`, `now` and those of `installed_entry_params`."""
+    return _INSTALLED_ENTRY_CTE.format(
+        name=name, table=sql.table(ByokKey), managed_by=ByokKey.ManagedBy.CODING_PLAN
+    )
+
+
+def installed_entry_params(encrypted_credential: str) -> dict[str, str]:
+    """The installed entry's key, re-encrypted from the credential's stored value and hinted;
+    the plaintext lives only inside this call."""
+    plaintext = crypto.decrypt(encrypted_credential)
+    try:
+        return {
+            "byok_encrypted_key": crypto.encrypt(plaintext),
+            "byok_key_hint": crypto.key_hint(plaintext),
+        }
+    finally:
+        del plaintext

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from django.db import connection, models
+from psycopg.rows import namedtuple_row
 
 PREPARE = os.environ.get("CODING_PLANS_PREPARED_STATEMENTS", "1") != "0"
 # Django opens its connections with `prepare_threshold=None`, which makes psycopg ignore even
@@ -47,14 +48,17 @@ def _quote(name: str) -> str:
 
 
 @contextmanager
-def _cursor() -> Iterator[psycopg.Cursor]:
+def _cursor(row_factory=None) -> Iterator[psycopg.Cursor]:
     """A server-side-binding cursor on Django's connection, in its current transaction."""
     connection.ensure_connection()
     connection.validate_no_broken_transaction()
     raw = connection.connection
     if PREPARE and raw.prepare_threshold is None:
         raw.prepare_threshold = _PREPARE_THRESHOLD
-    with connection.wrap_database_errors, psycopg.Cursor(raw) as cursor:
+    cursor = (
+        psycopg.Cursor(raw) if row_factory is None else psycopg.Cursor(raw, row_factory=row_factory)
+    )
+    with connection.wrap_database_errors, cursor:
         yield cursor
 
 
@@ -101,10 +105,11 @@ def insert_unless_conflict(model: type[models.Model], /, **values: Any) -> int |
     return None if row is None else row[0]
 
 
-def execute(statement: str, params: Sequence[Any] | dict[str, Any] = ()) -> tuple | None:
+def execute(statement: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
     """Run one statement of ours (positional or named parameters); its first row, if it
-    returns rows."""
-    with _cursor() as cursor:
+    returns rows, as a named tuple: callers read columns by the names the statement gives them
+    (`row.balance`), never by position (issue 14)."""
+    with _cursor(namedtuple_row) as cursor:
         _execute(cursor, statement, params if isinstance(params, dict) else list(params))
         return cursor.fetchone() if cursor.description else None
 

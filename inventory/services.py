@@ -307,7 +307,7 @@ def claim_credential(*, plan_id: str, user, now: datetime) -> ClaimedCredential 
             plan_id,
         ],
     )
-    return None if row is None else ClaimedCredential(id=row[0], encrypted_key=row[1])
+    return None if row is None else ClaimedCredential(id=row.id, encrypted_key=row.encrypted_key)
 
 
 def request_revocation(*, credential: Credential, actor: str, now: datetime) -> None:

@@ -22,8 +22,9 @@ from billing.errors import InsufficientCredits
 from billing.models import LedgerEntry
 from billing.services import entry_ctes, lock_credit_account, open_credit_account
 from byok.models import ByokKey
+from byok.services import installed_entry_cte, installed_entry_params
 from catalog import Plan, get_plan
-from codingplans import crypto, sql
+from codingplans import sql
 from inventory.services import claim_credential
 from subscriptions.errors import (
     AccountInactive,
@@ -61,24 +62,28 @@ def term_description(plan_name: str, kind: str, start: datetime, end: datetime) 
 
 
 _STATE_SQL = """
-    SELECT request.plan_id, request.response_status, request.response_body,
-           request.subscription_id,
+    SELECT request.plan_id AS previous_plan,
+           request.response_status AS previous_status,
+           request.response_body AS previous_body,
+           request.subscription_id AS previous_subscription,
            EXISTS (SELECT 1 FROM {user} WHERE id = %(user)s AND is_active
-                   AND deleted_at IS NULL),
+                   AND deleted_at IS NULL) AS active,
            EXISTS (SELECT 1 FROM {subscription} WHERE user_id = %(user)s
-                   AND provider_id = %(provider)s AND status IN ({live})),
+                   AND provider_id = %(provider)s AND status IN ({live})) AS live,
            EXISTS (SELECT 1 FROM {byok} WHERE user_id = %(user)s
-                   AND provider_id = %(provider)s),
-           CASE WHEN request.id IS NULL THEN {next_subscription} END,
-           CASE WHEN request.id IS NULL THEN {next_byok} END
+                   AND provider_id = %(provider)s) AS slot_taken,
+           CASE WHEN request.id IS NULL THEN {next_subscription} END AS subscription_id,
+           CASE WHEN request.id IS NULL THEN {next_byok} END AS byok_id
     FROM (SELECT 1) AS one
     LEFT JOIN {request} AS request
         ON request.user_id = %(user)s AND request.idempotency_key = %(key)s
 """
 
 # P4 steps 2 and 4–7 in one statement: the debit and its ledger entry (billing's own CTEs),
-# the subscription, the installed entry, the charged term, the intent cleared, two audit
-# events and the stored outcome. Foreign keys between these rows are checked at commit.
+# the subscription, the installed entry (byok's own CTE), the charged term, the intent cleared,
+# two audit events (adminops's) and the stored outcome. Each app's rows are written by the
+# fragment that app exports; this module writes only subscriptions' tables (issue 14). Foreign
+# keys between these rows are checked at commit.
 _ACTIVATE_SQL = """
     WITH {entry_ctes},
     subscription AS (
@@ -89,14 +94,7 @@ _ACTIVATE_SQL = """
             %(debit)s, %(period_days)s, %(credential_id)s, %(now)s, %(period_end)s, false,
             %(now)s, %(now)s)
     ),
-    installed AS (
-        INSERT INTO {byok} (id, user_id, provider_id, encrypted_key, key_hint, enabled,
-            managed_by, subscription_id, created_at, updated_at)
-        VALUES (%(byok_id)s, %(user_id)s, %(provider_id)s, %(encrypted_key)s, %(key_hint)s,
-            true, %(managed_by)s, %(subscription_id)s, %(now)s, %(now)s)
-        ON CONFLICT DO NOTHING
-        RETURNING id
-    ),
+    {installed},
     term AS (
         INSERT INTO {term} (subscription_id, amount_micros, period_start, period_end,
             charged_at, description, ledger_entry_id)
@@ -114,7 +112,7 @@ _ACTIVATE_SQL = """
         VALUES (%(user_id)s, %(idempotency_key)s, %(plan_id)s, %(subscription_id)s, 201,
             %(body)s, %(now)s)
     )
-    SELECT (SELECT id FROM entry), (SELECT id FROM installed)
+    SELECT (SELECT id FROM entry) AS entry_id, (SELECT id FROM installed) AS installed_id
 """
 
 
@@ -149,17 +147,7 @@ def purchase_plan(
         balance = _lock_credit_account(user, now=now)
         # Read after the lock (a statement of its own, so with a snapshot taken after the
         # wait): an outcome stored, an account deleted or a plan bought meanwhile is seen here.
-        (
-            previous_plan,
-            previous_status,
-            previous_body,
-            previous_subscription,
-            active,
-            live,
-            slot_taken,
-            subscription_id,
-            byok_id,
-        ) = sql.execute(
+        state = sql.execute(
             _state_sql(),
             {
                 "user": user.pk,
@@ -167,21 +155,21 @@ def purchase_plan(
                 "provider": plan.provider_id,
             },
         )
-        if previous_plan is not None:
-            if previous_plan != plan.plan_id:
+        if state.previous_plan is not None:
+            if state.previous_plan != plan.plan_id:
                 raise IdempotencyKeyReused()
             # Django's connections load jsonb as text (its JSONField decodes it), so do we.
             return PurchaseOutcome(
-                previous_status,
-                in_field_order(json.loads(previous_body)),
+                state.previous_status,
+                in_field_order(json.loads(state.previous_body)),
                 True,
-                previous_subscription,
+                state.previous_subscription,
             )
-        if not active:
+        if not state.active:
             raise AccountInactive()
-        if live:
+        if state.live:
             raise SubscriptionExists()
-        if slot_taken:
+        if state.slot_taken:
             raise ProviderSlotOccupied()
         if balance < plan.price_micros:
             raise InsufficientCredits()
@@ -189,12 +177,12 @@ def purchase_plan(
             user=user,
             plan=plan,
             idempotency_key=idempotency_key,
-            subscription_id=subscription_id,
-            byok_id=byok_id,
+            subscription_id=state.subscription_id,
+            byok_id=state.byok_id,
             now=now,
         )
         transaction.on_commit(lambda: _after_assignment(plan.plan_id, now), robust=True)
-    return PurchaseOutcome(201, body, False, subscription_id)
+    return PurchaseOutcome(201, body, False, state.subscription_id)
 
 
 @cache
@@ -266,9 +254,6 @@ def _activate(
         updated_at=now,
     )
     body = subscription_json(subscription, byok_key_id=byok_id)
-    plaintext = crypto.decrypt(credential.encrypted_key)
-    encrypted_key, key_hint = crypto.encrypt(plaintext), crypto.key_hint(plaintext)
-    del plaintext
     audit, audit_params = events_insert(
         "audit",
         [
@@ -295,7 +280,7 @@ def _activate(
             ),
         ],
     )
-    entry_id, installed_id = sql.execute(
+    written = sql.execute(
         _activate_sql(audit),
         {
             # billing.entry_ctes: the guarded debit and its ledger entry
@@ -316,19 +301,17 @@ def _activate(
             "credential_id": credential.id,
             "period_end": period_end,
             "byok_id": byok_id,
-            "encrypted_key": encrypted_key,
-            "key_hint": key_hint,
-            "managed_by": ByokKey.ManagedBy.CODING_PLAN,
+            **installed_entry_params(credential.encrypted_key),
             "description": term_description(plan.name, "purchase", now, period_end),
             "idempotency_key": idempotency_key,
             "body": sql.prepared_value(PurchaseRequest, "response_body", body),
             **audit_params,
         },
     )
-    if entry_id is None:
+    if written.entry_id is None:
         # Cannot happen under the account lock after the balance check; the guard still holds.
         raise InsufficientCredits()
-    if installed_id is None:
+    if written.installed_id is None:
         # The customer added their own key after our slot check: the whole purchase rolls back.
         raise ProviderSlotOccupied()
     return body
@@ -339,7 +322,7 @@ def _activate_sql(audit: str) -> str:
     return _ACTIVATE_SQL.format(
         entry_ctes=entry_ctes(debit=True),
         subscription=sql.table(Subscription),
-        byok=sql.table(ByokKey),
+        installed=installed_entry_cte("installed"),
         term=sql.table(ChargedTerm),
         intent=sql.table(AvailabilityIntent),
         request=sql.table(PurchaseRequest),
