@@ -119,6 +119,29 @@ class GatewayFastPathMiddleware(_DualModeMiddleware):
     the gateway's added latency (issue 8). Every other request, and every request under WSGI
     or the test client, takes the full stack. Sits first in MIDDLEWARE."""
 
+    # What the gateway route does about every other entry of settings.MIDDLEWARE. A middleware
+    # added there must be added here too, applied in-line or skipped with the reason: the
+    # fast path would otherwise silently bypass it (tests/gateway/test_fast_path.py fails).
+    APPLIED_INLINE = {
+        "django.middleware.security.SecurityMiddleware": "security",
+        "django.contrib.sessions.middleware.SessionMiddleware": "sessions",
+        "django.contrib.auth.middleware.AuthenticationMiddleware": "auth",
+        "django.middleware.clickjacking.XFrameOptionsMiddleware": "frames",
+        "codingplans.middleware.SecurityHeadersMiddleware": "csp",
+    }
+    NOT_NEEDED = {
+        "codingplans.middleware.StaticFilesMiddleware": "the gateway path is not a static file",
+        "django.middleware.common.CommonMiddleware": (
+            "Content-Length is set in-line; an API path gets no slash redirect"
+        ),
+        "django.middleware.csrf.CsrfViewMiddleware": "the view checks CSRF for a session caller",
+        "django.contrib.messages.middleware.MessageMiddleware": "the gateway shows no messages",
+        "codingplans.middleware.NotFoundMiddleware": "the view answers its errors in JSON",
+        "codingplans.middleware.ApiMethodNotAllowedMiddleware": (
+            "the view answers 405 in the JSON envelope itself"
+        ),
+    }
+
     def __init__(self, get_response):
         from django.contrib.auth.middleware import AuthenticationMiddleware
         from django.contrib.sessions.middleware import SessionMiddleware

@@ -185,3 +185,25 @@ def test_unauthenticated_call_gets_401(asgi_server, fast_path, headers):
     assert error["code"] == "unauthenticated" and error["message"]
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert GatewayRequest.objects.count() == 0
+
+
+def test_every_middleware_is_applied_on_the_fast_path_or_skipped_for_a_stated_reason(settings):
+    """Issue 14: a security middleware added to MIDDLEWARE but not to the fast path would be
+    bypassed by every gateway call under ASGI. The fast path names each entry it applies in-line
+    (and builds exactly those) or says why the gateway does not need it."""
+    from django.utils.module_loading import import_string
+
+    from codingplans.middleware import GatewayFastPathMiddleware as FastPath
+
+    assert settings.MIDDLEWARE[0] == "codingplans.middleware.GatewayFastPathMiddleware"
+    rest = settings.MIDDLEWARE[1:]
+    undecided = set(rest) - set(FastPath.APPLIED_INLINE) - set(FastPath.NOT_NEEDED)
+    assert not undecided, f"decide how the gateway fast path applies {sorted(undecided)}"
+    assert not set(FastPath.APPLIED_INLINE) & set(FastPath.NOT_NEEDED)
+
+    async def view(request):  # an async chain, as under ASGI
+        raise AssertionError
+
+    fast_path = FastPath(view)
+    for path, attribute in FastPath.APPLIED_INLINE.items():
+        assert type(getattr(fast_path, attribute)) is import_string(path), path
