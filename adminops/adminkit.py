@@ -81,3 +81,26 @@ def audit_links(request, obj, *extra: tuple[str, str]) -> list[tuple[str, str]]:
         return []
     own = ("Audit trail", audit_url(subject_type=obj._meta.label_lower, subject_id=obj.pk))
     return [own, *extra]
+
+
+def user_email_column(path: str = "user"):
+    """A changelist column with the e-mail of the user at `path` (`account__user`), sortable.
+    One definition for every admin that lists a customer's rows."""
+
+    @admin.display(description="user", ordering=f"{path}{LOOKUP_SEP}email")
+    def user_email(self, obj) -> str:
+        for part in path.split(LOOKUP_SEP):
+            obj = getattr(obj, part)
+        return obj.email
+
+    return user_email
+
+
+def usd_column(field: str, description: str, *, sortable: bool = True):
+    """A column showing the microdollar `field` in USD (SPEC 0: never microdollars on screen)."""
+
+    @admin.display(description=description, ordering=field if sortable else None)
+    def column(self, obj) -> str | None:
+        return usd(getattr(obj, field))
+
+    return column

@@ -10,7 +10,7 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
 
-from adminops.adminkit import ReadOnlyAdmin, usd
+from adminops.adminkit import ReadOnlyAdmin, usd, usd_column, user_email_column
 from billing.models import CreditAccount, LedgerEntry, TopUpAttempt
 
 
@@ -53,17 +53,11 @@ class CreditAccountAdmin(ReadOnlyAdmin):
     )
     readonly_fields = fields
 
-    @admin.display(description="user", ordering="user__email")
-    def user_email(self, obj: CreditAccount) -> str:
-        return obj.user.email
-
-    @admin.display(description="balance", ordering="balance_micros")
-    def balance(self, obj: CreditAccount) -> str | None:
-        return usd(obj.balance_micros)
-
-    @admin.display(description="auto top-up amount")
-    def auto_top_up_amount(self, obj: CreditAccount) -> str | None:
-        return usd(obj.auto_top_up_amount_micros)
+    user_email = user_email_column("user")
+    balance = usd_column("balance_micros", "balance")
+    auto_top_up_amount = usd_column(
+        "auto_top_up_amount_micros", "auto top-up amount", sortable=False
+    )
 
 
 @admin.register(LedgerEntry)
@@ -97,17 +91,9 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
     )
     readonly_fields = fields
 
-    @admin.display(description="user", ordering="account__user__email")
-    def user_email(self, obj: LedgerEntry) -> str:
-        return obj.account.user.email
-
-    @admin.display(description="amount", ordering="amount_micros")
-    def amount(self, obj: LedgerEntry) -> str | None:
-        return usd(obj.amount_micros)
-
-    @admin.display(description="balance after")
-    def balance_after(self, obj: LedgerEntry) -> str | None:
-        return usd(obj.balance_after_micros)
+    user_email = user_email_column("account__user")
+    amount = usd_column("amount_micros", "amount")
+    balance_after = usd_column("balance_after_micros", "balance after", sortable=False)
 
 
 @admin.register(TopUpAttempt)
@@ -141,13 +127,8 @@ class TopUpAttemptAdmin(ReadOnlyAdmin):
     )
     readonly_fields = fields
 
-    @admin.display(description="user", ordering="account__user__email")
-    def user_email(self, obj: TopUpAttempt) -> str:
-        return obj.account.user.email
-
-    @admin.display(description="amount", ordering="amount_micros")
-    def amount(self, obj: TopUpAttempt) -> str | None:
-        return usd(obj.amount_micros)
+    user_email = user_email_column("account__user")
+    amount = usd_column("amount_micros", "amount")
 
     @admin.display(description="ledger entry")
     def ledger(self, obj: TopUpAttempt) -> str:

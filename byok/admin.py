@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from adminops.adminkit import ReadOnlyAdmin
+from adminops.adminkit import ReadOnlyAdmin, user_email_column
 from byok.models import ByokKey
 
 
@@ -46,6 +46,4 @@ class ByokKeyAdmin(ReadOnlyAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).defer("encrypted_key")
 
-    @admin.display(description="user", ordering="user__email")
-    def user_email(self, obj: ByokKey) -> str:
-        return obj.user.email
+    user_email = user_email_column("user")

@@ -16,7 +16,15 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from adminops.adminkit import ReadOnlyAdmin, audit_links, audit_url, clean_text, usd
+from adminops.adminkit import (
+    ReadOnlyAdmin,
+    audit_links,
+    audit_url,
+    clean_text,
+    usd,
+    usd_column,
+    user_email_column,
+)
 from billing.admin import ledger_entry_link
 from byok.models import ByokKey
 from codingplans.errors import DomainError
@@ -115,9 +123,7 @@ class SubscriptionAdmin(ReadOnlyAdmin):
             .defer("credential__encrypted_key", "credential__fingerprint")
         )
 
-    @admin.display(description="user", ordering="user__email")
-    def user_email(self, obj: Subscription) -> str:
-        return obj.user.email
+    user_email = user_email_column("user")
 
     @admin.display(description="price")
     def price(self, obj: Subscription) -> str | None:
@@ -299,13 +305,8 @@ class ChargedTermAdmin(ReadOnlyAdmin):
     )
     readonly_fields = fields
 
-    @admin.display(description="user", ordering="subscription__user__email")
-    def user_email(self, obj: ChargedTerm) -> str:
-        return obj.subscription.user.email
-
-    @admin.display(description="amount", ordering="amount_micros")
-    def amount(self, obj: ChargedTerm) -> str | None:
-        return usd(obj.amount_micros)
+    user_email = user_email_column("subscription__user")
+    amount = usd_column("amount_micros", "amount")
 
     @admin.display(description="ledger entry")
     def ledger(self, obj: ChargedTerm) -> str:
