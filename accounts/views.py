@@ -72,9 +72,14 @@ def delete_account_view(request):
     """Self-service deletion (SPEC D1), confirmed by re-entering the password."""
     from django.contrib.auth import logout
 
+    refusal = services.deletion_refusal(
+        target=request.user, channel=services.DeletionChannel.SELF_SERVICE, by=request.user
+    )
     error = None
     if request.method == "POST":
-        if request.POST.get("confirm") != "on":
+        if refusal is not None:
+            error = refusal
+        elif request.POST.get("confirm") != "on":
             error = "Tick the box to confirm that you understand what deletion does."
         elif not request.user.check_password(request.POST.get("password", "")):
             error = "That password is not correct."
@@ -85,4 +90,9 @@ def delete_account_view(request):
             logout(request)
             messages.success(request, "Your account has been deleted.")
             return redirect("/accounts/login/")
-    return render(request, "accounts/delete.html", {"error": error}, status=400 if error else 200)
+    return render(
+        request,
+        "accounts/delete.html",
+        {"error": error, "refusal": refusal},
+        status=400 if error else 200,
+    )
