@@ -20,12 +20,17 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from accounts.login import AdminLoginForm
 from accounts.models import ApiToken, User
 from accounts.services import DeletionChannel, delete_account, deletion_refusal
 from adminops.adminkit import ReadOnlyAdmin, SecretFieldsMixin, audit_links, audit_url
 from adminops.audit import record_event
 
 DELETE_ACCOUNT_PERMISSION = "accounts.delete_account"
+
+# The admin's log-in form counts each attempt against the log-in rate limit, sharing each
+# account's budget with /accounts/login/ (accounts/login.py).
+admin.site.login_form = AdminLoginForm
 AUDITED_FLAGS = ("is_active", "is_staff", "is_superuser")
 
 
