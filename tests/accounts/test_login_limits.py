@@ -1,4 +1,5 @@
-"""The log-in rate limit (SPEC 11.1a log-in pages, S2 authorization; issue 13 items 14 and 15).
+"""The log-in and sign-up rate limits (SPEC 11.1a log-in and sign-up pages, S2 authorization;
+issue 13 items 14, 15 and 17).
 
 Real Redis counters (codingplans.ratelimit), real PostgreSQL lookups, Django's test client.
 """
@@ -180,3 +181,37 @@ def test_ordinary_case_variants_still_log_in(make_user):
     client = Client()
     assert customer_login(client, "  ALICE@Example.com ", PASSWORD).status_code == 302
     assert logged_in_as(client) == str(alice.pk)
+
+
+# -- item 17: sign-up is limited per client address --
+
+
+def signup(client: Client, email: str):
+    return client.post(
+        "/accounts/signup/", {"email": email, "full_name": "", "password": "another-Secret-456"}
+    )
+
+
+def test_signup_is_limited_per_client_address(db, settings):
+    from accounts.models import User
+
+    settings.SIGNUP_RATE_LIMIT_PER_HOUR = 3
+    codes = [signup(Client(), f"bulk{i}@example.com").status_code for i in range(3)]
+    assert codes == [302, 302, 302]
+    r = signup(Client(), "bulk4@example.com")
+    assert r.status_code == 429
+    assert "Too many sign-ups from your network" in r.content.decode()
+    assert not User.objects.filter(email="bulk4@example.com").exists()
+    # Failed attempts count too (they probe which addresses have accounts), and another client
+    # address has its own budget.
+    elsewhere = Client(REMOTE_ADDR="198.51.100.7")
+    assert signup(elsewhere, "bulk4@example.com").status_code == 302
+    assert User.objects.filter(email="bulk4@example.com").exists()
+
+
+def test_signup_limit_counts_refused_attempts(db, settings):
+    settings.SIGNUP_RATE_LIMIT_PER_HOUR = 2
+    client = Client(REMOTE_ADDR="198.51.100.8")
+    assert signup(client, "not-an-email").status_code == 200
+    assert signup(client, "still-not-an-email").status_code == 200
+    assert signup(client, "fine@example.com").status_code == 429
