@@ -20,12 +20,17 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from accounts.login import AdminLoginForm
 from accounts.models import ApiToken, User
-from accounts.services import delete_account
+from accounts.services import DeletionChannel, delete_account, deletion_refusal
 from adminops.adminkit import ReadOnlyAdmin, SecretFieldsMixin, audit_links, audit_url
 from adminops.audit import record_event
 
 DELETE_ACCOUNT_PERMISSION = "accounts.delete_account"
+
+# The admin's log-in form counts each attempt against the log-in rate limit, sharing each
+# account's budget with /accounts/login/ (accounts/login.py).
+admin.site.login_form = AdminLoginForm
 AUDITED_FLAGS = ("is_active", "is_staff", "is_superuser")
 
 
@@ -184,18 +189,6 @@ class UserAdmin(SecretFieldsMixin, DjangoUserAdmin):
             request, object_id, form_url, extra_context={**(extra_context or {}), **extra}
         )
 
-    def _refusal(self, request, user: User) -> str | None:
-        if user.deleted_at is not None:
-            return (
-                f"This account was already deleted on {user.deleted_at:%Y-%m-%d %H:%M} UTC; "
-                "there is nothing left to delete."
-            )
-        if user.pk == request.user.pk:
-            return "You cannot delete your own account from the admin."
-        if (user.is_staff or user.is_superuser) and not request.user.is_superuser:
-            return "Only a superuser can delete a staff account."
-        return None
-
     def delete_account_view(self, request, user_id: int):
         """D1 from the admin: what will happen (counted for this account), then the service."""
         from byok.models import ByokKey
@@ -205,7 +198,7 @@ class UserAdmin(SecretFieldsMixin, DjangoUserAdmin):
             raise PermissionDenied
         user = get_object_or_404(User, pk=user_id)
         change_url = reverse("admin:accounts_user_change", args=[user.pk])
-        refusal = self._refusal(request, user)
+        refusal = deletion_refusal(target=user, channel=DeletionChannel.ADMIN, by=request.user)
         live = list(Subscription.objects.filter(user=user, status__in=LIVE_STATUSES).order_by("id"))
         keys = ByokKey.objects.filter(user=user)
         consequences = {

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
 from django.db import models
+from django.db.models import Q
 from django.db.models.functions import Lower
 from django.utils import timezone
+
+
+def login_address(address: str) -> str:
+    """The form in which two typed addresses are one log-in: NFKC, then casefold. The user
+    lookup and the log-in rate limit (accounts/login.py) both use it."""
+    return unicodedata.normalize("NFKC", address.strip()).casefold()
 
 
 class UserManager(BaseUserManager["User"]):
@@ -30,7 +39,19 @@ class UserManager(BaseUserManager["User"]):
         return self._create(email, password, **extra)
 
     def get_by_natural_key(self, username: str | None) -> User:
-        return self.get(email__iexact=username or "")
+        """The account an address logs in as (Django's ModelBackend asks here), under one
+        normalisation, `login_address`: "Alice@Example.com" is alice@example.com, and so is
+        "ſtaff@…" for staff@… (the long s is a compatibility form of "s"; the log-in form's NFKC
+        already turns it into one). PostgreSQL's case-insensitive match (UPPER) also folds the
+        dotless "ı" into "I", but "alıce@…" is another address, not alice's: the database finds
+        the candidates and the normalised comparison decides."""
+        typed = (username or "").strip()
+        wanted = login_address(typed)
+        candidates = self.filter(Q(email__iexact=typed) | Q(email__iexact=wanted)).order_by("pk")
+        for user in candidates:
+            if login_address(user.email) == wanted:
+                return user
+        raise self.model.DoesNotExist("No account logs in with this address.")
 
 
 class User(AbstractBaseUser, PermissionsMixin):

@@ -6,6 +6,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
@@ -137,6 +138,66 @@ def touch_token(*, token_id: int, last_used_at: datetime | None, now: datetime) 
     it on every call would turn each API read into a write."""
     if last_used_at is None or (now - last_used_at).total_seconds() > 60:
         ApiToken.objects.filter(pk=token_id).update(last_used_at=now)
+
+
+class DeletionChannel(StrEnum):
+    """The ways in to an account deletion (SPEC D1)."""
+
+    SELF_SERVICE = "self-service"  # the customer, on /account/delete/
+    ADMIN = "admin"  # a staff member, in the admin
+    COMMAND = "command"  # an operator, `manage.py delete_account`
+
+
+def deletion_refusal(
+    *,
+    target: User,
+    channel: DeletionChannel,
+    by: User | None = None,
+    allow_staff: bool = False,
+) -> str | None:
+    """Who may delete whom (SPEC D1): why `by` may not delete `target` through `channel`, or
+    None when they may. The one rule for the admin action, the self-service page and the
+    `delete_account` command, which all ask here before calling `delete_account`.
+
+    - Nobody deletes an account twice.
+    - Staff and superuser accounts hold the keys to everyone else's: in the admin only a
+      superuser deletes one, and never their own (they would lock themselves out mid-action);
+      the command needs `allow_staff` (`--allow-staff`), the operator saying so on purpose; the
+      self-service page deletes customers' accounts only.
+    - Self-service deletes the signed-in customer's own account and nobody else's.
+    - An actor named in the admin or the command (`by`) is an active staff member; the command
+      without one acts as `system:command`.
+    """
+    if target.deleted_at is not None:
+        return (
+            f"This account was already deleted on {target.deleted_at:%Y-%m-%d %H:%M} UTC; "
+            "there is nothing left to delete."
+        )
+    privileged = target.is_staff or target.is_superuser
+    if channel == DeletionChannel.SELF_SERVICE:
+        if by is None or by.pk != target.pk:
+            return "You can delete only your own account."
+        if privileged:
+            return (
+                "A staff account cannot be deleted here: ask a superuser to delete it in the admin."
+            )
+        return None
+    if by is not None and not (by.is_staff and by.is_active and by.deleted_at is None):
+        return f"{by.email} is not an active staff member, so it cannot delete accounts."
+    if channel == DeletionChannel.ADMIN:
+        if by is None:
+            return "Only a staff member can delete an account in the admin."
+        if by.pk == target.pk:
+            return "You cannot delete your own account from the admin."
+        if privileged and not by.is_superuser:
+            return "Only a superuser can delete a staff account."
+        return None
+    if by is not None and by.pk == target.pk:
+        return "An operator cannot record themselves as the actor of their own account's deletion."
+    if privileged and not allow_staff:
+        kind = "a superuser" if target.is_superuser else "a staff"
+        return f"This is {kind} account: pass --allow-staff to delete it anyway."
+    return None
 
 
 def delete_account(*, user: User, actor: str, now: datetime) -> None:

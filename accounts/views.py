@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -10,6 +11,23 @@ from django.views.decorators.http import require_POST
 from accounts import selectors, services
 from accounts.errors import EmailTaken
 from accounts.forms import SignupForm, TokenForm
+from codingplans.ratelimit import hit
+
+SIGNUP_LIMITED_MESSAGE = (
+    "Too many sign-ups from your network. Try again within the hour, or log in if you "
+    "already have an account."
+)
+
+
+def signup_allowed(request) -> bool:
+    """Count one sign-up attempt against the client address's budget for the hour
+    (SIGNUP_RATE_LIMIT_PER_HOUR): a bound on accounts made by script from one place."""
+    return hit(
+        "signup-ip",
+        request.META.get("REMOTE_ADDR", ""),
+        limit=settings.SIGNUP_RATE_LIMIT_PER_HOUR,
+        window_seconds=3600,
+    )
 
 
 @sensitive_post_parameters("password")
@@ -17,6 +35,14 @@ def signup(request):
     if request.user.is_authenticated:
         return redirect("/subscriptions/")
     form = SignupForm(request.POST or None)
+    if request.method == "POST" and not signup_allowed(request):
+        # Refused before the form is checked: no password validation, no "address taken".
+        return render(
+            request,
+            "accounts/signup.html",
+            {"form": SignupForm(), "error": SIGNUP_LIMITED_MESSAGE},
+            status=429,
+        )
     if request.method == "POST" and form.is_valid():
         try:
             user = services.create_user(
@@ -72,9 +98,14 @@ def delete_account_view(request):
     """Self-service deletion (SPEC D1), confirmed by re-entering the password."""
     from django.contrib.auth import logout
 
+    refusal = services.deletion_refusal(
+        target=request.user, channel=services.DeletionChannel.SELF_SERVICE, by=request.user
+    )
     error = None
     if request.method == "POST":
-        if request.POST.get("confirm") != "on":
+        if refusal is not None:
+            error = refusal
+        elif request.POST.get("confirm") != "on":
             error = "Tick the box to confirm that you understand what deletion does."
         elif not request.user.check_password(request.POST.get("password", "")):
             error = "That password is not correct."
@@ -85,4 +116,9 @@ def delete_account_view(request):
             logout(request)
             messages.success(request, "Your account has been deleted.")
             return redirect("/accounts/login/")
-    return render(request, "accounts/delete.html", {"error": error}, status=400 if error else 200)
+    return render(
+        request,
+        "accounts/delete.html",
+        {"error": error, "refusal": refusal},
+        status=400 if error else 200,
+    )

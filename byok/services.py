@@ -13,8 +13,12 @@ from adminops.audit import actor_for, record_event
 from byok.errors import InvalidKey, KeyNotFound, ProviderSlotOccupied, UnknownProvider
 from byok.models import ByokKey
 from codingplans import crypto, sql
+from codingplans.ratelimit import RateLimited, hit
 from upstream import client as minimax
 
+KEY_BUDGET_MESSAGE = (
+    "Too many key tests and replacements in the last minute. Wait a minute and try again."
+)
 _KEY_SHAPE = re.compile(r"^[\x21-\x7e]{8,512}$")
 
 
@@ -71,6 +75,15 @@ def add_key(*, user, provider_id: str, api_key: str, now: datetime) -> ByokKey:
     return key
 
 
+def spend_key_budget(user) -> None:
+    """Count one key test or key replacement against the user's budget per minute
+    (BYOK_KEY_RATE_LIMIT_PER_MINUTE); over it, RateLimited (429 `rate_limited`). A test sends the
+    stored key to MiniMax, and a replacement stores a new value to test: unlimited, the pair
+    would be a free oracle, run from our servers, for checking stolen MiniMax keys."""
+    if not hit("byok-key", str(user.pk), limit=settings.BYOK_KEY_RATE_LIMIT_PER_MINUTE):
+        raise RateLimited(KEY_BUDGET_MESSAGE)
+
+
 def update_key(
     *,
     user,
@@ -82,6 +95,7 @@ def update_key(
     """Replace the value and/or enable/disable. Replacing unlinks an installed entry (SPEC B3):
     from then on it is the customer's own key."""
     if api_key is not None:
+        spend_key_budget(user)
         api_key = _clean_key(api_key)
     if enabled is not None and not isinstance(enabled, bool):
         raise InvalidKey("`enabled` must be true or false.")
@@ -134,7 +148,9 @@ def decrypted_key(key: ByokKey) -> str:
 
 
 def check_stored_key(*, user, key_id: int) -> minimax.KeyCheck:
-    """A non-mutating call to the provider with the stored key (SPEC B1)."""
+    """A non-mutating call to the provider with the stored key (SPEC B1), within the user's
+    key budget (`spend_key_budget`)."""
+    spend_key_budget(user)
     key = ByokKey.objects.filter(user=user, pk=key_id).first()
     if key is None:
         raise KeyNotFound()

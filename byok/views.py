@@ -11,6 +11,7 @@ from byok import selectors, services
 from byok.forms import AddKeyForm, ConfirmForm, ReplaceKeyForm, ToggleForm
 from codingplans.crypto import SecretUnavailable
 from codingplans.errors import DomainError
+from codingplans.ratelimit import RateLimited
 from upstream.client import KEY_CHECK_MESSAGES
 
 MANAGED_WARNING = (
@@ -127,6 +128,9 @@ def test_key(request, key_id: int):
         result = services.check_stored_key(user=request.user, key_id=key_id)
     except SecretUnavailable:  # encrypted under a key that has since been retired
         messages.error(request, UNREADABLE_KEY)
+        return redirect("byok")
+    except RateLimited as exc:
+        messages.error(request, exc.message)
         return redirect("byok")
     if result.ok:
         messages.success(request, "The key works: MiniMax accepted a test call.")

@@ -223,6 +223,10 @@ CONTENT_SECURITY_POLICY = (
 # Rate limits (per minute): log-in attempts per client address and e-mail, purchases per user.
 LOGIN_RATE_LIMIT_PER_MINUTE = int(os.environ.get("LOGIN_RATE_LIMIT_PER_MINUTE", "10"))
 PURCHASE_RATE_LIMIT_PER_MINUTE = int(os.environ.get("PURCHASE_RATE_LIMIT_PER_MINUTE", "60"))
+# Key tests and key replacements on /byok and /api/v1/byok, together, per user per minute.
+BYOK_KEY_RATE_LIMIT_PER_MINUTE = int(os.environ.get("BYOK_KEY_RATE_LIMIT_PER_MINUTE", "10"))
+# Sign-up attempts (/accounts/signup/ form posts) per client address per hour.
+SIGNUP_RATE_LIMIT_PER_HOUR = int(os.environ.get("SIGNUP_RATE_LIMIT_PER_HOUR", "20"))
 
 # E-mail: SMTP when EMAIL_HOST is set, otherwise the console.
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "")

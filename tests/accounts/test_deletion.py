@@ -104,3 +104,85 @@ def test_delete_account_command_for_unknown_email_fails(customer):
         call_command("delete_account", "nobody@example.com")
     customer.refresh_from_db()
     assert customer.is_active
+
+
+# -- who may delete whom: one policy for the admin, the page and the command (issue 13 item 10) --
+
+
+def _audit_actor(user: User) -> str:
+    return AuditEvent.objects.get(event_type="account.deleted", subject_id=str(user.pk)).actor
+
+
+@pytest.mark.parametrize("flags", [{"is_staff": True}, {"is_staff": True, "is_superuser": True}])
+def test_delete_account_command_refuses_staff_without_allow_staff(make_user, flags):
+    # SPEC 11.2 `delete_account EMAIL [--allow-staff]`: a staff or superuser account is deleted
+    # only on purpose; otherwise a non-zero exit, a clear message, and nothing changes (D1).
+    staff = make_user("ops@example.com", **flags)
+    token = create_api_token(user=staff, now=timezone.now()).plaintext
+    with pytest.raises(CommandError, match="--allow-staff"):
+        call_command("delete_account", "ops@example.com", stdout=StringIO())
+    staff.refresh_from_db()
+    assert staff.deleted_at is None and staff.is_active and staff.email == "ops@example.com"
+    assert staff.is_staff == flags["is_staff"]
+    assert staff.is_superuser == flags.get("is_superuser", False)
+    assert not AuditEvent.objects.filter(event_type="account.deleted").exists()
+    api = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert api.get("/api/v1/credits").status_code == 200
+
+    call_command("delete_account", "ops@example.com", "--allow-staff", stdout=StringIO())
+    staff.refresh_from_db()
+    assert staff.deleted_at is not None and not staff.is_staff and not staff.is_superuser
+    assert _audit_actor(staff) == "system:command"
+
+
+def test_delete_account_command_records_the_named_staff_actor(make_user):
+    # SPEC O1: the audit event names who deleted the account; --actor is an existing staff user.
+    operator = make_user("operator@example.com", is_staff=True)
+    customer = make_user("leaving@example.com")
+    args = ("leaving@example.com", "--actor", "Operator@Example.com")
+    call_command("delete_account", *args, stdout=StringIO())
+    customer.refresh_from_db()
+    assert customer.deleted_at is not None
+    assert _audit_actor(customer) == f"staff:{operator.pk}"
+
+
+@pytest.mark.parametrize("actor", ["nobody@example.com", "plain@example.com", "gone@example.com"])
+def test_delete_account_command_refuses_an_actor_who_is_not_staff(make_user, actor):
+    make_user("plain@example.com")
+    gone = make_user("gone@example.com", is_staff=True)
+    gone.is_active = False
+    gone.save(update_fields=["is_active"])
+    customer = make_user("stays@example.com")
+    with pytest.raises(CommandError) as refused:
+        call_command("delete_account", "stays@example.com", "--actor", actor, stdout=StringIO())
+    assert actor in str(refused.value) and "staff member" in str(refused.value)
+    customer.refresh_from_db()
+    assert customer.deleted_at is None and customer.is_active
+    assert not AuditEvent.objects.filter(event_type="account.deleted").exists()
+
+
+def test_staff_cannot_delete_their_own_account_on_the_self_service_page(make_user):
+    # SPEC D1 with the admin's rule: a staff account is deleted by a superuser in the admin,
+    # not from the customer page (the one policy, accounts.services.deletion_refusal).
+    staff = make_user("helper@example.com", is_staff=True)
+    client = Client()
+    client.force_login(staff)
+    page = client.get("/account/delete/").content.decode()
+    assert "A staff account cannot be deleted here" in page
+    assert 'name="password"' not in page
+    r = client.post("/account/delete/", {"password": PASSWORD, "confirm": "on"})
+    assert r.status_code == 400
+    staff.refresh_from_db()
+    assert staff.deleted_at is None and staff.is_active
+
+
+def test_every_way_in_asks_the_one_deletion_policy():
+    # The admin action, the self-service page and the command call the same function.
+    import inspect
+
+    from accounts import admin as accounts_admin
+    from accounts import views as accounts_views
+    from accounts.management.commands import delete_account as command
+
+    for module in (accounts_admin, accounts_views, command):
+        assert "deletion_refusal(" in inspect.getsource(module), module.__name__

@@ -173,6 +173,8 @@ def hostile(settings):
     settings.CODING_PLANS_PURCHASE_ENABLED = True
     settings.PURCHASE_RATE_LIMIT_PER_MINUTE = 0  # unlimited: the fuzz is not about rate limits
     settings.LOGIN_RATE_LIMIT_PER_MINUTE = 0
+    settings.BYOK_KEY_RATE_LIMIT_PER_MINUTE = 0
+    settings.SIGNUP_RATE_LIMIT_PER_HOUR = 0
     settings.GATEWAY_RATE_LIMIT_PER_MINUTE = 1_000_000
     settings.MINIMAX_TIMEOUT_SECONDS = 1
 

@@ -583,6 +583,8 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "inventory.services.count_credential_lines": "pure function",
     "byok.services.decrypted_key": "a read, at the moment of an upstream call",
     "byok.services.check_stored_key": "a read: one non-mutating upstream call",
+    "byok.services.spend_key_budget": "a rate-limit counter in the cache; no data changes",
+    "accounts.services.deletion_refusal": "a read: the deletion policy, asked before deleting",
     "subscriptions.services.term_description": "pure function",
     "inventory.alerts.staff_recipients": "a read",
     "inventory.alerts.rearm_low_stock": (
