@@ -85,7 +85,8 @@ class BearerCaller:
 
 
 _BEARER_SQL = """
-    SELECT t.id, t.last_used_at, t.user_id, k.encrypted_key, k.subscription_id, k.id
+    SELECT t.id AS token_id, t.last_used_at, t.user_id, k.encrypted_key, k.subscription_id,
+           k.id AS entry_id
     FROM {token} t
     JOIN {user} u ON u.id = t.user_id AND u.is_active
     LEFT JOIN {byok} k ON k.user_id = t.user_id AND k.provider_id = %s AND k.enabled
@@ -108,10 +109,9 @@ def bearer_caller(token: str, *, provider_id: str | None, now: datetime) -> Bear
     row = lean.execute(sql, [provider_id or "", hash_token(token)])  # prepared
     if row is None:
         return None
-    token_id, last_used_at, user_id, encrypted_key, subscription_id, entry_id = row
-    touch_token(token_id=token_id, last_used_at=last_used_at, now=now)
-    entry = (encrypted_key, subscription_id) if entry_id is not None else None
-    return BearerCaller(user_id=user_id, entry=entry)
+    touch_token(token_id=row.token_id, last_used_at=row.last_used_at, now=now)
+    entry = (row.encrypted_key, row.subscription_id) if row.entry_id is not None else None
+    return BearerCaller(user_id=row.user_id, entry=entry)
 
 
 def record_usage(

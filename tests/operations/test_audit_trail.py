@@ -584,6 +584,10 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "byok.services.decrypted_key": "a read, at the moment of an upstream call",
     "byok.services.check_stored_key": "a read: one non-mutating upstream call",
     "byok.services.spend_key_budget": "a rate-limit counter in the cache; no data changes",
+    "byok.services.installed_entry_cte": (
+        "an SQL fragment: purchase_plan writes it in its activation (subscription.purchased)"
+    ),
+    "byok.services.installed_entry_params": "pure function: the entry's encrypted key and hint",
     "accounts.services.deletion_refusal": "a read: the deletion policy, asked before deleting",
     "subscriptions.services.term_description": "pure function",
     "inventory.alerts.staff_recipients": "a read",
