@@ -31,6 +31,7 @@ from adminops.keyrotation import rotate_encryption_keys
 from adminops.models import AuditEvent
 from billing import services as billing
 from billing.models import CreditAccount, TopUpAttempt
+from billing.topup import ChargeResult
 from byok import services as byok
 from byok.models import ByokKey
 from inventory import alerts
@@ -383,6 +384,17 @@ def execute_top_up_declined(w: World) -> Expect:
     return Expect(expect.act, {"top_up.declined": lifecycle.SYSTEM_SWEEP})
 
 
+def record_top_up_outcome(w: World) -> Expect:
+    expect = execute_top_up(w)
+    attempt = TopUpAttempt.objects.get(status="pending")
+    return Expect(
+        lambda: billing.record_top_up_outcome(
+            attempt_id=attempt.pk, result=ChargeResult(approved=True), now=w.now
+        ),
+        expect.events,
+    )
+
+
 def add_key(w: World) -> Expect:
     user = w.customer()
     return Expect(
@@ -548,6 +560,7 @@ AUDITED: dict[str, list[Callable[[World], Expect]]] = {
     "billing.services.grant_credits": [grant_credits],
     "billing.services.set_auto_top_up": [set_auto_top_up],
     "billing.services.execute_top_up": [execute_top_up, execute_top_up_declined],
+    "billing.services.record_top_up_outcome": [record_top_up_outcome],
     "byok.services.add_key": [add_key],
     "byok.services.update_key": [update_key_value, update_key_enabled],
     "byok.services.delete_key": [delete_key],
@@ -574,7 +587,11 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "billing.services.post_entry": INSIDE_A_CALLER.format("a purchase, renewal, grant or top-up")
     + "; the ledger entry carries the actor too",
     "billing.services.start_top_up": INSIDE_A_CALLER.format("the sweep (subscription.past_due)")
-    + "; its outcome is audited by execute_top_up",
+    + "; its outcome is audited by record_top_up_outcome",
+    "billing.services.charge_top_up_after_commit": (
+        "queues the processor call for after the caller's commit; the outcome is audited by "
+        "record_top_up_outcome"
+    ),
     "inventory.services.claim_credential": INSIDE_A_CALLER.format(
         "purchase_plan (credential.assigned)"
     ),
