@@ -107,6 +107,9 @@ class LowStockAlert(models.Model):
 
     plan_id = models.CharField(max_length=64, unique=True)
     alerted_at = models.DateTimeField(null=True, blank=True)
+    # When the e-mail for this crossing was claimed for sending (after the alert committed);
+    # makes the send idempotent.
+    emailed_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"Low-stock alert state for {self.plan_id}"

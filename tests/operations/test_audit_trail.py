@@ -608,6 +608,10 @@ NOT_STATE_CHANGES: dict[str, str] = {
     ),
     "inventory.alerts.daily_report_text": "a read",
     "inventory.alerts.send_daily_report": "sends the report e-mail; changes no data",
+    "inventory.alerts.send_low_stock_email": (
+        "sends the e-mail for an alert check_low_stock armed and audited (inventory.low_stock); "
+        "only marks it sent"
+    ),
     "gateway.services.resolve_route": "a read",
     "gateway.services.split_model": "pure function",
     "billing.services.lock_credit_account": "a row lock and read inside a caller's transaction",
