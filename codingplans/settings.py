@@ -281,6 +281,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "subscriptions.tasks.run_billing_sweep",
         "schedule": crontab(minute=0),
     },
+    "inventory-purge-abandoned-uploads-hourly": {  # pasted keys are not kept past 24 h
+        "task": "inventory.tasks.purge_abandoned_uploads",
+        "schedule": crontab(minute=30),
+    },
     "inventory-report-daily": {  # SPEC O3: 12:00 UTC (CELERY_TIMEZONE)
         "task": "inventory.tasks.send_daily_inventory_report",
         "schedule": crontab(hour=12, minute=0),

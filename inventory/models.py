@@ -78,6 +78,7 @@ class InventoryUpload(models.Model):
         VALIDATING = "validating", "Validating"
         STORED = "stored", "Stored"
         REJECTED = "rejected", "Rejected"
+        EXPIRED = "expired", "Expired"  # abandoned while pending: payload purged (24 h)
 
     plan_id = models.CharField(max_length=64)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)

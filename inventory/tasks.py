@@ -7,12 +7,23 @@ from celery import shared_task
 from django.utils import timezone
 
 from inventory import services
+from inventory.errors import UploadExpired
+from inventory.models import InventoryUpload
 
 
 @shared_task(name="inventory.tasks.process_upload")
 def process_upload(upload_id: int) -> str:
     """Validate and store an admin upload in the background; returns its final status."""
-    return services.process_upload(upload_id, timezone.now()).status
+    try:
+        return services.process_upload(upload_id, timezone.now()).status
+    except UploadExpired:
+        return InventoryUpload.Status.EXPIRED  # purged after 24 h: nothing to do
+
+
+@shared_task(name="inventory.tasks.purge_abandoned_uploads")
+def purge_abandoned_uploads() -> int:
+    """Hourly from beat: erase the payload of admin uploads pending for over 24 hours."""
+    return services.purge_abandoned_uploads(now=timezone.now())
 
 
 @shared_task(name="inventory.tasks.send_daily_inventory_report")

@@ -482,6 +482,15 @@ def abandon_upload(w: World) -> Expect:
     )
 
 
+def purge_abandoned_uploads(w: World) -> Expect:
+    started = w.now - timedelta(hours=25)
+    inventory.start_upload(plan_id=PLUS, text=w.lines(1), user=w.staff, now=started)
+    return Expect(
+        lambda: inventory.purge_abandoned_uploads(now=w.now),
+        {"inventory.upload_expired": "system:cleanup"},
+    )
+
+
 def request_revocation(w: World) -> Expect:
     credential = w.subscription().credential
 
@@ -572,6 +581,7 @@ AUDITED: dict[str, list[Callable[[World], Expect]]] = {
     "inventory.services.record_revocation_outcome": [record_revoked, record_failed],
     "adminops.keyrotation.rotate_encryption_keys": [rotate_keys],
     "inventory.alerts.check_low_stock": [check_low_stock],
+    "inventory.services.purge_abandoned_uploads": [purge_abandoned_uploads],
 }
 
 INSIDE_A_CALLER = "runs only inside {}'s transaction, whose audit event records the change"
