@@ -11,3 +11,12 @@ class InvalidCreditAmount(DomainError):
     code = "invalid_amount"
     status = 400
     default_message = "The amount must be a positive USD amount with at most two decimals."
+
+
+class AutoTopUpUnavailable(DomainError):
+    code = "auto_top_up_unavailable"
+    status = 409
+    default_message = (
+        "Automatic top-up is not available: no payment processor is configured. Add credits "
+        "before a renewal is due instead."
+    )

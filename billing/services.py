@@ -11,7 +11,7 @@ from datetime import datetime
 from django.db import transaction
 
 from adminops.audit import record_event
-from billing.errors import InsufficientCredits, InvalidCreditAmount
+from billing.errors import AutoTopUpUnavailable, InsufficientCredits, InvalidCreditAmount
 from billing.models import CreditAccount, LedgerEntry
 from codingplans import sql as sql_helpers
 
@@ -183,6 +183,12 @@ def set_auto_top_up(
 ) -> CreditAccount:
     if amount_micros <= 0 or amount_micros > 10_000 * 1_000_000 or amount_micros % CENT_MICROS:
         raise InvalidCreditAmount("The top-up amount must be between $0.01 and $10,000.00.")
+    from billing.topup import top_up_available
+
+    if enabled and not top_up_available():
+        # SPEC M7: no processor configured, so turning it on would promise what cannot happen
+        # (and must never fall back to a backend that approves without payment).
+        raise AutoTopUpUnavailable()
     with transaction.atomic(durable=True):
         open_credit_account(user=user, now=now)
         account = CreditAccount.objects.select_for_update().get(user=user)
@@ -213,11 +219,15 @@ def set_auto_top_up(
 
 
 def start_top_up(*, account: CreditAccount, subscription_id: int, due_at: datetime, now: datetime):
-    """Record a pending top-up attempt for one due term, inside the sweep's transaction, and
-    run it once that transaction commits. Returns None when this term already had one (L4)."""
+    """Record a pending top-up attempt for one due term, inside the sweep's transaction; the
+    processor is called once that transaction has committed (`charge_top_up_after_commit`).
+    Returns None when this term already had one (L4) or no backend is configured (M7: no
+    attempt, never a free grant)."""
     from billing.models import TopUpAttempt
-    from billing.topup import get_backend
+    from billing.topup import get_backend, top_up_available
 
+    if not top_up_available():
+        return None
     if TopUpAttempt.objects.filter(subscription_id=subscription_id, due_at=due_at).exists():
         return None
     attempt = TopUpAttempt.objects.create(
@@ -228,39 +238,78 @@ def start_top_up(*, account: CreditAccount, subscription_id: int, due_at: dateti
         backend=get_backend().name,
         created_at=now,
     )
-    # robust: a processor failure is logged, not raised out of the sweep's commit (which would
-    # count a subscription already moved to past_due as a sweep error). The attempt then stays
-    # pending and the next sweep within grace charges it again (SPEC L4, S5).
-    transaction.on_commit(lambda: execute_top_up(attempt_id=attempt.pk, now=now), robust=True)
+    charge_top_up_after_commit(attempt_id=attempt.pk, now=now)
     return attempt
 
 
-def execute_top_up(*, attempt_id: int, now: datetime) -> None:
-    """Charge through the backend and record the outcome in the ledger (S5): approved credits
-    the account (`top_up`); declined writes a zero-amount `top_up_declined` entry. Safe to
-    repeat: only a pending attempt is acted on."""
-    from billing.models import TopUpAttempt
-    from billing.topup import get_backend
+def charge_top_up_after_commit(*, attempt_id: int, now: datetime) -> None:
+    """Queue the processor call for when the caller's transaction commits (DESIGN: record the
+    intent, commit, call, record the outcome). Through a Celery task, so a slow processor
+    holds neither a row lock nor the sweep. robust: a broker or processor failure is logged,
+    not raised out of the sweep's commit (which would count a subscription already moved to
+    past_due as a sweep error); the attempt then stays pending and the next sweep within grace
+    charges it again (SPEC L4, S5)."""
+    from billing.tasks import charge_top_up
 
-    backend = get_backend()
-    with transaction.atomic():
+    transaction.on_commit(
+        lambda: charge_top_up.delay(attempt_id=attempt_id, now=now.isoformat()), robust=True
+    )
+
+
+def execute_top_up(*, attempt_id: int, now: datetime) -> None:
+    """Charge a pending attempt through the backend, then record the outcome (S5, M4).
+
+    The processor is called with no transaction open and no row lock held: a slow processor
+    must not block the customer's purchases or the sweep (issue 13 item 8). The backend is
+    idempotent on the attempt id and `record_top_up_outcome` settles an attempt once, so
+    running this twice (a re-delivered task, a sweep retrying a pending attempt) is harmless."""
+    from billing.models import TopUpAttempt
+    from billing.topup import get_backend, top_up_available
+
+    if not top_up_available():
+        return  # M7: no processor configured; the attempt stays pending, nothing is granted
+    row = (
+        TopUpAttempt.objects.filter(pk=attempt_id, status=TopUpAttempt.Status.PENDING)
+        .values_list("account__user_id", "amount_micros")
+        .first()
+    )
+    if row is None:
+        return
+    user_id, amount_micros = row
+    result = get_backend().charge(
+        attempt_id=attempt_id, user_id=user_id, amount_micros=amount_micros
+    )
+    record_top_up_outcome(attempt_id=attempt_id, result=result, now=now)
+
+
+def record_top_up_outcome(*, attempt_id: int, result, now: datetime) -> bool:
+    """Settle a pending attempt with the processor's answer, in one short transaction: approved
+    credits the account once (`top_up`); declined writes a zero-amount `top_up_declined` entry
+    and changes no balance (S5). An attempt already settled is left alone (returns False), so a
+    repeated or concurrent recording never grants twice. Lock order: credit account, then the
+    attempt."""
+    from billing.models import TopUpAttempt
+
+    with transaction.atomic(durable=True):
+        user_id = (
+            TopUpAttempt.objects.filter(pk=attempt_id)
+            .values_list("account__user_id", flat=True)
+            .first()
+        )
+        if user_id is None:
+            return False
+        lock_credit_account(user_id=user_id)
         attempt = (
-            TopUpAttempt.objects.select_for_update()
-            .select_related("account__user")
+            TopUpAttempt.objects.select_for_update(of=("self",))
             .filter(pk=attempt_id, status=TopUpAttempt.Status.PENDING)
             .first()
         )
         if attempt is None:
-            return
-        result = backend.charge(
-            attempt_id=attempt.pk,
-            user_id=attempt.account.user_id,
-            amount_micros=attempt.amount_micros,
-        )
+            return False  # already settled by an earlier or concurrent recording
         reference = f"top_up:{attempt.pk}"
         if result.approved:
             entry = post_entry(
-                user=attempt.account.user,
+                user_id=user_id,
                 amount_micros=attempt.amount_micros,
                 kind=LedgerEntry.Kind.TOP_UP,
                 actor="system:sweep",
@@ -270,11 +319,8 @@ def execute_top_up(*, attempt_id: int, now: datetime) -> None:
             )
             attempt.status = TopUpAttempt.Status.APPROVED
         else:
-            # Through post_entry too: its zero-amount update locks the account row itself before
-            # balance_after is read, so a concurrent debit cannot leave this entry with a stale
-            # balance_after (SPEC P4) -- without relying on the join lock taken above.
             entry = post_entry(
-                user=attempt.account.user,
+                user_id=user_id,
                 amount_micros=0,
                 kind=LedgerEntry.Kind.TOP_UP_DECLINED,
                 actor="system:sweep",
@@ -296,3 +342,4 @@ def execute_top_up(*, attempt_id: int, now: datetime) -> None:
                 "subscription_id": attempt.subscription_id,
             },
         )
+    return True

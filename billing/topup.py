@@ -1,7 +1,10 @@
-"""Payment processor interface for auto top-up (SPEC L4, S5).
+"""Payment processor interface for auto top-up (SPEC L4, S5, M7).
 
 The sweep only ever talks to `get_backend()`. Today's backends are simulated and chosen by
-`CODING_PLANS_TOP_UP_BACKEND`; a real processor (e.g. Stripe: charge the saved payment method
+`CODING_PLANS_TOP_UP_BACKEND`; when it is unset (production without a processor) auto top-up is
+unavailable: `top_up_available()` is false, customers cannot turn it on and the sweep starts no
+attempt (settings refuse a simulated backend with DEBUG off unless explicitly allowed). A real
+processor (e.g. Stripe: charge the saved payment method
 off-session with the attempt id as its idempotency key) implements the same `charge` method and
 is added to `BACKENDS` — nothing else changes.
 """
@@ -48,5 +51,15 @@ BACKENDS: dict[str, type] = {
 }
 
 
+def top_up_available() -> bool:
+    """Whether a top-up backend is configured (SPEC M7): unset means no auto top-up at all."""
+    return bool(settings.CODING_PLANS_TOP_UP_BACKEND)
+
+
 def get_backend() -> TopUpBackend:
-    return BACKENDS[settings.CODING_PLANS_TOP_UP_BACKEND]()
+    """The configured backend. Callers check `top_up_available()` first: with none configured
+    this raises rather than fall back to anything that could approve without a payment."""
+    name = settings.CODING_PLANS_TOP_UP_BACKEND
+    if not name:
+        raise LookupError("no auto top-up backend is configured (CODING_PLANS_TOP_UP_BACKEND)")
+    return BACKENDS[name]()

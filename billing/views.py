@@ -6,12 +6,13 @@ from django.views.decorators.http import require_POST
 
 from adminops.audit import actor_for
 from billing import selectors, services
-from billing.errors import InvalidCreditAmount
+from billing.errors import AutoTopUpUnavailable, InvalidCreditAmount
 from billing.forms import AutoTopUpForm
-from codingplans.money import format_usd, usd_to_micros
+from billing.topup import top_up_available
+from codingplans.money import format_usd
 
 
-def _page(request, form=None):
+def _page(request, form=None, status=200):
     account = selectors.credit_account_for(request.user)
     before = request.GET.get("before")
     entries = selectors.ledger_page(
@@ -31,7 +32,9 @@ def _page(request, form=None):
             "entries": entries[:50],
             "next_before": entries[49].pk if len(entries) > 50 else None,
             "form": form,
+            "auto_top_up_available": top_up_available(),
         },
+        status=status,
     )
 
 
@@ -50,12 +53,15 @@ def auto_top_up(request):
         services.set_auto_top_up(
             user=request.user,
             enabled=form.cleaned_data["enabled"],
-            amount_micros=usd_to_micros(form.cleaned_data["amount_usd"]),
+            amount_micros=form.cleaned_data["amount_usd"],
             actor=actor_for(request.user),
             now=timezone.now(),
         )
     except InvalidCreditAmount as exc:
         form.add_error("amount_usd", exc.message)
         return _page(request, form)
+    except AutoTopUpUnavailable as exc:  # SPEC M7: no processor configured
+        form.add_error("enabled", exc.message)
+        return _page(request, form, status=exc.status)
     messages.success(request, "Auto top-up settings saved.")
     return redirect("credits")

@@ -12,7 +12,8 @@ class InvalidAmount(ValueError):
     pass
 
 
-_USD_SHAPE = re.compile(r"^[+-]?\d{1,12}(\.\d{1,6})?$")
+# ASCII digits only (`\d` would also take other scripts' digits) and no trailing newline.
+_USD_SHAPE = re.compile(r"\A[+-]?[0-9]{1,12}(\.[0-9]{1,6})?\Z")
 
 
 def usd_to_micros(value: str | int | Decimal) -> int:
@@ -20,7 +21,10 @@ def usd_to_micros(value: str | int | Decimal) -> int:
     never a float, an exponent, underscores or silent rounding."""
     if isinstance(value, bool | float):
         raise InvalidAmount("amounts must be given as strings, not floats")
-    text = str(value).strip()
+    if isinstance(value, Decimal) and (not value.is_finite() or abs(value.adjusted()) > 12):
+        raise InvalidAmount("not a USD amount")  # before printing 1E+999999999 digit by digit
+    # A Decimal prints with an exponent ("1E+3") once it has one: read its fixed-point digits.
+    text = (format(value, "f") if isinstance(value, Decimal) else str(value)).strip()
     if not _USD_SHAPE.match(text):
         raise InvalidAmount("not a USD amount")
     whole, _, fraction = text.lstrip("+-").partition(".")

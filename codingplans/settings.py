@@ -244,10 +244,34 @@ MINIMAX_TIMEOUT_SECONDS = float(os.environ.get("MINIMAX_TIMEOUT_SECONDS", "10"))
 GATEWAY_TIMEOUT_SECONDS = float(os.environ.get("GATEWAY_TIMEOUT_SECONDS", "60"))
 GATEWAY_RATE_LIMIT_PER_MINUTE = int(os.environ.get("GATEWAY_RATE_LIMIT_PER_MINUTE", "600"))
 CODING_PLANS_PURCHASE_ENABLED = env_bool("CODING_PLANS_PURCHASE_ENABLED", False)
-CODING_PLANS_TOP_UP_BACKEND = os.environ.get("CODING_PLANS_TOP_UP_BACKEND", "simulated-approve")
-if CODING_PLANS_TOP_UP_BACKEND not in {"simulated-approve", "simulated-decline"}:
+# Auto top-up processor (SPEC M7). Development (DEBUG on) defaults to `simulated-approve` so
+# `make dev` and the tests work; production has no default: unset, auto top-up is unavailable
+# (customers cannot turn it on and the sweep never starts an attempt). A simulated backend
+# grants credits without any payment, so with DEBUG off it is refused unless explicitly allowed.
+CODING_PLANS_TOP_UP_BACKEND = os.environ.get(
+    "CODING_PLANS_TOP_UP_BACKEND", "simulated-approve" if DEBUG else ""
+).strip()
+CODING_PLANS_ALLOW_SIMULATED_PAYMENTS = env_bool("CODING_PLANS_ALLOW_SIMULATED_PAYMENTS", False)
+_SIMULATED_TOP_UP_BACKENDS = {"simulated-approve", "simulated-decline"}
+if CODING_PLANS_TOP_UP_BACKEND == "stripe":
     raise ImproperlyConfigured(
-        "CODING_PLANS_TOP_UP_BACKEND must be simulated-approve or simulated-decline."
+        "CODING_PLANS_TOP_UP_BACKEND=stripe is not available in this version yet; leave it unset "
+        "(auto top-up unavailable) or use a simulated backend in development."
+    )
+if CODING_PLANS_TOP_UP_BACKEND and CODING_PLANS_TOP_UP_BACKEND not in _SIMULATED_TOP_UP_BACKENDS:
+    raise ImproperlyConfigured(
+        "CODING_PLANS_TOP_UP_BACKEND must be unset, simulated-approve or simulated-decline."
+    )
+if (
+    CODING_PLANS_TOP_UP_BACKEND in _SIMULATED_TOP_UP_BACKENDS
+    and not DEBUG
+    and not CODING_PLANS_ALLOW_SIMULATED_PAYMENTS
+):
+    raise ImproperlyConfigured(
+        f"CODING_PLANS_TOP_UP_BACKEND={CODING_PLANS_TOP_UP_BACKEND} is a simulated payment "
+        "backend (top-ups without any real payment) and DEBUG is off: refusing to start. Unset "
+        "it (auto top-up then unavailable), or set CODING_PLANS_ALLOW_SIMULATED_PAYMENTS=1 for "
+        "a staging deployment that may hand out free credits (SPEC M7)."
     )
 
 # Celery: Redis broker; the hourly sweep is scheduled in code (SPEC L1).
@@ -260,6 +284,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "billing-sweep-hourly": {
         "task": "subscriptions.tasks.run_billing_sweep",
         "schedule": crontab(minute=0),
+    },
+    "inventory-purge-abandoned-uploads-hourly": {  # pasted keys are not kept past 24 h
+        "task": "inventory.tasks.purge_abandoned_uploads",
+        "schedule": crontab(minute=30),
     },
     "inventory-report-daily": {  # SPEC O3: 12:00 UTC (CELERY_TIMEZONE)
         "task": "inventory.tasks.send_daily_inventory_report",

@@ -44,3 +44,12 @@ class UploadNotFound(DomainError):
     code = "not_found"
     status = 404
     default_message = "There is no upload with this id."
+
+
+class UploadExpired(DomainError):
+    code = "upload_expired"
+    status = 409
+    default_message = (
+        "This upload waited more than 24 hours without being processed, so its pasted "
+        "credentials were erased and it can no longer be stored. Upload the file again."
+    )

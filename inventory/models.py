@@ -78,6 +78,7 @@ class InventoryUpload(models.Model):
         VALIDATING = "validating", "Validating"
         STORED = "stored", "Stored"
         REJECTED = "rejected", "Rejected"
+        EXPIRED = "expired", "Expired"  # abandoned while pending: payload purged (24 h)
 
     plan_id = models.CharField(max_length=64)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
@@ -107,6 +108,9 @@ class LowStockAlert(models.Model):
 
     plan_id = models.CharField(max_length=64, unique=True)
     alerted_at = models.DateTimeField(null=True, blank=True)
+    # When the e-mail for this crossing was claimed for sending (after the alert committed);
+    # makes the send idempotent.
+    emailed_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"Low-stock alert state for {self.plan_id}"

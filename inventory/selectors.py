@@ -19,13 +19,19 @@ def counts_by_plan() -> dict[str, dict[str, int]]:
     return counts
 
 
+def is_low_stock(available: int, threshold: int) -> bool:
+    """The one meaning of "low stock" (SPEC I7, O3): at or below the plan's threshold. The
+    admin's warning, the staff e-mail and the daily report all ask this (issue 13 item 6)."""
+    return available <= threshold
+
+
 def low_stock_plans() -> list[tuple[str, int, int]]:
     """(plan id, available, threshold) for plans at or below their low-stock threshold."""
     counts = counts_by_plan()
     return [
         (plan.plan_id, counts[plan.plan_id]["available"], plan.low_stock_threshold)
         for plan in all_plans()
-        if counts[plan.plan_id]["available"] <= plan.low_stock_threshold
+        if is_low_stock(counts[plan.plan_id]["available"], plan.low_stock_threshold)
     ]
 
 

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import httpx
 from django.db import IntegrityError, transaction
@@ -26,6 +26,7 @@ from inventory.errors import (
     RevocationItemNotFound,
     RevocationNoteRequired,
     UnknownPlan,
+    UploadExpired,
     UploadNotFound,
 )
 from inventory.models import Credential, InventoryUpload
@@ -394,6 +395,8 @@ def process_upload(upload_id: int, now: datetime) -> InventoryUpload:
     if upload is None:
         raise UploadNotFound()
     if not claimed:
+        if upload.status == InventoryUpload.Status.EXPIRED:
+            raise UploadExpired()
         return upload
     try:
         text = crypto.decrypt(upload.encrypted_payload)
@@ -443,6 +446,47 @@ def process_upload(upload_id: int, now: datetime) -> InventoryUpload:
     return _finish_upload(
         upload, stored=report.stored, errors=report.errors, message=report.message, now=now
     )
+
+
+UPLOAD_PAYLOAD_MAX_AGE = timedelta(hours=24)
+
+
+def purge_abandoned_uploads(*, now: datetime) -> int:
+    """Erase the encrypted payload of every admin upload still `pending` more than 24 hours
+    after it was started (its validation was never queued or the worker lost it) and mark it
+    `expired`, so pasted keys are not kept forever (I5; issue 13 item 11). Returns how many.
+    Safe to repeat; an expired upload can no longer be processed (`UploadExpired`)."""
+    purged = 0
+    cutoff = now - UPLOAD_PAYLOAD_MAX_AGE
+    stale = InventoryUpload.objects.filter(
+        status=InventoryUpload.Status.PENDING, created_at__lt=cutoff
+    )
+    for upload_id in stale.order_by("id").values_list("id", flat=True):
+        with transaction.atomic(durable=True):
+            upload = (
+                InventoryUpload.objects.select_for_update()
+                .defer("encrypted_payload")
+                .filter(pk=upload_id, status=InventoryUpload.Status.PENDING, created_at__lt=cutoff)
+                .first()
+            )
+            if upload is None:
+                continue  # processed or purged meanwhile
+            InventoryUpload.objects.filter(pk=upload_id).update(
+                status=InventoryUpload.Status.EXPIRED,
+                encrypted_payload="",
+                message=UploadExpired.default_message[:500],
+                finished_at=now,
+            )
+            record_event(
+                actor="system:cleanup",
+                subject=upload,
+                event_type="inventory.upload_expired",
+                now=now,
+                old={"status": InventoryUpload.Status.PENDING},
+                new={"status": InventoryUpload.Status.EXPIRED},
+            )
+        purged += 1
+    return purged
 
 
 def abandon_upload(upload_id: int, *, message: str, now: datetime) -> None:

@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cache, partial
+from functools import cache
 
 from django.conf import settings
 from django.core.mail import send_mail
@@ -22,8 +22,8 @@ from django.utils import timezone
 from adminops.audit import SYSTEM_SWEEP, actor_for, event_values, events_insert, record_event
 from billing.models import CreditAccount, LedgerEntry, TopUpAttempt
 from billing.services import (
+    charge_top_up_after_commit,
     entry_ctes,
-    execute_top_up,
     lock_credit_account,
     start_top_up,
 )
@@ -339,8 +339,8 @@ def _resume_pending_top_up(subscription: Subscription, *, now: datetime) -> None
     """The top-up attempt for this due term is recorded in the sweep's transaction and charged
     after the commit (S5). If the process died in between, or the processor call failed, the
     attempt is still pending: charge that same attempt again after this commit (never a second
-    attempt, L4). `execute_top_up` acts only on a pending attempt, under its row lock, and the
-    backend is idempotent on the attempt id, so a duplicate run is harmless."""
+    attempt, L4). The charge runs with no row lock held, only a pending attempt is settled
+    (once), and the backend is idempotent on the attempt id, so a duplicate run is harmless."""
     attempt_id = (
         TopUpAttempt.objects.filter(
             subscription_id=subscription.pk,
@@ -351,7 +351,7 @@ def _resume_pending_top_up(subscription: Subscription, *, now: datetime) -> None
         .first()
     )
     if attempt_id is not None:
-        transaction.on_commit(partial(execute_top_up, attempt_id=attempt_id, now=now), robust=True)
+        charge_top_up_after_commit(attempt_id=attempt_id, now=now)
 
 
 def _enter_grace(
@@ -361,9 +361,15 @@ def _enter_grace(
     past_due until at most 24 hours after the due time."""
     old = _state(subscription)
     due_at = subscription.current_period_end
+    attempted = True
     if subscription.top_up_attempted_for != due_at:
+        # None when no backend is configured (M7): no attempt, and nothing granted for free.
         if start_top_up(account=account, subscription_id=subscription.pk, due_at=due_at, now=now):
             counts.auto_top_up_triggered += 1
+        else:
+            attempted = TopUpAttempt.objects.filter(
+                subscription_id=subscription.pk, due_at=due_at
+            ).exists()
         subscription.top_up_attempted_for = due_at
     subscription.status = Subscription.Status.PAST_DUE
     subscription.grace_deadline = due_at + GRACE_PERIOD
@@ -383,7 +389,13 @@ def _enter_grace(
     _email_after_commit(
         subscription.user_id,
         f"Payment needed for your {subscription.plan_name}",
-        "Your credits did not cover this renewal. We attempted an automatic top-up. Add credits "
+        "Your credits did not cover this renewal. "
+        + (
+            "We attempted an automatic top-up. "
+            if attempted
+            else "Automatic top-up is not available at the moment. "
+        )
+        + "Add credits "
         f"before {subscription.grace_deadline:%Y-%m-%d %H:%M} UTC to keep the plan; otherwise it "
         "ends and its installed MiniMax key is removed. Your own MiniMax key is never deleted.",
     )

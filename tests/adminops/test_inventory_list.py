@@ -46,6 +46,16 @@ def test_low_stock_warning_for_plans_at_or_below_threshold(operator, stock):
     assert "/admin/inventory/credential/revocation-queue/" in home
 
 
+@pytest.mark.parametrize("available", [4, 5, 6])
+def test_low_stock_warning_boundary(available, operator, stock):
+    # SPEC I7 (issue 13 item 6): Plus has threshold 5; the admin warns at or below it, the same
+    # predicate (inventory.selectors.is_low_stock) as the e-mail and the daily report.
+    stock(PLUS, available)
+    for url in (CHANGELIST_URL, "/admin/"):
+        html = operator.get(url).content.decode()
+        assert ("Low stock: Token Plan Plus" in html) == (available <= 5), url
+
+
 def test_upstream_plan_id_only_for_items_awaiting_revocation(operator, stock, queue_item):
     # SPEC I6
     (available,) = stock(PLUS, 1)

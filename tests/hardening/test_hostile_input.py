@@ -165,7 +165,37 @@ IDEMPOTENCY_KEYS = st.one_of(
     st.uuids().map(str),
 )
 BOOLS = st.sampled_from([True, False])
-AMOUNTS = st.sampled_from(["15.00", "20", 5, "10000.00", "10000.01", "0.01", "-5.00", 10**30])
+# Money as people mistype it, or as other parsers would read it (issue 13 item 18): exponents,
+# NaN/Infinity, other digit scripts, separators, signs, currency signs, too many decimals.
+MONEY_TRAPS = [
+    "1e3",
+    "1E3",
+    "1e-2",
+    "1e999999999",
+    "-1e3",
+    "NaN",
+    "nan",
+    "sNaN",
+    "Infinity",
+    "-Infinity",
+    "inf",
+    "١٢",  # Arabic-Indic digits
+    "１２",  # full-width digits
+    "1_000",
+    "1,000",
+    "$20",
+    "20.005",
+    "+20",
+    " 20 ",
+    "0x10",
+    ".5",
+    "5.",
+    "20\n",
+    "9" * 40,
+]
+AMOUNTS = st.sampled_from(
+    ["15.00", "20", 5, "10000.00", "10000.01", "0.01", "-5.00", 10**30, *MONEY_TRAPS]
+)
 
 
 @pytest.fixture
@@ -436,7 +466,7 @@ FORM_OPS = [
 PLAUSIBLE = {
     "confirm": st.sampled_from(["on", "yes", "1"]),
     "enabled": st.sampled_from(["on", "0", "1"]),
-    "amount_usd": st.sampled_from(["15.00", "0", "-5", "10000.01", "1e999999999"]),
+    "amount_usd": st.sampled_from(["15.00", "0", "-5", "10000.01", *MONEY_TRAPS]),
     "provider_id": st.sampled_from(["minimax"]),
     "plan_id": st.sampled_from([PLUS, MAX]),
     "outcome": st.sampled_from(["revoked", "revocation_failed"]),
@@ -468,6 +498,41 @@ def test_form_fuzz_never_500_and_4xx_changes_nothing(op, world, hostile):
             "POST", path, body, content_type="application/x-www-form-urlencoded"
         )
         judge(response, before, f"POST {path} {body[:100]!r}", api=False)
+
+    run()
+
+
+@pytest.mark.parametrize("amount", MONEY_TRAPS)
+def test_auto_top_up_form_answers_a_form_error_for_each_money_trap(amount, world, hostile):
+    # Issue 13 item 18: "1e3" answered 500 (InvalidAmount escaped the view). Every trap is a
+    # form error on the page (200 re-render) or a saved setting (302), never a 500.
+    client = world.a.session()
+    before = snapshot()
+    response = client.post("/credits/auto-top-up/", {"enabled": "on", "amount_usd": amount})
+    judge(response, before, f"auto-top-up amount_usd={amount!r:.60}", api=False)
+    assert response.status_code in (200, 302, 400)
+    if amount.strip() not in ("20", "+20"):
+        assert response.status_code == 200, amount
+        assert "Enter an amount in USD" in response.content.decode()
+        assert snapshot() == before
+
+
+def test_auto_top_up_form_amount_fuzz_never_500(world, hostile):
+    # Issue 13 item 18: any text for amount_usd -> a form re-render (200/400) or a redirect.
+    client = world.a.session()
+
+    @FUZZ
+    @given(
+        amount=st.one_of(
+            st.sampled_from(MONEY_TRAPS), form_text, st.from_regex(r"\A[0-9eE.+-]{1,12}\Z")
+        ),
+        enabled=st.sampled_from(["on", ""]),
+    )
+    def run(amount, enabled):
+        before = snapshot()
+        response = client.post("/credits/auto-top-up/", {"enabled": enabled, "amount_usd": amount})
+        judge(response, before, f"auto-top-up amount_usd={amount!r:.60}", api=False)
+        assert response.status_code in (200, 302, 400), amount
 
     run()
 

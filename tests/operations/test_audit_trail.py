@@ -31,6 +31,7 @@ from adminops.keyrotation import rotate_encryption_keys
 from adminops.models import AuditEvent
 from billing import services as billing
 from billing.models import CreditAccount, TopUpAttempt
+from billing.topup import ChargeResult
 from byok import services as byok
 from byok.models import ByokKey
 from inventory import alerts
@@ -383,6 +384,17 @@ def execute_top_up_declined(w: World) -> Expect:
     return Expect(expect.act, {"top_up.declined": lifecycle.SYSTEM_SWEEP})
 
 
+def record_top_up_outcome(w: World) -> Expect:
+    expect = execute_top_up(w)
+    attempt = TopUpAttempt.objects.get(status="pending")
+    return Expect(
+        lambda: billing.record_top_up_outcome(
+            attempt_id=attempt.pk, result=ChargeResult(approved=True), now=w.now
+        ),
+        expect.events,
+    )
+
+
 def add_key(w: World) -> Expect:
     user = w.customer()
     return Expect(
@@ -470,6 +482,15 @@ def abandon_upload(w: World) -> Expect:
     )
 
 
+def purge_abandoned_uploads(w: World) -> Expect:
+    started = w.now - timedelta(hours=25)
+    inventory.start_upload(plan_id=PLUS, text=w.lines(1), user=w.staff, now=started)
+    return Expect(
+        lambda: inventory.purge_abandoned_uploads(now=w.now),
+        {"inventory.upload_expired": "system:cleanup"},
+    )
+
+
 def request_revocation(w: World) -> Expect:
     credential = w.subscription().credential
 
@@ -548,6 +569,7 @@ AUDITED: dict[str, list[Callable[[World], Expect]]] = {
     "billing.services.grant_credits": [grant_credits],
     "billing.services.set_auto_top_up": [set_auto_top_up],
     "billing.services.execute_top_up": [execute_top_up, execute_top_up_declined],
+    "billing.services.record_top_up_outcome": [record_top_up_outcome],
     "byok.services.add_key": [add_key],
     "byok.services.update_key": [update_key_value, update_key_enabled],
     "byok.services.delete_key": [delete_key],
@@ -559,6 +581,7 @@ AUDITED: dict[str, list[Callable[[World], Expect]]] = {
     "inventory.services.record_revocation_outcome": [record_revoked, record_failed],
     "adminops.keyrotation.rotate_encryption_keys": [rotate_keys],
     "inventory.alerts.check_low_stock": [check_low_stock],
+    "inventory.services.purge_abandoned_uploads": [purge_abandoned_uploads],
 }
 
 INSIDE_A_CALLER = "runs only inside {}'s transaction, whose audit event records the change"
@@ -574,7 +597,11 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "billing.services.post_entry": INSIDE_A_CALLER.format("a purchase, renewal, grant or top-up")
     + "; the ledger entry carries the actor too",
     "billing.services.start_top_up": INSIDE_A_CALLER.format("the sweep (subscription.past_due)")
-    + "; its outcome is audited by execute_top_up",
+    + "; its outcome is audited by record_top_up_outcome",
+    "billing.services.charge_top_up_after_commit": (
+        "queues the processor call for after the caller's commit; the outcome is audited by "
+        "record_top_up_outcome"
+    ),
     "inventory.services.claim_credential": INSIDE_A_CALLER.format(
         "purchase_plan (credential.assigned)"
     ),
@@ -597,6 +624,10 @@ NOT_STATE_CHANGES: dict[str, str] = {
     ),
     "inventory.alerts.daily_report_text": "a read",
     "inventory.alerts.send_daily_report": "sends the report e-mail; changes no data",
+    "inventory.alerts.send_low_stock_email": (
+        "sends the e-mail for an alert check_low_stock armed and audited (inventory.low_stock); "
+        "only marks it sent"
+    ),
     "gateway.services.resolve_route": "a read",
     "gateway.services.split_model": "pure function",
     "billing.services.lock_credit_account": "a row lock and read inside a caller's transaction",
