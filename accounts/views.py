@@ -8,7 +8,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
-from accounts import selectors, services
+from accounts import selectors, services, tokens
 from accounts.errors import EmailTaken
 from accounts.forms import SignupForm, TokenForm
 from codingplans.ratelimit import hit
@@ -78,7 +78,7 @@ def account(request):
 def create_token(request):
     form = TokenForm(request.POST)
     name = form.cleaned_data["name"] if form.is_valid() else ""
-    issued = services.create_api_token(user=request.user, name=name, now=timezone.now())
+    issued = tokens.create_api_token(user=request.user, name=name, now=timezone.now())
     # Shown once on the next page view, then gone from the session.
     request.session["new_api_token"] = issued.plaintext
     return redirect("account")
@@ -87,7 +87,7 @@ def create_token(request):
 @login_required
 @require_POST
 def revoke_token(request, token_id: int):
-    services.revoke_api_token(user=request.user, token_id=token_id, now=timezone.now())
+    tokens.revoke_api_token(user=request.user, token_id=token_id, now=timezone.now())
     messages.success(request, "The token was revoked.")
     return redirect("account")
 

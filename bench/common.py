@@ -273,7 +273,7 @@ def seed_tokens(conn: psycopg.Connection, user_ids: list[int], tag: str) -> list
     """One personal API token per user (marked used just now, so no first-use write)."""
     import secrets
 
-    from accounts.services import TOKEN_PREFIX, hash_token
+    from accounts.tokens import TOKEN_PREFIX, hash_token
 
     tokens = [TOKEN_PREFIX + secrets.token_urlsafe(32) for _ in user_ids]
     with conn.cursor() as cur:

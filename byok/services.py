@@ -197,3 +197,28 @@ def installed_entry_params(encrypted_credential: str) -> dict[str, str]:
         }
     finally:
         del plaintext
+
+
+def remove_installed_entry(*, subscription_id: int, actor: str, now: datetime) -> int | None:
+    """At effective cancellation (L3, L5, L6, D1) the installed entry goes only while it is still
+    linked to the subscription (B4): a key the customer replaced or re-added is theirs and
+    stays. Caller holds the subscription lock in its transaction; returns the removed id."""
+    entry = ByokKey.objects.select_for_update().filter(subscription_id=subscription_id).first()
+    if entry is None:
+        return None
+    entry_id = entry.pk
+    entry.delete()
+    record_event(
+        actor=actor,
+        subject=("byok.byokkey", entry_id),
+        event_type="byok.installed_entry_removed",
+        now=now,
+        old={"subscription_id": subscription_id},
+    )
+    return entry_id
+
+
+def delete_account_keys(*, user_id: int) -> int:
+    """Every BYOK entry of an account being deleted (D1), the customer's own keys included.
+    Inside accounts.services.delete_account's transaction, audited there (account.deleted)."""
+    return ByokKey.objects.filter(user_id=user_id).delete()[0]

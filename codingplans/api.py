@@ -9,7 +9,7 @@ from django.utils import timezone
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from accounts.services import authenticate_token
+from accounts.tokens import authenticate_token
 from codingplans.errors import DomainError
 
 

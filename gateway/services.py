@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db.models import Count, Sum
 
 from accounts.models import ApiToken, User
-from accounts.services import TOKEN_PREFIX, hash_token, touch_token
+from accounts.tokens import TOKEN_PREFIX, hash_token, touch_token
 from byok.models import ByokKey
 from codingplans import crypto
 from codingplans import sql as lean

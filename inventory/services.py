@@ -585,3 +585,9 @@ def record_revocation_outcome(
             },
         )
     return credential
+
+
+def forget_holder(*, user_id: int) -> int:
+    """An account is deleted (D1): its credentials keep only the anonymous holder reference they
+    were given at the claim. Inside delete_account's transaction, audited there."""
+    return Credential.objects.filter(assigned_to_id=user_id).update(assigned_to=None)

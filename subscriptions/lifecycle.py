@@ -27,13 +27,19 @@ from billing.services import (
     lock_credit_account,
     start_top_up,
 )
-from byok.models import ByokKey
+from byok.services import remove_installed_entry
 from codingplans import sql
 from codingplans.errors import DomainError
 from inventory.models import Credential
 from inventory.services import request_revocation
 from subscriptions.errors import SubscriptionNotFound
-from subscriptions.models import LIVE_STATUSES, ChargedTerm, Subscription, SweepRun
+from subscriptions.models import (
+    LIVE_STATUSES,
+    AvailabilityIntent,
+    ChargedTerm,
+    Subscription,
+    SweepRun,
+)
 from subscriptions.services import term_description
 
 logger = logging.getLogger(__name__)
@@ -122,17 +128,7 @@ def end_subscription(*, subscription: Subscription, reason: str, actor: str, now
     )
     credential = Credential.objects.select_for_update().get(pk=subscription.credential_id)
     request_revocation(credential=credential, actor=actor, now=now)
-    entry = ByokKey.objects.select_for_update().filter(subscription=subscription).first()
-    if entry is not None:
-        entry_id = entry.pk
-        entry.delete()
-        record_event(
-            actor=actor,
-            subject=("byok.byokkey", entry_id),
-            event_type="byok.installed_entry_removed",
-            now=now,
-            old={"subscription_id": subscription.pk},
-        )
+    remove_installed_entry(subscription_id=subscription.pk, actor=actor, now=now)
     record_event(
         actor=actor,
         subject=subscription,
@@ -520,3 +516,23 @@ def terminate_subscription(*, subscription_id: int, actor: str, now: datetime) -
             "(if unchanged). Contact support if you have questions.",
         )
     return subscription
+
+
+def end_account_subscriptions(*, user, actor: str, now: datetime) -> list[int]:
+    """Account deletion (D1): every live subscription ends now (account_deleted) and the
+    account's availability intents go. Inside delete_account's transaction, after the credit
+    account lock (the lock order); returns the ended subscriptions' ids."""
+    live = list(
+        Subscription.objects.select_for_update()
+        .filter(user=user, status__in=LIVE_STATUSES)
+        .order_by("id")
+    )
+    for subscription in live:
+        end_subscription(
+            subscription=subscription,
+            reason=Subscription.Reason.ACCOUNT_DELETED,
+            actor=actor,
+            now=now,
+        )
+    AvailabilityIntent.objects.filter(user=user).delete()
+    return [subscription.pk for subscription in live]

@@ -9,7 +9,8 @@ from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
 
-from accounts.services import create_api_token, create_user
+from accounts.services import create_user
+from accounts.tokens import create_api_token
 from billing.services import grant_credits
 from codingplans.celery import app as celery_app
 from inventory.services import upload_credentials

@@ -10,7 +10,7 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts.models import ApiToken
-from accounts.services import create_api_token, revoke_api_token
+from accounts.tokens import create_api_token, revoke_api_token
 from adminops.models import AuditEvent
 from billing.models import CreditAccount
 

@@ -14,7 +14,8 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts.models import ApiToken, User
-from accounts.services import create_api_token, delete_account
+from accounts.services import delete_account
+from accounts.tokens import create_api_token
 from adminops.models import AuditEvent
 from billing.models import CreditAccount, LedgerEntry
 

@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import ApiToken, User
-from accounts.services import create_api_token
+from accounts.tokens import create_api_token
 from byok.models import ByokKey
 from byok.services import add_key
 from inventory import services

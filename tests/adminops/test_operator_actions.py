@@ -11,7 +11,7 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts.models import ApiToken, User
-from accounts.services import create_api_token
+from accounts.tokens import create_api_token
 from adminops.models import AuditEvent
 from adminops.roles import SUPPORT
 from byok.models import ByokKey

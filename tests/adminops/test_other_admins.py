@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from accounts.models import ApiToken
-from accounts.services import create_api_token
+from accounts.tokens import create_api_token
 from adminops.audit import record_event
 from adminops.models import AuditEvent
 from byok.services import add_key

@@ -23,7 +23,8 @@ from django.db.models import Sum
 from django.test import Client
 from django.utils import timezone
 
-from accounts.services import create_api_token, create_user
+from accounts.services import create_user
+from accounts.tokens import create_api_token
 from billing.models import CreditAccount, LedgerEntry
 from billing.services import grant_credits
 from byok.models import ByokKey

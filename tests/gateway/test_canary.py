@@ -17,7 +17,7 @@ import pytest
 from django.utils import timezone
 from django.views.debug import ExceptionReporter
 
-from accounts.services import create_api_token
+from accounts.tokens import create_api_token
 from byok.services import add_key
 from gateway import services, views
 from inventory.services import upload_credentials

@@ -17,7 +17,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from accounts.services import create_api_token, revoke_api_token
+from accounts.tokens import create_api_token, revoke_api_token
 from byok.models import ByokKey
 from byok.services import add_key, update_key
 from gateway.models import GatewayRequest

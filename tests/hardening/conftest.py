@@ -51,7 +51,7 @@ class World:
 def build_world(make_user, stock) -> World:
     """A holds a live Coding Plan (subscription, installed BYOK entry, charged term, ledger
     entries, an assigned credential), an API token and a saved availability intent."""
-    from accounts.services import create_api_token
+    from accounts.tokens import create_api_token
     from billing.models import CreditAccount, LedgerEntry, TopUpAttempt
     from byok.models import ByokKey
     from inventory.models import Credential

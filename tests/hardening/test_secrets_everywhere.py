@@ -32,7 +32,7 @@ from django.db import connections
 from django.test import Client
 from django.utils import timezone
 
-from accounts.services import create_api_token
+from accounts.tokens import create_api_token
 from billing.services import set_auto_top_up
 from byok.services import add_key
 from inventory.services import upload_credentials

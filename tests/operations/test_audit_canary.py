@@ -15,7 +15,8 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts.models import ApiToken, User
-from accounts.services import create_api_token, delete_account, revoke_api_token
+from accounts.services import delete_account
+from accounts.tokens import create_api_token, revoke_api_token
 from adminops.keyrotation import rotate_encryption_keys
 from adminops.models import AuditEvent
 from byok.models import ByokKey

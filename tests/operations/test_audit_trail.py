@@ -26,6 +26,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from accounts import services as accounts
+from accounts import tokens
 from accounts.models import User
 from adminops.keyrotation import rotate_encryption_keys
 from adminops.models import AuditEvent
@@ -43,7 +44,7 @@ from subscriptions.models import Subscription
 
 pytestmark = pytest.mark.django_db
 
-SERVICE_MODULES = ("services", "lifecycle", "alerts", "keyrotation")
+SERVICE_MODULES = ("services", "tokens", "lifecycle", "alerts", "keyrotation")
 PLUS = "minimax-token-plan-plus"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -334,16 +335,16 @@ def create_user_by_operator(w: World) -> Expect:
 def create_api_token(w: World) -> Expect:
     user = w.customer()
     return Expect(
-        lambda: accounts.create_api_token(user=user, now=w.now),
+        lambda: tokens.create_api_token(user=user, now=w.now),
         {"api_token.created": user_actor(user)},
     )
 
 
 def revoke_api_token(w: World) -> Expect:
     user = w.customer()
-    token = accounts.create_api_token(user=user, now=w.now).token
+    token = tokens.create_api_token(user=user, now=w.now).token
     return Expect(
-        lambda: accounts.revoke_api_token(user=user, token_id=token.pk, now=w.now),
+        lambda: tokens.revoke_api_token(user=user, token_id=token.pk, now=w.now),
         {"api_token.revoked": user_actor(user)},
     )
 
@@ -564,8 +565,8 @@ AUDITED: dict[str, list[Callable[[World], Expect]]] = {
     "subscriptions.lifecycle.end_subscription": [end_subscription],
     "accounts.services.delete_account": [delete_account_by_customer, delete_account_by_staff],
     "accounts.services.create_user": [create_user_by_sign_up, create_user_by_operator],
-    "accounts.services.create_api_token": [create_api_token],
-    "accounts.services.revoke_api_token": [revoke_api_token],
+    "accounts.tokens.create_api_token": [create_api_token],
+    "accounts.tokens.revoke_api_token": [revoke_api_token],
     "billing.services.grant_credits": [grant_credits],
     "billing.services.set_auto_top_up": [set_auto_top_up],
     "billing.services.execute_top_up": [execute_top_up, execute_top_up_declined],
@@ -586,8 +587,19 @@ AUDITED: dict[str, list[Callable[[World], Expect]]] = {
 
 INSIDE_A_CALLER = "runs only inside {}'s transaction, whose audit event records the change"
 NOT_STATE_CHANGES: dict[str, str] = {
-    "accounts.services.hash_token": "pure function",
-    "accounts.services.authenticate_token": (
+    "accounts.tokens.bearer_lookup": (
+        "a read; it only refreshes the token's last-used time (at most once a minute)"
+    ),
+    "accounts.tokens.bearer_token": "pure function",
+    "accounts.tokens.revoke_all_tokens": INSIDE_A_CALLER.format("delete_account"),
+    "byok.services.delete_account_keys": INSIDE_A_CALLER.format("delete_account"),
+    "byok.services.remove_installed_entry": INSIDE_A_CALLER.format("end_subscription")
+    + "; it also writes its own byok.installed_entry_removed event",
+    "inventory.services.forget_holder": INSIDE_A_CALLER.format("delete_account"),
+    "subscriptions.lifecycle.end_account_subscriptions": INSIDE_A_CALLER.format("delete_account")
+    + "; each subscription it ends writes subscription.ended",
+    "accounts.tokens.hash_token": "pure function",
+    "accounts.tokens.authenticate_token": (
         "a read; it only refreshes the token's last-used time (at most once a minute)"
     ),
     "billing.services.open_credit_account": (
@@ -637,7 +649,7 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "gateway.services.bearer_caller": (
         "a read (token and key in one query); notes the token's last use like authenticate_token"
     ),
-    "accounts.services.touch_token": (
+    "accounts.tokens.touch_token": (
         "notes a token's last use at most once a minute: bookkeeping, not an audited change"
     ),
     "gateway.services.record_usage": (

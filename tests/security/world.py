@@ -130,7 +130,8 @@ class World:
 
     @classmethod
     def build(cls) -> World:
-        from accounts.services import create_api_token, create_user
+        from accounts.services import create_user
+        from accounts.tokens import create_api_token
         from billing.services import grant_credits
         from byok.models import ByokKey
         from byok.services import add_key

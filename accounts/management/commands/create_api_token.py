@@ -2,7 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from accounts.models import User
-from accounts.services import create_api_token
+from accounts.tokens import create_api_token
 
 
 class Command(BaseCommand):
