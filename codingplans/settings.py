@@ -259,6 +259,18 @@ if CODING_PLANS_TOP_UP_BACKEND not in {"simulated-approve", "simulated-decline"}
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+# Nothing reads a task's result (the sweep records its run in the database), and waiting for
+# one made every `.delay()` subscribe to the Redis result backend, which, with Redis down, retries
+# for 20 s before giving up. Queuing a task with the broker down fails within a couple of seconds
+# (the callers log it and carry on), instead of Celery's 4 s connection timeout per retry.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BROKER_CONNECTION_TIMEOUT = 1
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
@@ -277,6 +289,12 @@ CACHES = {
         # Django's Redis cache, with one connection pool per process also under ASGI.
         "BACKEND": "codingplans.cache.SharedPoolRedisCache",
         "LOCATION": REDIS_URL,
+        # Its users (rate limits, quota) fail open when Redis is down (codingplans.outages);
+        # short timeouts make that cost a request a fraction of a second, not a hang.
+        "OPTIONS": {
+            "socket_connect_timeout": float(os.environ.get("REDIS_CONNECT_TIMEOUT", "0.5")),
+            "socket_timeout": float(os.environ.get("REDIS_SOCKET_TIMEOUT", "1")),
+        },
     }
 }
 

@@ -15,9 +15,10 @@ from datetime import datetime
 
 import httpx
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from adminops.audit import record_event
-from codingplans import crypto, sql
+from codingplans import crypto, outages, sql
 from codingplans.redaction import redact
 from inventory.errors import (
     InvalidRevocationOutcome,
@@ -266,10 +267,15 @@ def upload_credentials(
 
 def _after_restock(plan_id: str) -> None:
     from inventory.alerts import rearm_low_stock
+    from subscriptions import services as subscription_services
     from subscriptions.tasks import notify_availability
 
     rearm_low_stock(plan_id=plan_id)
-    notify_availability.delay(plan_id)
+    try:
+        notify_availability.delay(plan_id)
+    except Exception as exc:  # the broker (Redis) is down: tell the waiting customers from here
+        outages.record("task queue", exc)
+        subscription_services.notify_availability(plan_id=plan_id, now=timezone.now())
 
 
 _CLAIM_SQL = """
