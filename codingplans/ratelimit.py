@@ -7,6 +7,7 @@ import time
 
 from django.core.cache import cache
 
+from codingplans import outages
 from codingplans.errors import DomainError
 
 
@@ -17,9 +18,21 @@ class RateLimited(DomainError):
 
 
 def hit(scope: str, identity: str, *, limit: int, window_seconds: int = 60) -> bool:
-    """Count one attempt; True while the caller is within `limit` per window."""
+    """Count one attempt; True while the caller is within `limit` per window.
+
+    Fails open: when the cache (Redis) cannot be reached the attempt is allowed, counted and
+    logged (codingplans.outages), so a Redis outage costs the brute-force guard for its
+    duration, never the log-in, purchase or gateway call itself (issue 13 item 5)."""
     if limit <= 0:
         return True
+    try:
+        return _hit(scope, identity, limit=limit, window_seconds=window_seconds)
+    except Exception as exc:  # any backend error: allow
+        outages.record("rate limits", exc)
+        return True
+
+
+def _hit(scope: str, identity: str, *, limit: int, window_seconds: int) -> bool:
     digest = hashlib.sha256(f"{scope}:{identity}".encode()).hexdigest()[:32]
     key = f"rl:{scope}:{digest}:{int(time.time() // window_seconds)}"
     if hasattr(cache, "incr_with_expiry"):  # the Redis cache (codingplans.cache)

@@ -8,8 +8,10 @@ paths stay readable.
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
+from collections.abc import Mapping
 
 REDACTED = "[REDACTED]"
 
@@ -84,7 +86,8 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
 
 
 class RedactSecretsFilter(logging.Filter):
-    """Logging filter: formats the message once, redacts it, and drops the args."""
+    """Logging filter: redacts the message, each argument, the traceback and `extra=` strings,
+    keeping the record's shape (see `_redact_record`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         _redact_record(record)
@@ -92,15 +95,89 @@ class RedactSecretsFilter(logging.Filter):
         return True
 
 
+class _RedactedArg:
+    """Stands in for an argument whose str() or repr() showed something key-shaped: `%s` and
+    `%r` print the redacted text."""
+
+    __slots__ = ("_repr", "_str")
+
+    def __init__(self, value: object) -> None:
+        self._str = redact(str(value))
+        self._repr = redact(repr(value))
+
+    def __str__(self) -> str:
+        return self._str
+
+    def __repr__(self) -> str:
+        return self._repr
+
+
+_PLAIN = (int, float, complex, type(None))  # bool is an int; nothing key-shaped fits in these
+
+
+def _redact_arg(value: object) -> object:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, _PLAIN):
+        return value  # kept as is: `%d` and uvicorn's `HTTPStatus(status_code)` need numbers
+    try:
+        text, shown = str(value), repr(value)
+    except Exception:
+        return _RedactedArg("<unprintable>")
+    if redact(text) != text or redact(shown) != shown:
+        return _RedactedArg(value)
+    return value
+
+
+def _redact_args(args: object) -> object:
+    """The same shape back: a tuple of the same length, a mapping with the same keys."""
+    if isinstance(args, tuple):
+        return tuple(_redact_arg(value) for value in args)
+    if isinstance(args, dict):
+        # Of the same class (gunicorn's SafeAtoms answers "-" for a missing atom), filled
+        # through dict's own methods so a subclass's lookup rules do not interfere.
+        try:
+            redacted = copy.copy(args)
+        except Exception:
+            redacted = dict(args)
+        for key, value in dict.items(args):
+            dict.__setitem__(redacted, key, _redact_arg(value))
+        return redacted
+    if isinstance(args, Mapping):
+        return {key: _redact_arg(args[key]) for key in args}
+    return args
+
+
 def _redact_record(record: logging.LogRecord) -> None:
+    """Redact in place and keep the record's shape: `args` stays a tuple of the same length (or
+    a mapping with the same keys), with each string redacted, because formatters read the
+    arguments themselves (uvicorn's AccessFormatter unpacks five of them; gunicorn's access log
+    takes a mapping). The message is redacted as a format string; when the pieces, put back
+    together, would still show a secret (a secret split between message and argument, or
+    `password=%s`, whose placeholder the redaction swallowed) or would not format at all, the
+    message becomes the redacted full text, escaped, with `%.0s` placeholders that consume the
+    (redacted) arguments without printing them."""
     if getattr(record, "_redacted", False):
         return
     try:
-        message = record.getMessage()
+        message: str | None = record.getMessage()
     except Exception:  # a broken format string must not break logging
-        message = str(record.msg)
-    record.msg = redact(message)
-    record.args = None
+        message = None
+    template = record.msg if isinstance(record.msg, str) else str(record.msg)
+    record.msg = redact(template)
+    record.args = _redact_args(record.args)
+    try:
+        rebuilt: str | None = record.getMessage()
+    except Exception:
+        rebuilt = None
+    if rebuilt is None or redact(rebuilt) != rebuilt:
+        full = redact(message if message is not None else template)
+        if not record.args:
+            record.msg = full  # no arguments: the message is not %-formatted
+        elif isinstance(record.args, tuple):
+            record.msg = full.replace("%", "%%") + "%.0s" * len(record.args)
+        else:  # a mapping: unused keys are fine
+            record.msg = full.replace("%", "%%")
     if record.exc_info and not record.exc_text:
         record.exc_text = logging.Formatter().formatException(record.exc_info)
     if record.exc_text:

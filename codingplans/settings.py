@@ -98,9 +98,11 @@ def parse_database_url(url: str) -> dict[str, object]:
         # A psycopg pool per process (Django's OPTIONS["pool"]): what Django advises instead of
         # persistent connections under ASGI. Opening a connection per request cost the gateway
         # ≈4 ms of its added latency; a pooled one is handed back at request end.
+        # Each connection is checked as it is handed out (codingplans.postgres): after a database
+        # restart the pool's idle connections are all dead (issue 13).
         query["pool"] = {"min_size": min(2, pool_size), "max_size": pool_size, "timeout": 10}
     return {
-        "ENGINE": "django.db.backends.postgresql",
+        "ENGINE": "codingplans.postgres",  # Django's, with a pool check (issue 13)
         "NAME": unquote(parsed.path.lstrip("/")) or "postgres",
         "USER": unquote(parsed.username or ""),
         "PASSWORD": unquote(parsed.password or ""),
@@ -108,6 +110,13 @@ def parse_database_url(url: str) -> dict[str, object]:
         "PORT": str(parsed.port or "") if "%2f" not in parsed.netloc.lower() else "",
         "OPTIONS": query,
         "CONN_MAX_AGE": 0 if pool_size > 0 else int(os.environ.get("CONN_MAX_AGE", "0")),
+        # After a database restart or failover every kept connection is dead, and each would
+        # fail one request with AdminShutdown / OperationalError (issue 13). A persistent
+        # connection (CONN_MAX_AGE > 0, no pool) is health-checked before a request reuses it;
+        # with the pool, our backend checks each connection as it is handed out (Django's
+        # pool check, which this flag would also turn on, backs off a second and more per dead
+        # connection: see codingplans/postgres/base.py).
+        "CONN_HEALTH_CHECKS": pool_size == 0 and env_bool("CONN_HEALTH_CHECKS", True),
         "TEST": {"NAME": os.environ.get("TEST_DATABASE_NAME") or None},
     }
 
@@ -278,6 +287,18 @@ if (
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+# Nothing reads a task's result (the sweep records its run in the database), and waiting for
+# one made every `.delay()` subscribe to the Redis result backend, which, with Redis down, retries
+# for 20 s before giving up. Queuing a task with the broker down fails within a couple of seconds
+# (the callers log it and carry on), instead of Celery's 4 s connection timeout per retry.
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BROKER_CONNECTION_TIMEOUT = 1
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
@@ -300,6 +321,12 @@ CACHES = {
         # Django's Redis cache, with one connection pool per process also under ASGI.
         "BACKEND": "codingplans.cache.SharedPoolRedisCache",
         "LOCATION": REDIS_URL,
+        # Its users (rate limits, quota) fail open when Redis is down (codingplans.outages);
+        # short timeouts make that cost a request a fraction of a second, not a hang.
+        "OPTIONS": {
+            "socket_connect_timeout": float(os.environ.get("REDIS_CONNECT_TIMEOUT", "0.5")),
+            "socket_timeout": float(os.environ.get("REDIS_SOCKET_TIMEOUT", "1")),
+        },
     }
 }
 

@@ -4,13 +4,13 @@ or deleted — and cached briefly per subscription."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from django.core.cache import cache
 
+from codingplans import outages
 from codingplans.crypto import SecretUnavailable
 from inventory.models import Credential
 from inventory.services import decrypted_key
@@ -29,8 +29,6 @@ ERROR_STATUS = {"subscription_inactive": 409}
 ERROR_KINDS = frozenset({"network", "http", "invalid_response", "application"}) | set(ERROR_STATUS)
 UNAVAILABLE_MESSAGE = "The quota for this plan cannot be read right now."
 KEY_INACTIVE_MESSAGE = "This plan's key is no longer active."
-
-logger = logging.getLogger(__name__)
 
 
 class QuotaUnavailable(UpstreamError):
@@ -61,16 +59,16 @@ def _cache_get(key: str) -> Any:
     """A cache outage costs an upstream call, never the page (Q2)."""
     try:
         return cache.get(key)
-    except Exception:  # any backend error: fetch instead
-        logger.warning("quota cache unavailable (read)")
+    except Exception as exc:  # any backend error: fetch instead
+        outages.record("quota cache", exc)
         return None
 
 
 def _cache_set(key: str, value: Any, seconds: int) -> None:
     try:
         cache.set(key, value, seconds)
-    except Exception:  # any backend error: serve uncached
-        logger.warning("quota cache unavailable (write)")
+    except Exception as exc:  # any backend error: serve uncached
+        outages.record("quota cache", exc)
 
 
 def _fail(key: str, kind: str, message: str) -> QuotaUnavailable:

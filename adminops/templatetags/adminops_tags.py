@@ -53,3 +53,17 @@ def sweep_health(context):
     if user is None or not user.is_staff or not user.has_perm("subscriptions.view_sweeprun"):
         return None
     return health(now=timezone.now())
+
+
+@register.simple_tag(takes_context=True)
+def redis_outages(context) -> list[dict] | None:
+    """Issue 13 item 5: the times this web process carried on without Redis (rate limits not
+    enforced, the quota cache or the task queue not used), per kind, for any staff member."""
+    from codingplans import outages
+
+    request = context.get("request")
+    user = getattr(request, "user", None)
+    if user is None or not user.is_staff:
+        return None
+    rows = outages.snapshot()
+    return [{"kind": kind, "count": n, "last": last} for kind, n, last in rows] or None

@@ -102,3 +102,74 @@ def test_wrong_method_on_an_api_route_keeps_the_envelope(api):
     r = api.put("/api/v1/credits")
     assert r.status_code == 405
     assert r.json()["error"]["code"] == "method_not_allowed" and "GET" in r["Allow"]
+
+
+_PRINT_SETTINGS = (
+    "import json, django; django.setup(); from django.conf import settings as s; "
+    "print(json.dumps({name: getattr(s, name, None) for name in ("
+    "'SESSION_COOKIE_SECURE', 'CSRF_COOKIE_SECURE', 'CSRF_TRUSTED_ORIGINS', "
+    "'SECURE_PROXY_SSL_HEADER')}))"
+)
+
+
+def _production_settings(**extra: str) -> dict:
+    """The cookie and proxy settings a production process (DEBUG off) reads from `extra`."""
+    import json
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in {
+            "SESSION_COOKIE_SECURE",
+            "CSRF_COOKIE_SECURE",
+            "CSRF_TRUSTED_ORIGINS",
+            "SECURE_PROXY_SSL_HEADER",
+        }
+    }
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "codingplans.settings",
+            "DEBUG": "0",
+            "SECRET_KEY": "s" * 60,
+            "CODING_PLANS_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+            "CODING_PLANS_FINGERPRINT_KEY": "fingerprint-key",
+            "ALLOWED_HOSTS": "plans.example.com",
+            "DATABASE_URL": os.environ.get("DATABASE_URL", "postgres://localhost/x"),
+            **extra,
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", _PRINT_SETTINGS],
+        env=env,
+        cwd=django_settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_production_cookies_are_secure_only_and_no_proxy_header_is_trusted_by_default():
+    # Over plain HTTP a browser then never sends the CSRF cookie back: log-in answers 403.
+    assert _production_settings() == {
+        "SESSION_COOKIE_SECURE": True,
+        "CSRF_COOKIE_SECURE": True,
+        "CSRF_TRUSTED_ORIGINS": [],
+        "SECURE_PROXY_SSL_HEADER": None,
+    }
+
+
+def test_cookie_security_trusted_origins_and_proxy_header_come_from_the_environment():
+    assert _production_settings(
+        SESSION_COOKIE_SECURE="0",
+        CSRF_COOKIE_SECURE="false",
+        CSRF_TRUSTED_ORIGINS="https://plans.example.com, https://admin.example.com",
+        SECURE_PROXY_SSL_HEADER="1",
+    ) == {
+        "SESSION_COOKIE_SECURE": False,
+        "CSRF_COOKIE_SECURE": False,
+        "CSRF_TRUSTED_ORIGINS": ["https://plans.example.com", "https://admin.example.com"],
+        "SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"],
+    }

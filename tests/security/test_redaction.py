@@ -98,12 +98,13 @@ def test_record_factory_is_installed():
     assert logging.getLogRecordFactory() is not logging.LogRecord
 
 
-def test_message_arguments_are_redacted_and_dropped(caplog):
+def test_message_arguments_are_redacted_in_place(caplog):
+    # The arguments keep their shape (formatters such as uvicorn's read them; issue 13 item 2).
     caplog.set_level(logging.DEBUG, logger=logger.name)
     logger.info("checking key %s for user %d", SK, 7)
     (record,) = caplog.records
     assert record.getMessage() == f"checking key {REDACTED} for user 7"
-    assert record.args is None
+    assert record.args == (REDACTED, 7)
     assert SK not in caplog.text
 
 
