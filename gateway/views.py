@@ -1,9 +1,15 @@
 """POST /api/v1/gateway/chat/completions (SPEC G1–G3).
 
 An async view, so that under ASGI (uvicorn, as `make dev` serves it) a slow upstream stream
-holds a coroutine, not a worker thread. The customer's key is decrypted only for the upstream
-call, and no upstream error text, header or key ever reaches the response or the logs (the
-key is also scrubbed from whatever a successful upstream answer might echo).
+holds a coroutine, not a worker thread. Under WSGI (gunicorn's sync workers, and Django's test
+client) the same steps run synchronously on the request's own thread, on a synchronous httpx
+transport: Django would otherwise run the coroutine in an event loop of its own that is closed
+as soon as the view returns, while the streamed answer (and the pooled connection) still
+belonged to it ("Event loop is closed", issue 13).
+
+The customer's key is decrypted only for the upstream call, and no upstream error text, header
+or key ever reaches the response or the logs (the key is also scrubbed from whatever a
+successful upstream answer might echo).
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import threading
 import time
 import weakref
 from functools import partial
@@ -19,6 +27,7 @@ import httpx
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -210,12 +219,37 @@ def _transport() -> httpx.AsyncHTTPTransport:
     loop = asyncio.get_running_loop()
     transport = _transports.get(loop)
     if transport is None:
-        transport = httpx.AsyncHTTPTransport(
-            verify=ssl_context(),
-            trust_env=False,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-        )
+        transport = httpx.AsyncHTTPTransport(**_TRANSPORT_OPTIONS, verify=ssl_context())
         _transports[loop] = transport
+    return transport
+
+
+_TRANSPORT_OPTIONS = {
+    "trust_env": False,
+    "limits": httpx.Limits(max_connections=200, max_keepalive_connections=50),
+}
+# Under WSGI: one synchronous transport (a thread-safe connection pool) per process, made on
+# first use, so after gunicorn forks its workers; a child forked later starts a pool of its own.
+_sync_transport: httpx.HTTPTransport | None = None
+_sync_transport_lock = threading.Lock()
+
+
+def _forget_sync_transport() -> None:
+    global _sync_transport
+    _sync_transport = None
+
+
+os.register_at_fork(after_in_child=_forget_sync_transport)
+
+
+def _transport_sync() -> httpx.HTTPTransport:
+    global _sync_transport
+    transport = _sync_transport
+    if transport is None:
+        with _sync_transport_lock:
+            if _sync_transport is None:
+                _sync_transport = httpx.HTTPTransport(**_TRANSPORT_OPTIONS, verify=ssl_context())
+            transport = _sync_transport
     return transport
 
 
@@ -241,112 +275,104 @@ def _request_body(request: HttpRequest) -> dict:
     return body
 
 
-@csrf_exempt  # bearer tokens carry no ambient authority; session callers are CSRF-checked
-@sensitive_variables("route", "headers")
-async def chat_completions(request: HttpRequest) -> HttpResponse:
-    if request.method != "POST":
-        response = JsonResponse(
-            {"error": {"code": "method_not_allowed", "message": "Use POST."}}, status=405
-        )
-        response["Allow"] = "POST"
-        return response
-    try:
-        user_id, body, route = await sync_to_async(_admit)(request)
-    except DomainError as exc:
-        return _error(exc)
-    except _Unauthenticated:
-        response = JsonResponse(
-            {
-                "error": {
-                    "code": "unauthenticated",
-                    "message": "Send your personal API token as `Authorization: Bearer <token>`.",
-                }
-            },
-            status=401,
-        )
-        response["WWW-Authenticate"] = "Bearer"
-        return response
+def _unauthenticated() -> JsonResponse:
+    response = JsonResponse(
+        {
+            "error": {
+                "code": "unauthenticated",
+                "message": "Send your personal API token as `Authorization: Bearer <token>`.",
+            }
+        },
+        status=401,
+    )
+    response["WWW-Authenticate"] = "Bearer"
+    return response
 
+
+def _method_not_allowed() -> JsonResponse:
+    response = JsonResponse(
+        {"error": {"code": "method_not_allowed", "message": "Use POST."}}, status=405
+    )
+    response["Allow"] = "POST"
+    return response
+
+
+@sensitive_variables("route", "headers")
+def _upstream_request(route: services.Route, body: dict) -> httpx.Request:
     upstream_body = {**body, "model": route.upstream_model}
-    stream = body.get("stream") is True
     headers = {"Authorization": f"Bearer {route.api_key}", "Content-Type": "application/json"}
-    started = time.monotonic()
-    try:
-        upstream = await _transport().handle_async_request(
-            httpx.Request(
-                "POST",
-                settings.MINIMAX_API_BASE_URL.rstrip("/") + "/v1/chat/completions",
-                content=json.dumps(upstream_body),
-                headers=headers,
-                extensions={"timeout": _timeout().as_dict()},
-            )
-        )
-    except httpx.TimeoutException:
+    return httpx.Request(
+        "POST",
+        settings.MINIMAX_API_BASE_URL.rstrip("/") + "/v1/chat/completions",
+        content=json.dumps(upstream_body),
+        headers=headers,
+        extensions={"timeout": _timeout().as_dict()},
+    )
+
+
+def _unreachable(route: services.Route, exc: Exception) -> JsonResponse:
+    if isinstance(exc, httpx.TimeoutException):
         logger.warning("gateway: %s upstream timed out", route.provider_id)
         return _error(ProviderTimeout())
-    except httpx.HTTPError as exc:
-        logger.warning(
-            "gateway: %s upstream unreachable (%s)", route.provider_id, type(exc).__name__
-        )
-        return _error(ProviderError("The provider could not be reached."))
+    logger.warning("gateway: %s upstream unreachable (%s)", route.provider_id, type(exc).__name__)
+    return _error(ProviderError("The provider could not be reached."))
 
-    if upstream.status_code != 200:
-        error = _map_status(upstream)
-        retry_after = _retry_after(upstream)
-        await upstream.aclose()
-        logger.warning(
-            "gateway: %s upstream answered HTTP %s (%s)",
-            route.provider_id,
-            upstream.status_code,
-            error.code,
-        )
-        return _error(error, retry_after=retry_after if upstream.status_code == 429 else None)
 
-    if stream:
-        content_type = upstream.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if content_type != "text/event-stream":
-            # Not a stream (an error page, a plain JSON answer): never relay upstream text.
-            await upstream.aclose()
-            logger.warning("gateway: %s upstream answered a stream with no SSE", route.provider_id)
-            return _error(ProviderError("The provider sent an invalid response."))
-        outcome: dict = {}
-        response = MeteredStreamingResponse(
-            _relay(upstream, route=route, outcome=outcome),
-            content_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+def _refused(route: services.Route, upstream: httpx.Response) -> JsonResponse:
+    """A non-200 upstream answer (its body already closed), as our own error."""
+    error = _map_status(upstream)
+    logger.warning(
+        "gateway: %s upstream answered HTTP %s (%s)",
+        route.provider_id,
+        upstream.status_code,
+        error.code,
+    )
+    retry_after = _retry_after(upstream) if upstream.status_code == 429 else None
+    return _error(error, retry_after=retry_after)
 
-        def record_stream() -> None:
-            if outcome.get("completed"):
-                services.record_usage(
-                    user_id=user_id,
-                    route=route,
-                    streamed=True,
-                    usage=outcome.get("usage"),
-                    latency_ms=int((outcome["ended"] - started) * 1000),
-                    now=timezone.now(),
-                )
 
-        response.set_metering(record_stream)
-        return response
+def _is_event_stream(upstream: httpx.Response) -> bool:
+    content_type = upstream.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    return content_type == "text/event-stream"
 
+
+def _not_a_stream(route: services.Route) -> JsonResponse:
+    # Not a stream (an error page, a plain JSON answer): never relay upstream text.
+    logger.warning("gateway: %s upstream answered a stream with no SSE", route.provider_id)
+    return _error(ProviderError("The provider sent an invalid response."))
+
+
+def _streaming_response(content, *, user_id: int, route, relay: _Relay, started: float):
+    response = MeteredStreamingResponse(
+        content,
+        content_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+    def record_stream() -> None:
+        if relay.completed:
+            services.record_usage(
+                user_id=user_id,
+                route=route,
+                streamed=True,
+                usage=services.usage_from_sse(relay.tail),
+                latency_ms=int((relay.ended - started) * 1000),
+                now=timezone.now(),
+            )
+
+    response.set_metering(record_stream)
+    return response
+
+
+def _answer(raw: bytes, *, user_id: int, route, started: float) -> HttpResponse:
+    """A complete non-streaming upstream answer (HTTP 200) → our response."""
     try:
-        raw = b""
-        async for chunk in upstream.aiter_bytes():
-            raw += chunk
-            if len(raw) > MAX_RESPONSE_BYTES:
-                return _error(ProviderError("The provider's response was too large."))
         payload = json.loads(raw)
         if not isinstance(payload, dict):
             raise ValueError
-    except httpx.TimeoutException:
-        logger.warning("gateway: %s upstream timed out mid-answer", route.provider_id)
-        return _error(ProviderTimeout())
-    except (httpx.HTTPError, ValueError):
+    except (ValueError, RecursionError):
         logger.warning("gateway: %s upstream sent an invalid answer", route.provider_id)
         return _error(ProviderError("The provider sent an invalid response."))
-    finally:
-        await upstream.aclose()
     error = _error_in_body(payload)
     if error is not None:
         logger.warning("gateway: %s upstream answered 200 with %s", route.provider_id, error.code)
@@ -370,6 +396,109 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     return response
 
 
+@csrf_exempt  # bearer tokens carry no ambient authority; session callers are CSRF-checked
+@sensitive_variables("route")
+async def chat_completions(request: HttpRequest) -> HttpResponse:
+    if not isinstance(request, ASGIRequest):
+        # Under WSGI Django runs this coroutine in an event loop of its own, closed when the
+        # view returns: take the synchronous path, on the request's own thread.
+        return await sync_to_async(chat_completions_sync)(request)
+    if request.method != "POST":
+        return _method_not_allowed()
+    try:
+        user_id, body, route = await sync_to_async(_admit)(request)
+    except DomainError as exc:
+        return _error(exc)
+    except _Unauthenticated:
+        return _unauthenticated()
+
+    stream = body.get("stream") is True
+    started = time.monotonic()
+    try:
+        upstream = await _transport().handle_async_request(_upstream_request(route, body))
+    except httpx.HTTPError as exc:
+        return _unreachable(route, exc)
+
+    if upstream.status_code != 200:
+        await upstream.aclose()
+        return _refused(route, upstream)
+
+    if stream:
+        if not _is_event_stream(upstream):
+            await upstream.aclose()
+            return _not_a_stream(route)
+        relay = _Relay(route)
+        return _streaming_response(
+            _relay(upstream, relay), user_id=user_id, route=route, relay=relay, started=started
+        )
+
+    try:
+        raw = b""
+        async for chunk in upstream.aiter_bytes():
+            raw += chunk
+            if len(raw) > MAX_RESPONSE_BYTES:
+                return _error(ProviderError("The provider's response was too large."))
+    except httpx.TimeoutException:
+        logger.warning("gateway: %s upstream timed out mid-answer", route.provider_id)
+        return _error(ProviderTimeout())
+    except httpx.HTTPError:
+        logger.warning("gateway: %s upstream sent an invalid answer", route.provider_id)
+        return _error(ProviderError("The provider sent an invalid response."))
+    finally:
+        await upstream.aclose()
+    return _answer(raw, user_id=user_id, route=route, started=started)
+
+
+@sensitive_variables("route")
+def chat_completions_sync(request: HttpRequest) -> HttpResponse:
+    """`chat_completions` under WSGI: the same steps, on a synchronous httpx transport, with a
+    synchronous generator relaying the stream (which gunicorn's workers send as it arrives)."""
+    if request.method != "POST":
+        return _method_not_allowed()
+    try:
+        user_id, body, route = _admit(request)
+    except DomainError as exc:
+        return _error(exc)
+    except _Unauthenticated:
+        return _unauthenticated()
+
+    stream = body.get("stream") is True
+    started = time.monotonic()
+    try:
+        upstream = _transport_sync().handle_request(_upstream_request(route, body))
+    except httpx.HTTPError as exc:
+        return _unreachable(route, exc)
+
+    if upstream.status_code != 200:
+        upstream.close()
+        return _refused(route, upstream)
+
+    if stream:
+        if not _is_event_stream(upstream):
+            upstream.close()
+            return _not_a_stream(route)
+        relay = _Relay(route)
+        return _streaming_response(
+            _relay_sync(upstream, relay), user_id=user_id, route=route, relay=relay, started=started
+        )
+
+    try:
+        raw = b""
+        for chunk in upstream.iter_bytes():
+            raw += chunk
+            if len(raw) > MAX_RESPONSE_BYTES:
+                return _error(ProviderError("The provider's response was too large."))
+    except httpx.TimeoutException:
+        logger.warning("gateway: %s upstream timed out mid-answer", route.provider_id)
+        return _error(ProviderTimeout())
+    except httpx.HTTPError:
+        logger.warning("gateway: %s upstream sent an invalid answer", route.provider_id)
+        return _error(ProviderError("The provider sent an invalid response."))
+    finally:
+        upstream.close()
+    return _answer(raw, user_id=user_id, route=route, started=started)
+
+
 def _stream_done(tail: bytes) -> bool:
     """Whether the stream ended with its terminator (`data: [DONE]`). An upstream that simply
     closes the connection mid-answer ends its body "cleanly" at the HTTP level when it sent no
@@ -385,47 +514,95 @@ def _event_separator(tail: bytes) -> bytes:
     return b"\n" if tail.endswith((b"\n", b"\r")) else b"\n\n"
 
 
-async def _relay(upstream: httpx.Response, *, route, outcome: dict):
-    """Pass server-sent events through as they arrive (G2), whole lines at a time so the key
-    can be scrubbed should upstream ever echo it. If the client goes away, the generator is
-    closed and the upstream request with it. Usage is recorded only for a stream that ended
-    with `data: [DONE]`; one that broke off ends with a sanitized SSE error event instead."""
-    forms = [form.encode() for form in _secret_forms(route.api_key)]
+class _Relay:
+    """The state of one relayed stream, shared by the ASGI and WSGI relays: upstream bytes are
+    passed on whole lines at a time, so the key can be scrubbed should upstream ever echo it.
+    A stream counts as completed (and its usage is recorded) only when it ended with
+    `data: [DONE]`; one that broke off ends with a sanitized SSE error event instead."""
 
-    def scrub(data: bytes) -> bytes:
-        for form in forms:
+    __slots__ = ("_forms", "_pending", "_route", "completed", "ended", "tail")
+
+    def __init__(self, route: services.Route) -> None:
+        self._route = route
+        self._forms = [form.encode() for form in _secret_forms(route.api_key)]
+        self._pending = b""
+        self.tail = b""
+        self.completed = False
+        self.ended = 0.0
+
+    def __repr__(self) -> str:  # never the key forms
+        return f"<_Relay {self._route.provider_id}>"
+
+    def _scrub(self, data: bytes) -> bytes:
+        for form in self._forms:
             data = data.replace(form, SCRUBBED.encode())
         return data
 
-    tail = b""
-    pending = b""
-    completed = False
+    def _out(self, data: bytes) -> bytes:
+        self.tail = (self.tail + data)[-USAGE_SCAN_BYTES:]
+        return data
+
+    def feed(self, chunk: bytes) -> bytes:
+        """What to send on now that `chunk` arrived (b"" while a line is incomplete)."""
+        pending = self._pending + chunk
+        cut = pending.rfind(b"\n") + 1
+        if not cut:
+            if len(pending) < MAX_PENDING_LINE_BYTES:
+                self._pending = pending
+                return b""
+            cut = len(pending)
+        self._pending = pending[cut:]
+        return self._out(self._scrub(pending[:cut]))
+
+    def end(self) -> bytes:
+        """Upstream's body ended: the terminator, or our error event if it broke off."""
+        out = b""
+        if self._pending.strip() == DONE_LINE:  # the terminator without its final newline
+            out = self._out(self._pending + b"\n\n")
+        self._pending = b""
+        self.completed = _stream_done(self.tail)
+        if not self.completed:  # a partial last line is dropped
+            logger.warning("gateway: %s upstream stream ended early", self._route.provider_id)
+            out += _event_separator(self.tail) + STREAM_BROKEN_EVENT
+        return out
+
+    def broke(self, exc: Exception) -> bytes:
+        """Upstream broke mid-stream: end our stream with an SSE error event, sanitized."""
+        logger.warning(
+            "gateway: %s upstream stream broke (%s)", self._route.provider_id, type(exc).__name__
+        )
+        return _event_separator(self.tail) + STREAM_BROKEN_EVENT
+
+    def finished(self) -> None:
+        self.ended = time.monotonic()
+
+
+async def _relay(upstream: httpx.Response, relay: _Relay):
+    """Pass server-sent events through as they arrive (G2). If the client goes away, the
+    generator is closed and the upstream request with it."""
     try:
         async for chunk in upstream.aiter_raw():
-            pending += chunk
-            cut = pending.rfind(b"\n") + 1
-            if not cut:
-                if len(pending) < MAX_PENDING_LINE_BYTES:
-                    continue
-                cut = len(pending)
-            out, pending = scrub(pending[:cut]), pending[cut:]
-            tail = (tail + out)[-USAGE_SCAN_BYTES:]
-            yield out
-        if pending.strip() == DONE_LINE:  # the terminator without its final newline
-            out, pending = pending + b"\n\n", b""
-            tail = (tail + out)[-USAGE_SCAN_BYTES:]
-            yield out
-        completed = _stream_done(tail)
-        if not completed:  # a partial last line (in `pending`) is dropped
-            logger.warning("gateway: %s upstream stream ended early", route.provider_id)
-            yield _event_separator(tail) + STREAM_BROKEN_EVENT
+            out = relay.feed(chunk)
+            if out:
+                yield out
+        yield relay.end()
     except httpx.HTTPError as exc:
-        # Upstream broke mid-stream: end our stream with an SSE error event, sanitized.
-        logger.warning(
-            "gateway: %s upstream stream broke (%s)", route.provider_id, type(exc).__name__
-        )
-        yield _event_separator(tail) + STREAM_BROKEN_EVENT
+        yield relay.broke(exc)
     finally:
         await upstream.aclose()
-    if completed:  # recorded by the response once the stream is closed (_MeteredResponse)
-        outcome.update(completed=True, usage=services.usage_from_sse(tail), ended=time.monotonic())
+    relay.finished()  # recorded by the response once the stream is closed (_MeteredResponse)
+
+
+def _relay_sync(upstream: httpx.Response, relay: _Relay):
+    """`_relay` under WSGI."""
+    try:
+        for chunk in upstream.iter_raw():
+            out = relay.feed(chunk)
+            if out:
+                yield out
+        yield relay.end()
+    except httpx.HTTPError as exc:
+        yield relay.broke(exc)
+    finally:
+        upstream.close()
+    relay.finished()
