@@ -15,8 +15,11 @@ successful upstream answer might echo).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import email.utils
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -62,12 +65,14 @@ STREAM_BROKEN_EVENT = (
 )
 
 
-def _error(exc: DomainError, *, retry_after: str | None = None) -> JsonResponse:
+def _error(exc: DomainError, *, upstream: httpx.Response | None = None) -> JsonResponse:
+    """The error envelope; a provider rate limit always carries Retry-After (SPEC G3), from
+    `upstream`'s header when it has a usable one."""
     response = JsonResponse(
         {"error": {"code": exc.code, "message": exc.message}}, status=exc.status
     )
-    if retry_after:
-        response["Retry-After"] = retry_after
+    if isinstance(exc, ProviderRateLimited):
+        response["Retry-After"] = _retry_after(upstream)
     return response
 
 
@@ -198,9 +203,29 @@ def _error_in_body(payload: dict) -> DomainError | None:
     return ProviderError(f"The provider returned an error (code {code}).")
 
 
-def _retry_after(response: httpx.Response) -> str | None:
-    value = response.headers.get("Retry-After", "").strip()
-    return value if value.isdigit() and len(value) <= 6 else None
+# Retry-After on every 429 provider_rate_limited (SPEC G3): upstream's when it gave a usable one
+# (seconds, or an HTTP date), as whole seconds within these bounds; otherwise the default.
+DEFAULT_RETRY_AFTER_SECONDS = 10
+MAX_RETRY_AFTER_SECONDS = 3600
+
+
+def _retry_after(response: httpx.Response | None) -> str:
+    value = response.headers.get("Retry-After", "").strip() if response is not None else ""
+    seconds = None
+    if value.isascii() and value.isdigit():
+        seconds = int(value[:12])
+    elif value:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            when = None
+        if when is not None:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=dt.UTC)
+            seconds = math.ceil((when - dt.datetime.now(dt.UTC)).total_seconds())
+    if seconds is None:
+        return str(DEFAULT_RETRY_AFTER_SECONDS)
+    return str(min(max(seconds, 1), MAX_RETRY_AFTER_SECONDS))
 
 
 # One connection pool per event loop (uvicorn runs one per process), so upstream connections
@@ -327,8 +352,7 @@ def _refused(route: services.Route, upstream: httpx.Response) -> JsonResponse:
         upstream.status_code,
         error.code,
     )
-    retry_after = _retry_after(upstream) if upstream.status_code == 429 else None
-    return _error(error, retry_after=retry_after)
+    return _error(error, upstream=upstream)
 
 
 def _is_event_stream(upstream: httpx.Response) -> bool:
@@ -336,8 +360,18 @@ def _is_event_stream(upstream: httpx.Response) -> bool:
     return content_type == "text/event-stream"
 
 
-def _not_a_stream(route: services.Route) -> JsonResponse:
-    # Not a stream (an error page, a plain JSON answer): never relay upstream text.
+def _not_a_stream(route: services.Route, raw: bytes | None) -> JsonResponse:
+    """A 200 to a streaming request that is no event stream (the start of its body in `raw`):
+    MiniMax's JSON with an error in `base_resp` maps as in a non-streaming answer; anything
+    else (an error page, a plain answer) is a provider error. Upstream text is never relayed."""
+    try:
+        payload = json.loads(raw or b"null")
+    except (ValueError, RecursionError):
+        payload = None
+    error = _error_in_body(payload) if isinstance(payload, dict) else None
+    if error is not None:
+        logger.warning("gateway: %s upstream answered 200 with %s", route.provider_id, error.code)
+        return _error(error)
     logger.warning("gateway: %s upstream answered a stream with no SSE", route.provider_id)
     return _error(ProviderError("The provider sent an invalid response."))
 
@@ -396,6 +430,25 @@ def _answer(raw: bytes, *, user_id: int, route, started: float) -> HttpResponse:
     return response
 
 
+async def _read_async(upstream: httpx.Response, *, limit: int) -> bytes | None:
+    """The whole body, or None once it exceeds `limit` bytes."""
+    raw = b""
+    async for chunk in upstream.aiter_bytes():
+        raw += chunk
+        if len(raw) > limit:
+            return None
+    return raw
+
+
+def _read_sync(upstream: httpx.Response, *, limit: int) -> bytes | None:
+    raw = b""
+    for chunk in upstream.iter_bytes():
+        raw += chunk
+        if len(raw) > limit:
+            return None
+    return raw
+
+
 @csrf_exempt  # bearer tokens carry no ambient authority; session callers are CSRF-checked
 @sensitive_variables("route")
 async def chat_completions(request: HttpRequest) -> HttpResponse:
@@ -425,19 +478,22 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
 
     if stream:
         if not _is_event_stream(upstream):
-            await upstream.aclose()
-            return _not_a_stream(route)
+            try:
+                raw = await _read_async(upstream, limit=USAGE_SCAN_BYTES)
+            except httpx.HTTPError:
+                raw = None
+            finally:
+                await upstream.aclose()
+            return _not_a_stream(route, raw)
         relay = _Relay(route)
         return _streaming_response(
             _relay(upstream, relay), user_id=user_id, route=route, relay=relay, started=started
         )
 
     try:
-        raw = b""
-        async for chunk in upstream.aiter_bytes():
-            raw += chunk
-            if len(raw) > MAX_RESPONSE_BYTES:
-                return _error(ProviderError("The provider's response was too large."))
+        raw = await _read_async(upstream, limit=MAX_RESPONSE_BYTES)
+        if raw is None:
+            return _error(ProviderError("The provider's response was too large."))
     except httpx.TimeoutException:
         logger.warning("gateway: %s upstream timed out mid-answer", route.provider_id)
         return _error(ProviderTimeout())
@@ -475,19 +531,22 @@ def chat_completions_sync(request: HttpRequest) -> HttpResponse:
 
     if stream:
         if not _is_event_stream(upstream):
-            upstream.close()
-            return _not_a_stream(route)
+            try:
+                raw = _read_sync(upstream, limit=USAGE_SCAN_BYTES)
+            except httpx.HTTPError:
+                raw = None
+            finally:
+                upstream.close()
+            return _not_a_stream(route, raw)
         relay = _Relay(route)
         return _streaming_response(
             _relay_sync(upstream, relay), user_id=user_id, route=route, relay=relay, started=started
         )
 
     try:
-        raw = b""
-        for chunk in upstream.iter_bytes():
-            raw += chunk
-            if len(raw) > MAX_RESPONSE_BYTES:
-                return _error(ProviderError("The provider's response was too large."))
+        raw = _read_sync(upstream, limit=MAX_RESPONSE_BYTES)
+        if raw is None:
+            return _error(ProviderError("The provider's response was too large."))
     except httpx.TimeoutException:
         logger.warning("gateway: %s upstream timed out mid-answer", route.provider_id)
         return _error(ProviderTimeout())
