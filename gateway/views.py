@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import email.utils
+import itertools
 import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 import weakref
@@ -283,6 +285,30 @@ def _timeout() -> httpx.Timeout:
     return httpx.Timeout(seconds, connect=5.0)
 
 
+# JSON nested deeper than this is refused (a request) or treated as invalid (an answer): Python's
+# parser accepts ~1000 levels, but encoding such a value again for upstream, or walking it to
+# scrub the key, runs out of stack — a 500 (issue 13). Chat bodies, tool schemas included, nest
+# far less.
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_A_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_BRACKET_STEP = [0] * 256
+_BRACKET_STEP[ord("[")] = _BRACKET_STEP[ord("{")] = 1
+_BRACKET_STEP[ord("]")] = _BRACKET_STEP[ord("}")] = -1
+
+
+def _nested_too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether JSON text nests containers more than `limit` deep, without parsing it: the
+    brackets outside strings, counted. Nearly free for ordinary bodies (too few brackets to
+    matter); C-speed scans otherwise."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_A_BRACKET)
+    if re.search(rb"[\[{]{%d}" % (limit + 1), brackets):  # a plain run of openers
+        return True
+    return max(itertools.accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0) > limit
+
+
 def _request_body(request: HttpRequest) -> dict:
     try:
         raw = request.body
@@ -290,6 +316,8 @@ def _request_body(request: HttpRequest) -> dict:
         raise InvalidRequest("The request body is too large.") from None
     if len(raw) > MAX_REQUEST_BYTES:
         raise InvalidRequest("The request body is too large.")
+    if _nested_too_deep(raw):
+        raise InvalidRequest(f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.")
     try:
         body = json.loads(raw or b"null")
     except (ValueError, RecursionError):
@@ -401,6 +429,8 @@ def _streaming_response(content, *, user_id: int, route, relay: _Relay, started:
 def _answer(raw: bytes, *, user_id: int, route, started: float) -> HttpResponse:
     """A complete non-streaming upstream answer (HTTP 200) → our response."""
     try:
+        if _nested_too_deep(raw):
+            raise ValueError
         payload = json.loads(raw)
         if not isinstance(payload, dict):
             raise ValueError

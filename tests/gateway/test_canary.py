@@ -187,8 +187,9 @@ def test_metering_failure_keeps_the_answer_and_logs_no_key(customer, logs, monke
 def test_error_reports_do_not_show_the_key(customer, settings, monkeypatch, mailoutbox, logs):
     # An unexpected failure after the upstream call. Django's error report (the HTML an error
     # e-mail to ADMINS can carry) lists every frame's local variables; with
-    # DEBUG off, none of them shows the key: `headers` and `route` are sensitive variables of
-    # the view, and a Route's repr leaves the key out.
+    # DEBUG off, none of them shows the key: no local of the view holds it (the Authorization
+    # header is built in a helper, whose `headers` is a sensitive variable; issue 13 item 16),
+    # and a Route's repr leaves the key out.
     # Built at run time: error reports quote source lines, and a literal would be found there.
     key = "".join(("canary", "ErrorReport", "5K8v"))
     install(customer, key)
