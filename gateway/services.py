@@ -71,10 +71,12 @@ def resolve_route(*, user, model: object) -> Route:
 
 @dataclass(frozen=True)
 class BearerCaller:
-    """A bearer token's owner and, read in the same query, their enabled entry (if any) for
-    the provider the request names: (encrypted key, subscription id)."""
+    """A bearer token (its id, for the rate limit), its owner and, read in the same query, their
+    enabled entry (if any) for the provider the request names: (encrypted key, subscription
+    id)."""
 
     user_id: int
+    token_id: int
     entry: tuple[str, int | None] | None = field(repr=False)
 
     def route(self, model: object) -> Route:
@@ -111,7 +113,7 @@ def bearer_caller(token: str, *, provider_id: str | None, now: datetime) -> Bear
     token_id, last_used_at, user_id, encrypted_key, subscription_id, entry_id = row
     touch_token(token_id=token_id, last_used_at=last_used_at, now=now)
     entry = (encrypted_key, subscription_id) if entry_id is not None else None
-    return BearerCaller(user_id=user_id, entry=entry)
+    return BearerCaller(user_id=user_id, token_id=token_id, entry=entry)
 
 
 def record_usage(

@@ -83,8 +83,9 @@ class _Unauthenticated(Exception):
 
 
 def _admit(request: HttpRequest) -> tuple[int, dict, services.Route]:
-    """Authenticate, rate-limit (per token, or per session user, in the shared fixed-window
-    limiter), parse the body and resolve the route — the first failure in that order wins.
+    """Authenticate, rate-limit (per token, or per session user, and per user across all of
+    their tokens, in the shared fixed-window limiter), parse the body and resolve the route —
+    the first failure in that order wins.
 
     One synchronous step, so the async view makes one thread hop for all of it instead of one
     per step; a bearer caller and their key are read in one query (issue 8: added latency)."""
@@ -93,7 +94,7 @@ def _admit(request: HttpRequest) -> tuple[int, dict, services.Route]:
         user = bearer_or_session(request)  # the session (CSRF-checked)
         if user is None:
             raise _Unauthenticated()
-        _rate_limit(f"user:{user.pk}")
+        _rate_limit(f"user:{user.pk}", user_id=user.pk)
         body = _request_body(request)
         return user.pk, body, services.resolve_route(user=user, model=body.get("model"))
     scheme, _, token = header.partition(" ")
@@ -111,15 +112,25 @@ def _admit(request: HttpRequest) -> tuple[int, dict, services.Route]:
     )
     if caller is None:
         raise _Unauthenticated()
-    _rate_limit(header)
+    _rate_limit(f"token:{caller.token_id}", user_id=caller.user_id)
     if body_error is not None:
         raise body_error
     return caller.user_id, body, caller.route(model)
 
 
-def _rate_limit(who: str) -> None:
+def _rate_limit(who: str, *, user_id: int) -> None:
+    """Fixed one-minute windows in the shared cache: `who`'s own budget (a token, by its id —
+    never the header's spelling — or a session user), then the user's cap across all of their
+    tokens and their session, so making more tokens buys no more (issue 13). A request the
+    token's own limit refuses does not count against the user's cap."""
     if not ratelimit.hit("gateway", who, limit=int(settings.GATEWAY_RATE_LIMIT_PER_MINUTE)):
         raise RateLimited()
+    per_user = int(settings.GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE)
+    if not ratelimit.hit("gateway-user", str(user_id), limit=per_user):
+        raise RateLimited(
+            "Too many requests from your account (all your API tokens together); "
+            "slow down and retry in a minute."
+        )
 
 
 class _MeteredResponse:

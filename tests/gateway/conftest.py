@@ -133,6 +133,9 @@ class WsgiServer:
             DATABASE_URL=database.geturl(),
             MINIMAX_API_BASE_URL=settings.MINIMAX_API_BASE_URL,
             GATEWAY_RATE_LIMIT_PER_MINUTE=str(settings.GATEWAY_RATE_LIMIT_PER_MINUTE),
+            GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE=str(
+                settings.GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE
+            ),
             LOG_LEVEL="INFO",
             **env,
         )

@@ -519,6 +519,41 @@ def test_rate_limit_per_token(customer, buy_plan, standin, settings):
     assert post(second).status_code == 200
 
 
+def test_rate_limit_is_per_token_whatever_the_spelling(customer, buy_plan, standin, settings):
+    # Issue 13 item 17: the budget belongs to the token, not to the header's spelling — the
+    # scheme's case and the spaces after it do not buy a fresh budget.
+    settings.GATEWAY_RATE_LIMIT_PER_MINUTE = 3
+    buy_plan(customer)
+    token = create_api_token(user=customer, now=timezone.now()).plaintext
+    spellings = [f"Bearer {token}", f"bearer {token}", f"Bearer  {token}", f"BEARER {token} "]
+    _not_at_a_minute_boundary()
+    for header in spellings[:3]:
+        assert post(Client(HTTP_AUTHORIZATION=header)).status_code == 200, header
+    for header in spellings:
+        r = post(Client(HTTP_AUTHORIZATION=header))
+        assert r.status_code == 429 and error_code(r) == "rate_limited", header
+    assert len(chat_calls(standin)) == 3
+
+
+def test_rate_limit_per_user_across_their_tokens(customer, make_user, buy_plan, standin, settings):
+    # Issue 13 item 17: making more tokens does not multiply the budget — all of a user's
+    # tokens share GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE; another user has their own.
+    settings.GATEWAY_RATE_LIMIT_PER_MINUTE = 3
+    settings.GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE = 5
+    buy_plan(customer)
+    other = make_user(credits_usd=50)
+    buy_plan(other)
+    tokens = [api_client_for(customer) for _ in range(3)]
+    _not_at_a_minute_boundary()
+    assert [post(tokens[0]).status_code for _ in range(3)] == [200, 200, 200]
+    assert [post(tokens[1]).status_code for _ in range(2)] == [200, 200]
+    for client in tokens:  # the user's cap is used up, whichever token
+        r = post(client)
+        assert r.status_code == 429 and error_code(r) == "rate_limited"
+    assert len(chat_calls(standin)) == 5
+    assert post(api_client_for(other)).status_code == 200
+
+
 # -- acceptance (the real-HTTP version is in test_streaming.py) --------------------------------
 
 

@@ -174,6 +174,7 @@ def hostile(settings):
     settings.PURCHASE_RATE_LIMIT_PER_MINUTE = 0  # unlimited: the fuzz is not about rate limits
     settings.LOGIN_RATE_LIMIT_PER_MINUTE = 0
     settings.GATEWAY_RATE_LIMIT_PER_MINUTE = 1_000_000
+    settings.GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE = 1_000_000
     settings.MINIMAX_TIMEOUT_SECONDS = 1
 
 
