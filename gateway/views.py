@@ -614,17 +614,54 @@ def _event_separator(tail: bytes) -> bytes:
     return b"\n" if tail.endswith((b"\n", b"\r")) else b"\n\n"
 
 
-class _Relay:
-    """The state of one relayed stream, shared by the ASGI and WSGI relays: upstream bytes are
-    passed on whole lines at a time, so the key can be scrubbed should upstream ever echo it.
-    A stream counts as completed (and its usage is recorded) only when it ended with
-    `data: [DONE]`; one that broke off ends with a sanitized SSE error event instead."""
+# JSON escapes that could spell a character of a key in a string: `\uXXXX` always; the short
+# escapes only when the key has that character.
+_SHORT_ESCAPES = {
+    '"': b'\\"',
+    "\\": b"\\\\",
+    "/": b"\\/",
+    "\b": b"\\b",
+    "\f": b"\\f",
+    "\n": b"\\n",
+    "\r": b"\\r",
+    "\t": b"\\t",
+}
+_EVENT_END = re.compile(rb"(\r?\n\r?\n)")
 
-    __slots__ = ("_forms", "_pending", "_route", "completed", "ended", "tail")
+
+def _event_cut(data: bytes) -> int:
+    """The index just past the last blank line (the end of the last complete event), or 0."""
+    return max(data.rfind(b"\n\n") + 2, data.rfind(b"\n\r\n") + 3, 0) if b"\n" in data else 0
+
+
+class _Relay:
+    """The state of one relayed stream, shared by the ASGI and WSGI relays.
+
+    Upstream bytes are passed on a whole event at a time (an SSE client acts on nothing before
+    an event's blank line, so this delays nothing), so the key can be scrubbed should upstream
+    ever echo it: as it is or JSON-escaped, by a plain replace; and when an event carries JSON
+    escapes that could spell it (`\\u0073k-…`), in the event's data as a client decodes it —
+    the data lines joined, parsed, the key replaced in its strings and, if anything changed,
+    the event re-encoded (issue 13). A stream counts as completed (and its usage is recorded)
+    only when it ended with `data: [DONE]`; one that broke off ends with a sanitized SSE error
+    event instead."""
+
+    __slots__ = (
+        "_escapes",
+        "_forms",
+        "_pending",
+        "_route",
+        "_text_forms",
+        "completed",
+        "ended",
+        "tail",
+    )
 
     def __init__(self, route: services.Route) -> None:
         self._route = route
-        self._forms = [form.encode() for form in _secret_forms(route.api_key)]
+        self._text_forms = _secret_forms(route.api_key)
+        self._forms = [form.encode() for form in self._text_forms]
+        self._escapes = (b"\\u", *{_SHORT_ESCAPES[c] for c in route.api_key if c in _SHORT_ESCAPES})
         self._pending = b""
         self.tail = b""
         self.completed = False
@@ -636,32 +673,64 @@ class _Relay:
     def _scrub(self, data: bytes) -> bytes:
         for form in self._forms:
             data = data.replace(form, SCRUBBED.encode())
+        if any(escape in data for escape in self._escapes):
+            parts = _EVENT_END.split(data)  # event, separator, event, …, the rest
+            parts[::2] = [self._scrub_event(event) for event in parts[::2]]
+            data = b"".join(parts)
         return data
+
+    def _scrub_event(self, event: bytes) -> bytes:
+        """One event (without its blank line) whose data a client would decode to the key: the
+        same event with the key replaced in the decoded data, re-encoded on one `data:` line."""
+        if not any(escape in event for escape in self._escapes):
+            return event
+        lines = event.split(b"\n")
+        values = [
+            line.rstrip(b"\r")[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:")
+        ]
+        if not values:
+            return event
+        data = b"\n".join(values)
+        if _nested_too_deep(data):  # nothing a chat stream sends, and unsafe to walk: withheld
+            logger.warning("gateway: %s upstream event nested too deep", self._route.provider_id)
+            return b": withheld"
+        try:
+            decoded = json.loads(data)
+        except (ValueError, RecursionError):
+            return event  # not JSON: a client has no escapes to decode either
+        scrubbed = _scrub_json(decoded, self._text_forms)
+        if scrubbed == decoded:
+            return event
+        kept = [line for line in lines if line and not line.startswith(b"data:")]
+        return b"\n".join([*kept, b"data: " + json.dumps(scrubbed).encode()])
 
     def _out(self, data: bytes) -> bytes:
         self.tail = (self.tail + data)[-USAGE_SCAN_BYTES:]
         return data
 
     def feed(self, chunk: bytes) -> bytes:
-        """What to send on now that `chunk` arrived (b"" while a line is incomplete)."""
+        """What to send on now that `chunk` arrived (b"" while an event is incomplete)."""
         pending = self._pending + chunk
-        cut = pending.rfind(b"\n") + 1
+        cut = _event_cut(pending)
         if not cut:
             if len(pending) < MAX_PENDING_LINE_BYTES:
                 self._pending = pending
                 return b""
-            cut = len(pending)
+            cut = pending.rfind(b"\n") + 1 or len(pending)  # an over-long event: whole lines
         self._pending = pending[cut:]
         return self._out(self._scrub(pending[:cut]))
 
     def end(self) -> bytes:
         """Upstream's body ended: the terminator, or our error event if it broke off."""
+        rest, self._pending = self._pending, b""
+        lines = [line.strip() for line in rest.splitlines() if line.strip()]
         out = b""
-        if self._pending.strip() == DONE_LINE:  # the terminator without its final newline
-            out = self._out(self._pending + b"\n\n")
-        self._pending = b""
+        if lines and lines[-1] == DONE_LINE:  # the last event without its blank line
+            out = self._out(self._scrub(rest.rstrip(b"\r\n") + b"\n\n"))
+        elif b"\n" in rest:  # the complete lines of an unfinished event (a partial one is dropped)
+            out = self._out(self._scrub(rest[: rest.rfind(b"\n") + 1]))
         self.completed = _stream_done(self.tail)
-        if not self.completed:  # a partial last line is dropped
+        if not self.completed:
             logger.warning("gateway: %s upstream stream ended early", self._route.provider_id)
             out += _event_separator(self.tail) + STREAM_BROKEN_EVENT
         return out
