@@ -754,7 +754,9 @@ async def _relay(upstream: httpx.Response, relay: _Relay):
             out = relay.feed(chunk)
             if out:
                 yield out
-        yield relay.end()
+        out = relay.end()
+        if out:
+            yield out
     except httpx.HTTPError as exc:
         yield relay.broke(exc)
     finally:
@@ -769,7 +771,9 @@ def _relay_sync(upstream: httpx.Response, relay: _Relay):
             out = relay.feed(chunk)
             if out:
                 yield out
-        yield relay.end()
+        out = relay.end()
+        if out:
+            yield out
     except httpx.HTTPError as exc:
         yield relay.broke(exc)
     finally:
