@@ -68,6 +68,7 @@ def _setup() -> tuple[str, str]:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "codingplans.settings")
     os.environ["PURCHASE_RATE_LIMIT_PER_MINUTE"] = "1000000"
     os.environ["GATEWAY_RATE_LIMIT_PER_MINUTE"] = "1000000"
+    os.environ["GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE"] = "1000000"
     base = server_url()
     bench_url = recreate_database(base, BENCH_DB)
     os.environ["DATABASE_URL"] = bench_url

@@ -325,6 +325,7 @@ def server_env(**extra: str) -> dict[str, str]:
             "MINIMAX_API_BASE_URL": settings.MINIMAX_API_BASE_URL,
             "PURCHASE_RATE_LIMIT_PER_MINUTE": "1000000",
             "GATEWAY_RATE_LIMIT_PER_MINUTE": "1000000",
+            "GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE": "1000000",
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
         }

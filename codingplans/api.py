@@ -4,50 +4,11 @@ from __future__ import annotations
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
-from django.middleware.csrf import CsrfViewMiddleware
-from django.utils import timezone
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from accounts.tokens import authenticate_token
+from accounts.auth import bearer_or_session
 from codingplans.errors import DomainError
-
-
-def _csrf_failure(request: HttpRequest) -> bool:
-    def _noop(_request: HttpRequest) -> HttpResponse:
-        return HttpResponse()
-
-    middleware = CsrfViewMiddleware(_noop)
-    middleware.process_request(request)
-    return middleware.process_view(request, _noop, (), {}) is not None
-
-
-class CsrfFailed(DomainError):
-    code = "csrf_failed"
-    status = 403
-    default_message = "CSRF token missing or incorrect. Reload the page and try again."
-
-
-def bearer_or_session(request: HttpRequest):
-    """`Authorization: Bearer <token>` acts for the token's owner; otherwise the session cookie,
-    with Django's CSRF check on unsafe methods (SPEC 11.1, S2)."""
-    header = request.headers.get("Authorization", "")
-    if header:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        user = authenticate_token(token.strip(), now=timezone.now())
-        if user is not None:
-            request.user = user
-            request._dont_enforce_csrf_checks = True
-        return user
-    user = getattr(request, "user", None)
-    if user is None or not user.is_authenticated:
-        return None
-    if request.method not in ("GET", "HEAD", "OPTIONS", "TRACE") and _csrf_failure(request):
-        raise CsrfFailed()
-    return user
-
 
 api = NinjaAPI(
     title="Coding Plans API",

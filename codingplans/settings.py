@@ -252,6 +252,10 @@ MINIMAX_API_BASE_URL = os.environ.get("MINIMAX_API_BASE_URL", "https://api.minim
 MINIMAX_TIMEOUT_SECONDS = float(os.environ.get("MINIMAX_TIMEOUT_SECONDS", "10"))
 GATEWAY_TIMEOUT_SECONDS = float(os.environ.get("GATEWAY_TIMEOUT_SECONDS", "60"))
 GATEWAY_RATE_LIMIT_PER_MINUTE = int(os.environ.get("GATEWAY_RATE_LIMIT_PER_MINUTE", "600"))
+# One user's gateway calls per minute across all of their API tokens (and their session).
+GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE = int(
+    os.environ.get("GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE", "1200")
+)
 CODING_PLANS_PURCHASE_ENABLED = env_bool("CODING_PLANS_PURCHASE_ENABLED", False)
 # Auto top-up processor (SPEC M7). Development (DEBUG on) defaults to `simulated-approve` so
 # `make dev` and the tests work; production has no default: unset, auto top-up is unavailable

@@ -5,7 +5,11 @@ keys it accepts, latency and failures configurable — in-process through `Stand
 or from another process through `POST /_standin/config`.
 
 Keys: by default any key is accepted except those starting with `invalid` or `sk-invalid`;
-`accepted_keys` (a list) restricts it to exactly those keys.
+`accepted_keys` (a list) restricts it to exactly those keys. A key starting with `sk-echo` or
+`echo` is echoed back in streamed answers, hidden in JSON `\\uXXXX` escapes (a careless provider;
+the gateway must scrub it from the decoded events): the first content chunk says "your key is
+<key>", and an extra event before the usage chunk carries it again in a `data:` field split over
+two lines.
 Failures (`failure`, or per key in `key_failures`): `timeout` (sleeps `timeout_sleep_s` past
 the client's timeout), `500`, `401`, `403`, `429`, `malformed` (not JSON), `oversize` (a huge
 body), `redirect` (302 to `/_standin/redirected<path>`, which would answer normally if a client
@@ -52,6 +56,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 REJECTED_PREFIXES = ("invalid", "sk-invalid")
+ECHO_PREFIXES = ("sk-echo", "echo")
 FAILURE_MODES = frozenset(
     {"timeout", "500", "401", "403", "429", "malformed", "oversize", "redirect", "slow_body"}
 )
@@ -492,9 +497,10 @@ class _Handler(BaseHTTPRequestHandler):
         if endpoint != "/v1/chat/completions":
             self._json(404, {"error": "not found"})
             return
-        if self._prelude(path, body, failures=failures) is None:
+        key = self._prelude(path, body, failures=failures)
+        if key is None:
             return
-        self._chat_completion(body if isinstance(body, dict) else {})
+        self._chat_completion(body if isinstance(body, dict) else {}, key)
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -511,10 +517,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._json(200, self.server.state.quota_payload(key))
 
-    def _stream_completion(self, body: dict[str, Any], prompt_tokens: int) -> None:
-        _stream_completion_impl(self, body, prompt_tokens)
+    def _stream_completion(self, body: dict[str, Any], prompt_tokens: int, key: str) -> None:
+        _stream_completion_impl(self, body, prompt_tokens, key)
 
-    def _chat_completion(self, body: dict[str, Any]) -> None:
+    def _chat_completion(self, body: dict[str, Any], key: str = "") -> None:
         max_tokens = body.get("max_tokens")
         text = "Hi" if max_tokens == 1 else "Hello from the stand-in MiniMax server."
         finish = "length" if max_tokens == 1 else "stop"
@@ -525,7 +531,7 @@ class _Handler(BaseHTTPRequestHandler):
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
         completion_tokens = len(text.split())
         if body.get("stream") is True:
-            self._stream_completion(body, prompt_tokens)
+            self._stream_completion(body, prompt_tokens, key)
             return
         self._json(
             200,
@@ -554,12 +560,24 @@ def _sse(payload: Any) -> bytes:
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
-def _stream_completion_impl(handler: _Handler, body: dict[str, Any], prompt_tokens: int) -> None:
+def _escaped(text: str) -> str:
+    """Every character as a JSON `\\uXXXX` escape: the same string once decoded."""
+    return "".join(f"\\u{ord(char):04x}" for char in text)
+
+
+def _with_escaped_key(payload: Any, key: str) -> bytes:
+    """`_sse(payload)` where each "<KEY>" in a string becomes the key, in `\\uXXXX` escapes."""
+    return _sse(payload).replace(b"<KEY>", _escaped(key).encode())
+
+
+def _stream_completion_impl(
+    handler: _Handler, body: dict[str, Any], prompt_tokens: int, key: str = ""
+) -> None:
     """OpenAI-style SSE: `data:` chunks, a final chunk with `usage`, then `data: [DONE]`.
     How it ended is appended to `state.stream_outcomes`."""
     state = handler.server.state
     try:
-        outcome = _stream_chunks(handler, state, body, prompt_tokens)
+        outcome = _stream_chunks(handler, state, body, prompt_tokens, key)
     except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
         outcome = "aborted"  # the client closed the connection mid-stream
         handler.close_connection = True
@@ -569,8 +587,9 @@ def _stream_completion_impl(handler: _Handler, body: dict[str, Any], prompt_toke
 
 
 def _stream_chunks(
-    handler: _Handler, state: StandinState, body: dict[str, Any], prompt_tokens: int
+    handler: _Handler, state: StandinState, body: dict[str, Any], prompt_tokens: int, key: str
 ) -> str | None:
+    echo = key.startswith(ECHO_PREFIXES)
     with state.lock:
         chunks, delay_ms, drop_after = (
             max(1, int(state.stream_chunks)),
@@ -606,17 +625,25 @@ def _stream_chunks(
             if index == 0
             else {"content": f"chunk{index} "}
         )
+        if echo and index == 0:
+            delta = {"role": "assistant", "content": "your key is <KEY> "}
         write(
-            _sse(
+            _with_escaped_key(
                 {
                     "id": f"standin-{created}",
                     "object": "chat.completion.chunk",
                     "created": created,
                     "model": model,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
-                }
+                },
+                key,
             )
         )
+        handler.wfile.flush()
+    if echo:  # one event whose data spans two `data:` lines (joined with a newline)
+        first, second = _sse({"id": f"standin-{created}", "note": "<KEY>"})[:-2].split(b", ", 1)
+        event = first + b",\ndata: " + second + b"\n\n"
+        write(event.replace(b"<KEY>", _escaped(key).encode()))
         handler.wfile.flush()
     write(
         _sse(

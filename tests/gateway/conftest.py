@@ -1,15 +1,20 @@
-"""Gateway fixtures: buying a plan, and the ASGI application served by a real uvicorn server.
+"""Gateway fixtures: buying a plan, and the application served by real HTTP servers.
 
 `asgi_server` runs `codingplans.asgi.application` (what `make dev` serves) under uvicorn in a
-background thread on a loopback socket. Tests that use it must be transactional
-(`@pytest.mark.django_db(transaction=True)`) so that the server's threads, which open their own
-database connections, see the committed data.
+background thread on a loopback socket; `wsgi_server` runs `gunicorn codingplans.wsgi` as a
+child process on the test database. Tests that use them must be transactional
+(`@pytest.mark.django_db(transaction=True)`) so that the servers, which open their own database
+connections, see the committed data.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +22,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import uvicorn
+from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
@@ -99,6 +105,82 @@ class AsgiServer:
 @pytest.fixture
 def asgi_server(transactional_db) -> Iterator[AsgiServer]:
     server = AsgiServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        connections.close_all()
+
+
+class WsgiServer:
+    """`gunicorn codingplans.wsgi` as a real child process, with gunicorn's default options (one
+    sync worker) apart from the loopback port, on this test's database and stand-in; its
+    stderr (the server's own log) is kept in `stderr()`. Production-like: DEBUG off
+    (`bench.common.server_env`)."""
+
+    def __init__(self, **env: str) -> None:
+        from urllib.parse import urlparse
+
+        from bench.common import BIN, ROOT, free_port, server_env
+
+        base = os.environ.get("DATABASE_URL")
+        if not base:
+            pytest.fail("DATABASE_URL is not set: run the tests through `make test`")
+        database = urlparse(base)._replace(path="/" + settings.DATABASES["default"]["NAME"])
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._env = server_env(
+            DATABASE_URL=database.geturl(),
+            MINIMAX_API_BASE_URL=settings.MINIMAX_API_BASE_URL,
+            GATEWAY_RATE_LIMIT_PER_MINUTE=str(settings.GATEWAY_RATE_LIMIT_PER_MINUTE),
+            GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE=str(
+                settings.GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE
+            ),
+            LOG_LEVEL="INFO",
+            **env,
+        )
+        self._argv = [str(BIN / "gunicorn"), "codingplans.wsgi", "--bind", f"127.0.0.1:{self.port}"]
+        self._cwd = ROOT
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+        self._proc: subprocess.Popen | None = None
+
+    def start(self) -> WsgiServer:
+        from bench.common import wait_for_port
+
+        self._proc = subprocess.Popen(
+            self._argv,
+            env=self._env,
+            cwd=self._cwd,
+            stdout=self._log,
+            stderr=self._log,
+            start_new_session=True,
+        )
+        try:
+            wait_for_port(self.port, self._proc)
+        except RuntimeError:
+            self.stop()
+            raise AssertionError(f"gunicorn did not start:\n{self.stderr()}") from None
+        return self
+
+    def stderr(self) -> str:
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # its own session: the master and its worker
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.fixture
+def wsgi_server(transactional_db, standin) -> Iterator[WsgiServer]:
+    server = WsgiServer().start()
     try:
         yield server
     finally:

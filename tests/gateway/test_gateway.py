@@ -7,6 +7,7 @@ acceptance run are in test_streaming.py; the key canary in test_canary.py.
 
 from __future__ import annotations
 
+import email.utils
 import json
 import re
 import socket
@@ -21,6 +22,7 @@ from accounts.tokens import create_api_token, revoke_api_token
 from byok.models import ByokKey
 from byok.services import add_key, update_key
 from gateway.models import GatewayRequest
+from gateway.views import MINIMAX_RATE_LIMIT_CODES
 from subscriptions.lifecycle import terminate_subscription
 from subscriptions.models import Subscription
 from tests.conftest import api_client_for
@@ -282,14 +284,65 @@ def test_upstream_429_passes_on_retry_after(api, customer, buy_plan, standin):
     assert_sanitized(r)
 
 
-@pytest.mark.parametrize("value", ["Wed, 21 Oct 2015 07:28:00 GMT", "-1", "1e9", None])
-def test_upstream_429_odd_retry_after_is_dropped(api, customer, buy_plan, standin, value):
+def retry_after_seconds(response) -> int:
+    """The 429's Retry-After: always there, and always a sane whole number of seconds."""
+    value = response["Retry-After"]
+    assert value.isascii() and value.isdigit(), value
+    assert 1 <= int(value) <= 3600, value
+    return int(value)
+
+
+@pytest.mark.parametrize("value", ["-1", "1e9", "soon", "7.5", "²", "", None])
+def test_upstream_429_without_a_usable_retry_after_gets_a_default(
+    api, customer, buy_plan, standin, value
+):
+    # SPEC G3: 429 provider_rate_limited *with* Retry-After, also when upstream sent none or
+    # one we cannot use (issue 13 item 9).
     headers = {} if value is None else {"Retry-After": value}
     buy_plan(customer)
     standin.state.configure({"response": {"status": 429, "body": {}, "headers": headers}})
     r = post(api)
     assert r.status_code == 429 and error_code(r) == "provider_rate_limited"
-    assert "Retry-After" not in r
+    assert retry_after_seconds(r) == 10
+
+
+def test_upstream_429_retry_after_is_sanitized(api, customer, buy_plan, standin):
+    # SPEC G3: a numeric Retry-After passes as a whole number of seconds, capped; an HTTP date
+    # becomes the seconds until then (issue 13 item 9).
+    buy_plan(customer)
+    for sent, expected in (("  42 ", 42), ("0", 1), ("99999999999", 3600)):
+        standin.state.configure(
+            {"response": {"status": 429, "body": {}, "headers": {"Retry-After": sent}}}
+        )
+        r = post(api)
+        assert r.status_code == 429 and retry_after_seconds(r) == expected, sent
+    when = email.utils.format_datetime(timezone.now() + timedelta(seconds=90), usegmt=True)
+    standin.state.configure(
+        {"response": {"status": 429, "body": {}, "headers": {"Retry-After": when}}}
+    )
+    r = post(api)
+    assert r.status_code == 429 and 85 <= retry_after_seconds(r) <= 91
+    past = "Wed, 21 Oct 2015 07:28:00 GMT"
+    standin.state.configure(
+        {"response": {"status": 429, "body": {}, "headers": {"Retry-After": past}}}
+    )
+    assert retry_after_seconds(post(api)) == 1
+
+
+@pytest.mark.parametrize("code", sorted(MINIMAX_RATE_LIMIT_CODES))
+@pytest.mark.parametrize("stream", [False, True])
+def test_rate_limit_inside_a_200_gets_retry_after(api, customer, buy_plan, standin, code, stream):
+    # SPEC G3: MiniMax signalling a rate limit in a 200 answer's `base_resp` (no Retry-After
+    # header at all) → 429 provider_rate_limited with a Retry-After (issue 13 item 9); also
+    # when the request asked for a stream and the answer is that JSON instead.
+    buy_plan(customer)
+    body = {"id": "x", "choices": None, "base_resp": {"status_code": code, "status_msg": "slow"}}
+    standin.state.configure({"response": {"status": 200, "body": body}})
+    r = post(api, {**BODY, "stream": stream})
+    assert r.status_code == 429 and error_code(r) == "provider_rate_limited"
+    assert retry_after_seconds(r) == 10
+    assert "slow" not in r.content.decode()
+    assert GatewayRequest.objects.count() == 0
 
 
 @pytest.mark.parametrize(
@@ -464,6 +517,41 @@ def test_rate_limit_per_token(customer, buy_plan, standin, settings):
     assert len(chat_calls(standin)) == 3
     # Another token has its own budget.
     assert post(second).status_code == 200
+
+
+def test_rate_limit_is_per_token_whatever_the_spelling(customer, buy_plan, standin, settings):
+    # Issue 13 item 17: the budget belongs to the token, not to the header's spelling — the
+    # scheme's case and the spaces after it do not buy a fresh budget.
+    settings.GATEWAY_RATE_LIMIT_PER_MINUTE = 3
+    buy_plan(customer)
+    token = create_api_token(user=customer, now=timezone.now()).plaintext
+    spellings = [f"Bearer {token}", f"bearer {token}", f"Bearer  {token}", f"BEARER {token} "]
+    _not_at_a_minute_boundary()
+    for header in spellings[:3]:
+        assert post(Client(HTTP_AUTHORIZATION=header)).status_code == 200, header
+    for header in spellings:
+        r = post(Client(HTTP_AUTHORIZATION=header))
+        assert r.status_code == 429 and error_code(r) == "rate_limited", header
+    assert len(chat_calls(standin)) == 3
+
+
+def test_rate_limit_per_user_across_their_tokens(customer, make_user, buy_plan, standin, settings):
+    # Issue 13 item 17: making more tokens does not multiply the budget — all of a user's
+    # tokens share GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE; another user has their own.
+    settings.GATEWAY_RATE_LIMIT_PER_MINUTE = 3
+    settings.GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE = 5
+    buy_plan(customer)
+    other = make_user(credits_usd=50)
+    buy_plan(other)
+    tokens = [api_client_for(customer) for _ in range(3)]
+    _not_at_a_minute_boundary()
+    assert [post(tokens[0]).status_code for _ in range(3)] == [200, 200, 200]
+    assert [post(tokens[1]).status_code for _ in range(2)] == [200, 200]
+    for client in tokens:  # the user's cap is used up, whichever token
+        r = post(client)
+        assert r.status_code == 429 and error_code(r) == "rate_limited"
+    assert len(chat_calls(standin)) == 5
+    assert post(api_client_for(other)).status_code == 200
 
 
 # -- acceptance (the real-HTTP version is in test_streaming.py) --------------------------------

@@ -206,6 +206,7 @@ def hostile(settings):
     settings.BYOK_KEY_RATE_LIMIT_PER_MINUTE = 0
     settings.SIGNUP_RATE_LIMIT_PER_HOUR = 0
     settings.GATEWAY_RATE_LIMIT_PER_MINUTE = 1_000_000
+    settings.GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE = 1_000_000
     settings.MINIMAX_TIMEOUT_SECONDS = 1
 
 
