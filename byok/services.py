@@ -3,7 +3,6 @@ by `decrypted_key`, at the moment of an upstream call."""
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 
 from django.conf import settings
@@ -19,11 +18,10 @@ from upstream import client as minimax
 KEY_BUDGET_MESSAGE = (
     "Too many key tests and replacements in the last minute. Wait a minute and try again."
 )
-_KEY_SHAPE = re.compile(r"^[\x21-\x7e]{8,512}$")
 
 
 def _clean_key(api_key: object) -> str:
-    if not isinstance(api_key, str) or not _KEY_SHAPE.match(api_key.strip()):
+    if not isinstance(api_key, str) or not minimax.has_key_shape(api_key.strip()):
         raise InvalidKey()
     return api_key.strip()
 

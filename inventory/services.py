@@ -34,7 +34,6 @@ from upstream import client as minimax
 
 DEFAULT_VALIDATION_CONCURRENCY = 10
 MAX_LINES = 10_000
-_KEY_SHAPE = re.compile(r"^[\x21-\x7e]{8,512}$")
 _UPSTREAM_ID_SHAPE = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 VALIDATION_REASONS = {
@@ -83,7 +82,7 @@ def _parse(text: str) -> tuple[list[_Line], list[dict[str, object]]]:
                 {"line": number, "reason": "malformed: expected <api key>::<upstream plan id>"}
             )
             continue
-        if not _KEY_SHAPE.match(key):
+        if not minimax.has_key_shape(key):
             errors.append(
                 {
                     "line": number,

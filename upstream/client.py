@@ -22,6 +22,14 @@ from upstream.errors import UpstreamError
 MAX_BODY_BYTES = 256 * 1024
 # What can travel in an `Authorization: Bearer` header: printable ASCII, no spaces.
 _SENDABLE_KEY = re.compile(r"^[\x21-\x7e]{1,4096}$")
+# What a MiniMax key looks like: one token of printable ASCII, 8 to 512 characters. The one
+# definition for the inventory upload (I1) and BYOK (B1) (issue 14).
+_KEY_SHAPE = re.compile(r"^[\x21-\x7e]{8,512}$")
+
+
+def has_key_shape(value: object) -> bool:
+    """Whether `value` (already trimmed) can be a MiniMax API key."""
+    return isinstance(value, str) and _KEY_SHAPE.fullmatch(value) is not None
 VALIDATION_BODY = {
     "model": "MiniMax-M2",
     "messages": [{"role": "user", "content": "Say hi"}],
