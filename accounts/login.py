@@ -25,7 +25,12 @@ RATE_LIMITED_MESSAGE = "Too many log-in attempts. Wait a minute and try again."
 
 def login_budget(username: str) -> str:
     """Whose attempts a log-in with `username` spends: the account it logs in as (the same
-    lookup as the authentication backend), else the normalised address."""
+    lookup as the authentication backend), else the normalised address. Text no address can
+    hold (a NUL, which PostgreSQL refuses in a query, or an over-long string) is looked up in no
+    table: it can name no account."""
+    email_max = User._meta.get_field("email").max_length
+    if "\x00" in username or len(username.strip()) > email_max:
+        return f"address:{login_address(username.replace(chr(0), ''))[: email_max + 1]}"
     try:
         user = User.objects.get_by_natural_key(username)
     except User.DoesNotExist:

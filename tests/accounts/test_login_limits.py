@@ -215,3 +215,12 @@ def test_signup_limit_counts_refused_attempts(db, settings):
     assert signup(client, "not-an-email").status_code == 200
     assert signup(client, "still-not-an-email").status_code == 200
     assert signup(client, "fine@example.com").status_code == 429
+
+
+@pytest.mark.parametrize("path", ["/accounts/login/", "/admin/login/"])
+@pytest.mark.parametrize("username", ["\x00", "a\x00@example.com", "x" * 300 + "@example.com"])
+def test_text_no_address_can_hold_is_refused_without_a_500(db, path, username):
+    """A NUL (PostgreSQL refuses it in a query) or an over-long "address" spends a budget and
+    gets the form's answer, not a server error (issue 13 item 15, found by the form fuzz)."""
+    response = Client().post(path, {"username": username, "password": "whatever"})
+    assert response.status_code == 200
