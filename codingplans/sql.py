@@ -50,6 +50,10 @@ def _quote(name: str) -> str:
 @contextmanager
 def _cursor(row_factory=None) -> Iterator[psycopg.Cursor]:
     """A server-side-binding cursor on Django's connection, in its current transaction."""
+    # As Django's own cursor() does: with CONN_HEALTH_CHECKS a kept connection is checked once
+    # per request before its first statement, so a database restart fails no request even when
+    # a lean statement is that first one (issue 13 item 13).
+    connection.close_if_health_check_failed()
     connection.ensure_connection()
     connection.validate_no_broken_transaction()
     raw = connection.connection
