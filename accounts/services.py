@@ -145,6 +145,7 @@ def delete_account(*, user: User, actor: str, now: datetime) -> None:
     unlinked from the person, personal data is anonymized, tokens and sessions stop working,
     and the e-mail address is free for a new sign-up. Financial records stay, anonymized."""
     from billing.models import CreditAccount
+    from billing.services import forfeit_balance
     from byok.models import ByokKey
     from inventory.models import Credential
     from subscriptions.lifecycle import end_subscription
@@ -159,8 +160,10 @@ def delete_account(*, user: User, actor: str, now: datetime) -> None:
         user = User.objects.select_for_update(no_key=True).get(pk=user.pk)
         if user.deleted_at is not None:
             return
-        # Lock order: credit account → subscriptions → credentials → BYOK entries.
+        # Lock order: credit account → subscriptions → credentials → BYOK entries. A positive
+        # balance is forfeited (SPEC M10): a `forfeited` ledger entry brings it to zero.
         CreditAccount.objects.select_for_update().filter(user=user).first()
+        forfeited = forfeit_balance(user_id=user.pk, actor=actor, now=now)
         live = list(
             Subscription.objects.select_for_update()
             .filter(user=user, status__in=LIVE_STATUSES)
@@ -195,5 +198,8 @@ def delete_account(*, user: User, actor: str, now: datetime) -> None:
             event_type="account.deleted",
             now=now,
             old={"email_domain": old_email_domain},
-            new={"subscriptions_ended": [s.pk for s in live]},
+            new={
+                "subscriptions_ended": [s.pk for s in live],
+                "forfeited_micros": -forfeited.amount_micros if forfeited else 0,
+            },
         )

@@ -85,4 +85,13 @@ def delete_account_view(request):
             logout(request)
             messages.success(request, "Your account has been deleted.")
             return redirect("/accounts/login/")
-    return render(request, "accounts/delete.html", {"error": error}, status=400 if error else 200)
+    from billing.selectors import credit_account_for
+
+    # SPEC M10: the confirmation names the balance that deletion forfeits.
+    forfeit_micros = credit_account_for(request.user).balance_micros
+    return render(
+        request,
+        "accounts/delete.html",
+        {"error": error, "forfeit_micros": forfeit_micros},
+        status=400 if error else 200,
+    )
