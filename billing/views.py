@@ -8,6 +8,7 @@ from adminops.audit import actor_for
 from billing import selectors, services
 from billing.errors import InvalidCreditAmount
 from billing.forms import AutoTopUpForm
+from billing.pages import credits_sections
 from codingplans.money import format_usd, usd_to_micros
 
 
@@ -31,6 +32,7 @@ def _page(request, form=None):
             "entries": entries[:50],
             "next_before": entries[49].pk if len(entries) > 50 else None,
             "form": form,
+            "sections": credits_sections(request),
         },
     )
 
