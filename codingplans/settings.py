@@ -331,6 +331,8 @@ LOGGING = {
     "loggers": {
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
+        # The SDK logs every request's URL at INFO; our own code logs what matters (S1).
+        "stripe": {"level": "WARNING"},
     },
 }
 

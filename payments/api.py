@@ -7,7 +7,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
-from ninja import Router, Schema
+from ninja import Router, Schema, Status
 from pydantic import StrictBool, StrictStr
 
 from adminops.audit import actor_for
@@ -28,7 +28,7 @@ class PaymentIn(Schema):
 
 @router.post("/payment-method/setup", response={201: dict})
 def setup_payment_method(request: HttpRequest):
-    return 201, services.create_setup_intent(user=request.auth, now=timezone.now())
+    return Status(201, services.create_setup_intent(user=request.auth, now=timezone.now()))
 
 
 @router.get("/payment-method")
@@ -39,7 +39,7 @@ def get_payment_method(request: HttpRequest):
 @router.delete("/payment-method", response={204: None})
 def delete_payment_method(request: HttpRequest):
     services.remove_saved_card(user=request.auth, now=timezone.now())
-    return 204, None
+    return Status(204, None)
 
 
 @router.post("/payments", response={201: dict})
@@ -52,7 +52,7 @@ def create_payment(request: HttpRequest, payload: PaymentIn):
         actor=actor_for(request.auth),
         now=timezone.now(),
     )
-    return 201, {"payment": selectors.payment_json(payment), "client_secret": secret}
+    return Status(201, {"payment": selectors.payment_json(payment), "client_secret": secret})
 
 
 @router.get("/payments")

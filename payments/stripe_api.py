@@ -132,10 +132,11 @@ def retrieve_card(payment_method_id: str) -> Card | None:
         return None
     except stripe.StripeError as exc:
         raise _fail("payment method retrieve", exc) from None
-    card = pm.get("card") or {}
+    data = pm.to_dict()
+    card = data.get("card") or {}
     return Card(
-        id=pm.id,
-        customer_id=pm.get("customer"),
+        id=data["id"],
+        customer_id=data.get("customer"),
         brand=str(card.get("brand") or "card"),
         last4=str(card.get("last4") or ""),
         exp_month=card.get("exp_month"),
@@ -227,8 +228,9 @@ def find_intent_for_payment(payment_id: int) -> dict | None:
     except stripe.StripeError as exc:
         raise _fail("payment intent list", exc) from None
     for intent in intents.data:
-        if (intent.get("metadata") or {}).get("payment_id") == str(payment_id):
-            return _plain(intent)
+        found = _plain(intent)
+        if (found.get("metadata") or {}).get("payment_id") == str(payment_id):
+            return found
     return None
 
 
