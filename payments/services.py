@@ -303,7 +303,7 @@ def pay_by_card(
         raise PaymentProcessorError() from exc
 
     # 3. Record the outcome (exactly once, whichever path gets there first).
-    payment = record_intent(payment_id=payment.pk, intent=intent, actor=actor, now=now)
+    payment = _record_intent(payment_id=payment.pk, intent=intent, actor=actor, now=now)
     if payment.status == Status.FAILED:
         raise CardDeclined(decline_message(payment.failure_code))
     secret = intent.get("client_secret") if payment.status == Status.REQUIRES_ACTION else None
@@ -339,7 +339,7 @@ def _mark_failed(payment: CardPayment, *, code: str, actor: str, now: datetime) 
     transaction.on_commit(lambda: settle_card(payment_id=payment.pk, now=now), robust=True)
 
 
-def record_intent(*, payment_id: int, intent: dict, actor: str, now: datetime) -> CardPayment:
+def _record_intent(*, payment_id: int, intent: dict, actor: str, now: datetime) -> CardPayment:
     """Apply what Stripe says about a payment's PaymentIntent, in a transaction of its own."""
     with transaction.atomic(durable=True):
         _apply_intent(payment_id=payment_id, intent=intent, actor=actor, now=now)
@@ -450,7 +450,7 @@ def refresh_payment(*, user, payment_id: int, actor: str, now: datetime) -> Card
         raise PaymentProcessorError() from exc
     if intent is None:
         return payment
-    return record_intent(payment_id=payment.pk, intent=intent, actor=actor, now=now)
+    return _record_intent(payment_id=payment.pk, intent=intent, actor=actor, now=now)
 
 
 def intent_client_secret(*, payment: CardPayment) -> str | None:

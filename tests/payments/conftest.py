@@ -117,7 +117,8 @@ def signature_header(payload: str, secret: str, timestamp: int | None = None) ->
 
 def event_for(sdk: stripe.StripeClient, event_type: str, intent_id: str) -> str:
     """The JSON of the event localstripe made for a PaymentIntent, as Stripe would send it."""
-    for event in sdk.v1.events.list(params={"type": event_type}).data:
+    events = sdk.v1.events.list(params={"type": event_type, "limit": 100})
+    for event in events.auto_paging_iter():
         data = event.to_dict()
         if data["data"]["object"]["id"] == intent_id:
             return json.dumps(data)
