@@ -303,7 +303,13 @@ CARD_PAYMENT_MAX_MICROS = 1_000 * 1_000_000
 
 
 def grant_card_payment(
-    *, user_id: int, amount_micros: int, reference: str, actor: str, now: datetime
+    *,
+    user_id: int,
+    amount_micros: int,
+    reference: str,
+    actor: str,
+    now: datetime,
+    reason: str = "Paid by card",
 ) -> LedgerEntry:
     """Credit a succeeded card payment (SPEC M1, M2) inside the caller's transaction: one
     `card_payment` entry. `reference` names the processor's payment (`stripe_pi:<id>`); the
@@ -321,7 +327,7 @@ def grant_card_payment(
         kind=LedgerEntry.Kind.CARD_PAYMENT,
         actor=actor,
         now=now,
-        reason="Card payment",
+        reason=reason,
         reference=reference,
     )
     # The caller's audit event (the payment's `card_payment.succeeded`) names this entry.

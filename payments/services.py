@@ -385,6 +385,12 @@ def _apply_intent(*, payment_id: int, intent: dict, actor: str, now: datetime) -
             reference=f"stripe_pi:{intent_id}",
             actor=actor,
             now=now,
+            reason=f"Card payment #{payment.pk}"
+            + (
+                f" ({payment.card_brand.title()} ending {payment.card_last4})"
+                if payment.card_last4
+                else ""
+            ),
         )
         payment.status = Status.SUCCEEDED
         payment.ledger_entry = entry
