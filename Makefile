@@ -1,6 +1,7 @@
 # Two commands: `make dev` runs everything, `make test` runs the suite.
 # PostgreSQL and Redis: $DATABASE_URL / $REDIS_URL when set, otherwise private embedded servers
-# (see codingplans/devenv.py) with data under .local/ (git-ignored).
+# (see codingplans/devenv.py) with data under .local/ (git-ignored). Stripe: the embedded
+# localstripe unless STRIPE_API_BASE or STRIPE_SECRET_KEY is set (docs/payments.md).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -25,6 +26,7 @@ dev: install
 	DEBUG=1 PORT=$(PORT) STANDIN_PORT=$(STANDIN_PORT) \
 	MINIMAX_API_BASE_URL=$${MINIMAX_API_BASE_URL:-http://127.0.0.1:$(STANDIN_PORT)} \
 	CODING_PLANS_PURCHASE_ENABLED=$${CODING_PLANS_PURCHASE_ENABLED:-true} \
+	CODING_PLANS_LOCAL_WEBHOOK_URL=http://127.0.0.1:$(PORT)/api/v1/payments/stripe/webhook \
 	$(DEVENV) sh -c '$(PY) manage.py migrate --noinput && $(PY) manage.py seed_demo --with-inventory && \
 	  echo "Coding Plans: http://127.0.0.1:$(PORT)/  (admin: /admin/)" && \
 	  exec $(VENV)/bin/honcho start -f Procfile'

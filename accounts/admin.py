@@ -191,6 +191,7 @@ class UserAdmin(SecretFieldsMixin, DjangoUserAdmin):
 
     def delete_account_view(self, request, user_id: int):
         """D1 from the admin: what will happen (counted for this account), then the service."""
+        from billing.selectors import credit_account_for
         from byok.models import ByokKey
         from subscriptions.models import LIVE_STATUSES, AvailabilityIntent, Subscription
 
@@ -207,6 +208,8 @@ class UserAdmin(SecretFieldsMixin, DjangoUserAdmin):
             "own_keys": keys.filter(subscription__isnull=True).count(),
             "intents": AvailabilityIntent.objects.filter(user=user).count(),
             "tokens": ApiToken.objects.filter(user=user, revoked_at__isnull=True).count(),
+            # SPEC M10: the balance that deletion forfeits.
+            "forfeit_micros": credit_account_for(user).balance_micros,
         }
         error = ""
         if request.method == "POST" and refusal is None:

@@ -16,7 +16,7 @@ from accounts.errors import EmailTaken, InvalidEmail
 from accounts.models import User
 from accounts.tokens import revoke_all_tokens
 from adminops.audit import actor_for, record_event
-from billing.services import lock_credit_account, open_credit_account
+from billing.services import forfeit_balance, lock_credit_account, open_credit_account
 from byok.services import delete_account_keys
 from inventory.services import forget_holder
 from subscriptions.lifecycle import end_account_subscriptions
@@ -146,6 +146,8 @@ def delete_account(*, user: User, actor: str, now: datetime) -> None:
         # Lock order: credit account → subscriptions → credentials → BYOK entries. Each app
         # changes its own rows (issue 14); this function orchestrates and writes the user.
         lock_credit_account(user_id=user.pk)
+        # A positive balance is forfeited (SPEC M10): a `forfeited` entry brings it to zero.
+        forfeited = forfeit_balance(user_id=user.pk, actor=actor, now=now)
         ended = end_account_subscriptions(user=user, actor=actor, now=now)
         forget_holder(user_id=user.pk)
         delete_account_keys(user_id=user.pk)
@@ -168,5 +170,8 @@ def delete_account(*, user: User, actor: str, now: datetime) -> None:
             event_type="account.deleted",
             now=now,
             old={"email_domain": old_email_domain},
-            new={"subscriptions_ended": ended},
+            new={
+                "subscriptions_ended": ended,
+                "forfeited_micros": -forfeited.amount_micros if forfeited else 0,
+            },
         )

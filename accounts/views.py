@@ -11,6 +11,7 @@ from django.views.decorators.http import require_POST
 from accounts import selectors, services, tokens
 from accounts.errors import EmailTaken
 from accounts.forms import SignupForm, TokenForm
+from billing.selectors import credit_account_for
 from codingplans.ratelimit import hit
 
 SIGNUP_LIMITED_MESSAGE = (
@@ -116,9 +117,11 @@ def delete_account_view(request):
             logout(request)
             messages.success(request, "Your account has been deleted.")
             return redirect("/accounts/login/")
+    # SPEC M10: the confirmation names the balance that deletion forfeits.
+    forfeit_micros = credit_account_for(request.user).balance_micros
     return render(
         request,
         "accounts/delete.html",
-        {"error": error, "refusal": refusal},
+        {"error": error, "refusal": refusal, "forfeit_micros": forfeit_micros},
         status=400 if error else 200,
     )

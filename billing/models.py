@@ -43,6 +43,8 @@ class LedgerEntry(models.Model):
         TOP_UP = "top_up", "Auto top-up"
         TOP_UP_DECLINED = "top_up_declined", "Auto top-up declined"
         ADJUSTMENT = "adjustment", "Adjustment"
+        CARD_PAYMENT = "card_payment", "Card payment"
+        FORFEITED = "forfeited", "Forfeited at account deletion"
 
     account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="entries")
     kind = models.CharField(max_length=20, choices=Kind.choices)
@@ -62,6 +64,13 @@ class LedgerEntry(models.Model):
             models.CheckConstraint(
                 condition=models.Q(balance_after_micros__gte=0),
                 name="billing_entry_balance_after_non_negative",
+            ),
+            # SPEC M2: one `card_payment` entry per PaymentIntent (reference `stripe_pi:<id>`),
+            # whichever path (the confirmation's answer, the return page, the webhook) grants.
+            models.UniqueConstraint(
+                fields=["reference"],
+                condition=models.Q(kind="card_payment"),
+                name="billing_one_card_payment_entry_per_reference",
             ),
         ]
 

@@ -343,3 +343,66 @@ def record_top_up_outcome(*, attempt_id: int, result, now: datetime) -> bool:
             },
         )
     return True
+
+
+CARD_PAYMENT_MIN_MICROS = 5 * 1_000_000  # SPEC M1: $5 to $1,000 per payment, whole cents
+CARD_PAYMENT_MAX_MICROS = 1_000 * 1_000_000
+
+
+def grant_card_payment(
+    *,
+    user_id: int,
+    amount_micros: int,
+    reference: str,
+    actor: str,
+    now: datetime,
+    reason: str = "Paid by card",
+) -> LedgerEntry:
+    """Credit a succeeded card payment (SPEC M1, M2) inside the caller's transaction: one
+    `card_payment` entry. `reference` names the processor's payment (`stripe_pi:<id>`); the
+    partial unique index on it makes a second grant for one payment fail (IntegrityError) even
+    if a caller's own check were bypassed."""
+    if (
+        not CARD_PAYMENT_MIN_MICROS <= amount_micros <= CARD_PAYMENT_MAX_MICROS
+        or amount_micros % CENT_MICROS
+        or not reference
+    ):
+        raise InvalidCreditAmount()
+    entry = post_entry(
+        user_id=user_id,
+        amount_micros=amount_micros,
+        kind=LedgerEntry.Kind.CARD_PAYMENT,
+        actor=actor,
+        now=now,
+        reason=reason,
+        reference=reference,
+    )
+    # The caller's audit event (the payment's `card_payment.succeeded`) names this entry.
+    return entry
+
+
+def forfeit_balance(*, user_id: int, actor: str, now: datetime) -> LedgerEntry | None:
+    """Account deletion with a positive balance (SPEC M10): a `forfeited` entry that brings
+    the balance to zero, inside the deletion's transaction (the account row is locked here,
+    first in the lock order). Returns None when there is nothing to forfeit."""
+    balance = lock_credit_account(user_id=user_id)
+    if not balance:
+        return None
+    entry = post_entry(
+        user_id=user_id,
+        amount_micros=-balance,
+        kind=LedgerEntry.Kind.FORFEITED,
+        actor=actor,
+        now=now,
+        reason="Balance forfeited when the account was deleted",
+        reference=f"user:{user_id}",
+    )
+    record_event(
+        actor=actor,
+        subject=("billing.creditaccount", entry.account_id),
+        event_type="credits.forfeited",
+        now=now,
+        old={"balance_micros": balance},
+        new={"balance_micros": 0},
+    )
+    return entry

@@ -8,6 +8,7 @@ from adminops.audit import actor_for
 from billing import selectors, services
 from billing.errors import AutoTopUpUnavailable, InvalidCreditAmount
 from billing.forms import AutoTopUpForm
+from billing.pages import credits_sections
 from billing.topup import top_up_available
 from codingplans.money import format_usd
 
@@ -33,6 +34,7 @@ def _page(request, form=None, status=200):
             "next_before": entries[49].pk if len(entries) > 50 else None,
             "form": form,
             "auto_top_up_available": top_up_available(),
+            "sections": credits_sections(request),
         },
         status=status,
     )

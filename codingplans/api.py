@@ -61,9 +61,13 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
 def _register_routers() -> None:
     from billing.api import router as credits_router
     from byok.api import router as byok_router
+    from payments.api import router as card_payments_router
+    from payments.api import webhook_router as stripe_webhook_router
     from subscriptions.api import register as register_subscriptions
 
     api.add_router("/credits", credits_router)
+    api.add_router("/credits", card_payments_router)
+    api.add_router("/payments", stripe_webhook_router)
     api.add_router("/byok", byok_router)
     register_subscriptions(api)
 

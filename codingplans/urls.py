@@ -17,6 +17,7 @@ urlpatterns = [
     path("accounts/", include("accounts.urls")),
     path("account/", include("accounts.account_urls")),
     path("credits/", include("billing.urls")),
+    path("credits/", include("payments.urls")),
     path("byok/", include("byok.urls")),
     path("subscriptions/", include("subscriptions.urls")),
 ]

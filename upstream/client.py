@@ -30,6 +30,8 @@ _KEY_SHAPE = re.compile(r"^[\x21-\x7e]{8,512}$")
 def has_key_shape(value: object) -> bool:
     """Whether `value` (already trimmed) can be a MiniMax API key."""
     return isinstance(value, str) and _KEY_SHAPE.fullmatch(value) is not None
+
+
 VALIDATION_BODY = {
     "model": "MiniMax-M2",
     "messages": [{"role": "user", "content": "Say hi"}],

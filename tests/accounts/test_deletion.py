@@ -59,7 +59,9 @@ def test_deletion_erases_personal_data_and_keeps_financial_records(make_user):
     assert not user.is_active and not user.has_usable_password()
     assert user.deleted_at is not None
     assert CreditAccount.objects.filter(user=user).exists()
-    assert LedgerEntry.objects.filter(account__user=user).count() == 1
+    # The grant stays, and SPEC M10's `forfeited` entry brings the balance to zero.
+    kinds = LedgerEntry.objects.filter(account__user=user).order_by("id")
+    assert list(kinds.values_list("kind", flat=True)) == ["grant", "forfeited"]
     # SPEC O1: the audit event carries no personal data.
     event = AuditEvent.objects.get(event_type="account.deleted")
     assert "private" not in f"{event.old_values} {event.new_values}".lower()

@@ -18,7 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from accounts.services import create_user
 from billing.errors import InsufficientCredits, InvalidCreditAmount
 from billing.models import CreditAccount, LedgerEntry
-from billing.services import grant_credits, post_entry
+from billing.services import forfeit_balance, grant_card_payment, grant_credits, post_entry
 from tests.billing.helpers import ledger_state
 
 pytestmark = pytest.mark.django_db
@@ -45,7 +45,8 @@ cents = st.integers(min_value=1, max_value=50_000).map(lambda c: c * 10_000)
 
 
 class LedgerMachine(RuleBasedStateMachine):
-    """SPEC P4: balance == Σ entries == last balance_after, balance >= 0, failed debits no-op."""
+    """SPEC P4: balance == Σ entries == last balance_after, balance >= 0, failed debits no-op;
+    with card payments (M2: one per PaymentIntent) and forfeiture (M10) in the mix."""
 
     def __init__(self):
         super().__init__()
@@ -54,6 +55,55 @@ class LedgerMachine(RuleBasedStateMachine):
             password=None,
             now=timezone.now(),
         )
+        self.expected = 0
+        self.card_references: list[str] = []
+
+    @rule(amount=st.integers(min_value=500, max_value=100_000).map(lambda c: c * 10_000))
+    def card_payment(self, amount):
+        # SPEC M1, M2: a card payment ($5 to $1,000) credits one `card_payment` entry.
+        reference = f"stripe_pi:pi_machine_{len(self.card_references)}_{self.user.pk}"
+        with transaction.atomic():
+            entry = grant_card_payment(
+                user_id=self.user.pk,
+                amount_micros=amount,
+                reference=reference,
+                actor="system:test",
+                now=timezone.now(),
+            )
+        self.card_references.append(reference)
+        self.expected += amount
+        assert entry.kind == LedgerEntry.Kind.CARD_PAYMENT
+        assert entry.balance_after_micros == self.expected
+
+    @rule(data=st.data())
+    def card_payment_granted_again(self, data):
+        # SPEC M2: a second grant for one PaymentIntent is refused by the database and changes
+        # nothing, whatever path it came from.
+        if not self.card_references:
+            return
+        reference = data.draw(st.sampled_from(self.card_references))
+        before = ledger_state(self.user)
+        with pytest.raises(IntegrityError), transaction.atomic():
+            grant_card_payment(
+                user_id=self.user.pk,
+                amount_micros=5_000_000,
+                reference=reference,
+                actor="system:test",
+                now=timezone.now(),
+            )
+        assert ledger_state(self.user) == before
+
+    @rule()
+    def forfeit(self):
+        # SPEC M10: account deletion forfeits the whole balance with one `forfeited` entry.
+        with transaction.atomic():
+            entry = forfeit_balance(user_id=self.user.pk, actor="system:test", now=timezone.now())
+        if self.expected:
+            assert entry.kind == LedgerEntry.Kind.FORFEITED
+            assert entry.amount_micros == -self.expected
+            assert entry.balance_after_micros == 0
+        else:
+            assert entry is None
         self.expected = 0
 
     @rule(amount=cents)

@@ -94,6 +94,24 @@ def build_world(make_user, stock) -> World:
     run = SweepRun.objects.create(trigger=SweepRun.Trigger.OTHER, started_at=now, as_of=now)
     upload = start_upload(plan_id=PLUS, text="", user=superuser.user, now=now)
     from adminops.models import AuditEvent
+    from payments.models import CardPayment, StripeCustomer, WebhookEvent
+
+    # Card payments (SPEC M1, M9): a declined one of A's, A's Stripe customer, one event.
+    payment = CardPayment.objects.create(
+        user=a.user,
+        amount_micros=25_000_000,
+        status=CardPayment.Status.FAILED,
+        failure_code="card_declined",
+        created_at=now,
+        updated_at=now,
+    )
+    a.ids["payment_id"] = payment.pk
+    customer = StripeCustomer.objects.create(
+        user=a.user, customer_id=f"cus_world{n}", created_at=now, updated_at=now
+    )
+    event = WebhookEvent.objects.create(
+        event_id=f"evt_world{n}", type="customer.created", outcome="ignored", received_at=now
+    )
 
     ids = {
         "accounts.user": a.user.pk,
@@ -111,6 +129,9 @@ def build_world(make_user, stock) -> World:
             subscription_id=outcome.subscription_id
         ).pk,
         "subscriptions.sweeprun": run.pk,
+        "payments.cardpayment": payment.pk,
+        "payments.stripecustomer": customer.pk,
+        "payments.webhookevent": event.pk,
     }
     return World(a=a, b=b, staff=staff, superuser=superuser, ids=ids)
 

@@ -299,6 +299,42 @@ CUSTOMER_TABLE: dict[str, Entry] = {
         "/api/v1/credits/auto-top-up",
         Call("PUT", api_mine(200), {"enabled": True, "amount_usd": "15.00"}),
     ),
+    # Card payments (SPEC M1-M3, M9, 11.1). Paying with no saved card and no new card: 409.
+    "credits/pay/": page(
+        "/credits/pay/", Call("GET", mine(405)), Call("POST", mine(302), {"amount": "25"})
+    ),
+    "credits/payment-method/remove/": page(
+        "/credits/payment-method/remove/", Call("GET", mine(405)), Call("POST", mine(302))
+    ),
+    "credits/payments/<int:payment_id>/confirm/": page(
+        lambda ids: f"/credits/payments/{ids['payment_id']}/confirm/",
+        Call("GET", own(200)),
+        Call("POST", own(302)),
+        owned=True,
+    ),
+    "api/v1/credits/payment-method": api(
+        "/api/v1/credits/payment-method",
+        Call("GET", api_mine(200)),
+        Call("DELETE", api_mine(204)),
+    ),
+    "api/v1/credits/payments": api(
+        "/api/v1/credits/payments",
+        Call("GET", api_mine(200)),
+        Call("POST", api_mine(409), {"amount_usd": "25.00"}),
+    ),
+    "api/v1/credits/payments/<int:payment_id>": api(
+        lambda ids: f"/api/v1/credits/payments/{ids['payment_id']}",
+        Call("GET", api_own(200)),
+        owned=True,
+    ),
+    # Creates a SetupIntent at the embedded Stripe for whoever asks (their own customer).
+    "api/v1/credits/payment-method/setup": api(
+        "/api/v1/credits/payment-method/setup", Call("POST", api_mine(201))
+    ),
+    # Stripe's signed events only: no session or token gets further than the signature (400).
+    "api/v1/payments/stripe/webhook": api(
+        "/api/v1/payments/stripe/webhook", Call("POST", public(400), {"id": "evt_forged"})
+    ),
     # The gateway routes with the caller's own MiniMax entry: only A has one (G1: 403 otherwise).
     "api/v1/gateway/chat/completions": api(
         "/api/v1/gateway/chat/completions",
@@ -329,6 +365,9 @@ ADMIN_MODELS: dict[str, dict[str, Any]] = {
     "subscriptions.subscription": READ_ONLY,
     "subscriptions.chargedterm": READ_ONLY,
     "subscriptions.sweeprun": READ_ONLY,
+    "payments.cardpayment": READ_ONLY,
+    "payments.stripecustomer": READ_ONLY,
+    "payments.webhookevent": READ_ONLY,
 }
 MODEL_SUFFIXES = ("", "add/", "<path:object_id>/", "change/", "delete/", "history/")
 
@@ -373,7 +412,7 @@ def _model_entries() -> dict[str, Entry]:
     return entries
 
 
-APP_LABELS = "accounts|adminops|auth|billing|byok|inventory|subscriptions"
+APP_LABELS = "accounts|adminops|auth|billing|byok|inventory|payments|subscriptions"
 ADMIN_TABLE: dict[str, Entry] = {
     **_model_entries(),
     "admin/": admin("/admin/", Call("GET", admin_expect(200, 200))),

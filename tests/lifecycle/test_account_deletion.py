@@ -75,7 +75,10 @@ def _assert_deleted(user_pk: int, old: Subscription, live: Subscription, now) ->
     # Financial records remain, attached to the anonymized user.
     assert Subscription.objects.filter(user_id=user_pk).count() == 2
     assert ChargedTerm.objects.filter(subscription__user_id=user_pk).count() == 2
-    assert LedgerEntry.objects.filter(account__user_id=user_pk).count() == 3
+    # ...and SPEC M10's `forfeited` entry zeroes the balance left.
+    assert LedgerEntry.objects.filter(account__user_id=user_pk).count() == 4
+    assert LedgerEntry.objects.filter(account__user_id=user_pk, kind="forfeited").count() == 1
+    assert CreditAccount.objects.get(user_id=user_pk).balance_micros == 0
     assert CreditAccount.objects.filter(user_id=user_pk).exists()
     assert not ApiToken.objects.filter(user_id=user_pk, revoked_at__isnull=True).exists()
 

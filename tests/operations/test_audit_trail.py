@@ -38,6 +38,7 @@ from byok.models import ByokKey
 from inventory import alerts
 from inventory import services as inventory
 from inventory.models import Credential
+from payments import services as payments
 from subscriptions import lifecycle
 from subscriptions import services as subscriptions
 from subscriptions.models import Subscription
@@ -552,6 +553,124 @@ def check_low_stock(w: World) -> Expect:
     )
 
 
+# Card payments (SPEC M1-M3, M10) run against the embedded localstripe that `make test` starts.
+
+
+def _card(w: World, user: User, number: str = "4242424242424242") -> str:
+    from tests.payments.conftest import api_client, new_card
+
+    return new_card(
+        api_client(user),
+        {
+            "STRIPE_API_BASE": w.settings.STRIPE_API_BASE,
+            "STRIPE_PUBLISHABLE_KEY": w.settings.STRIPE_PUBLISHABLE_KEY,
+        },
+        number,
+    )
+
+
+def pay_by_card(w: World) -> Expect:
+    user = w.customer(0)
+    pm = _card(w, user)
+    return Expect(
+        lambda: payments.pay_by_card(
+            user=user,
+            amount_micros=25_000_000,
+            payment_method_id=pm,
+            save_card=False,
+            actor=user_actor(user),
+            now=w.now,
+        ),
+        {"card_payment.created": user_actor(user), "card_payment.succeeded": user_actor(user)},
+    )
+
+
+def ensure_customer(w: World) -> Expect:
+    user = w.customer(0)
+    return Expect(
+        lambda: payments.ensure_customer(user=user, now=w.now),
+        {"stripe_customer.created": user_actor(user)},
+    )
+
+
+def remove_saved_card(w: World) -> Expect:
+    user = w.customer(0)
+    payment, _ = payments.pay_by_card(
+        user=user,
+        amount_micros=10_000_000,
+        payment_method_id=_card(w, user),
+        save_card=True,
+        actor=user_actor(user),
+        now=w.now - timedelta(minutes=1),
+    )
+    payments.settle_card(payment_id=payment.pk, now=w.now - timedelta(minutes=1))
+    return Expect(
+        lambda: payments.remove_saved_card(user=user, now=w.now),
+        {"saved_card.removed": user_actor(user)},
+    )
+
+
+def _authenticated_payment(w: World):
+    import httpx
+
+    user = w.customer(0)
+    payment, secret = payments.pay_by_card(
+        user=user,
+        amount_micros=30_000_000,
+        payment_method_id=_card(w, user, "4000002760003184"),
+        save_card=False,
+        actor=user_actor(user),
+        now=w.now - timedelta(minutes=1),
+    )
+    httpx.post(
+        f"{w.settings.STRIPE_API_BASE}/v1/payment_intents/{payment.payment_intent_id}/_authenticate",
+        params={"success": "true"},
+        json={"key": w.settings.STRIPE_PUBLISHABLE_KEY, "client_secret": secret},
+        timeout=10,
+    ).raise_for_status()
+    return user, payment
+
+
+def refresh_payment(w: World) -> Expect:
+    user, payment = _authenticated_payment(w)
+    return Expect(
+        lambda: payments.refresh_payment(
+            user=user, payment_id=payment.pk, actor=user_actor(user), now=w.now
+        ),
+        {"card_payment.succeeded": user_actor(user)},
+    )
+
+
+def handle_webhook(w: World) -> Expect:
+    import json
+
+    import stripe
+
+    from tests.payments.conftest import event_for, signature_header
+
+    _user, payment = _authenticated_payment(w)
+    sdk = stripe.StripeClient(
+        w.settings.STRIPE_SECRET_KEY, base_addresses={"api": w.settings.STRIPE_API_BASE}
+    )
+    payload = event_for(sdk, "payment_intent.succeeded", payment.payment_intent_id)
+    header = signature_header(payload, w.settings.STRIPE_WEBHOOK_SECRET)
+    assert json.loads(payload)["type"] == "payment_intent.succeeded"
+    return Expect(
+        lambda: payments.handle_webhook(payload=payload.encode(), signature=header, now=w.now),
+        {"card_payment.succeeded": "system:stripe-webhook"},
+    )
+
+
+def forfeit_balance(w: World) -> Expect:
+    user = w.customer(30)
+
+    def act():
+        with transaction.atomic():
+            return billing.forfeit_balance(user_id=user.pk, actor=w.staff_actor, now=w.now)
+
+    return Expect(act, {"credits.forfeited": w.staff_actor})
+
+
 AUDITED: dict[str, list[Callable[[World], Expect]]] = {
     "subscriptions.services.purchase_plan": [purchase],
     "subscriptions.services.save_intent": [save_intent],
@@ -583,6 +702,12 @@ AUDITED: dict[str, list[Callable[[World], Expect]]] = {
     "adminops.keyrotation.rotate_encryption_keys": [rotate_keys],
     "inventory.alerts.check_low_stock": [check_low_stock],
     "inventory.services.purge_abandoned_uploads": [purge_abandoned_uploads],
+    "billing.services.forfeit_balance": [forfeit_balance],
+    "payments.services.pay_by_card": [pay_by_card],
+    "payments.services.ensure_customer": [ensure_customer],
+    "payments.services.remove_saved_card": [remove_saved_card],
+    "payments.services.refresh_payment": [refresh_payment],
+    "payments.services.handle_webhook": [handle_webhook],
 }
 
 INSIDE_A_CALLER = "runs only inside {}'s transaction, whose audit event records the change"
@@ -658,6 +783,21 @@ NOT_STATE_CHANGES: dict[str, str] = {
     ),
     "gateway.services.usage_in_period": "a read",
     "gateway.services.usage_from_sse": "pure function",
+    "billing.services.grant_card_payment": INSIDE_A_CALLER.format(
+        "a card payment's outcome (card_payment.succeeded)"
+    ),
+    "payments.services.parse_amount": "pure function",
+    "payments.services.decline_message": "pure function",
+    "payments.services.intent_client_secret": "a read at Stripe for the confirm page",
+    "payments.services.create_setup_intent": (
+        "creates a SetupIntent at Stripe only; a Stripe Customer made on the way is audited by "
+        "ensure_customer"
+    ),
+    "payments.services.settle_card": (
+        "after-commit follow-up of a payment's outcome: detaches an unsaved card at Stripe; "
+        "saving one writes saved_card.set (proven by remove_saved_card's set-up)"
+    ),
+    "payments.services.send_receipt": "sends the receipt e-mail once; notes when it was sent",
 }
 
 CASES = [

@@ -212,6 +212,22 @@ class World:
 
         actor("staff", staff=True, credits_usd=0)
 
+        # Card payments (SPEC M1, M9): one declined payment each; Stripe's keys are canaries.
+        from payments.models import CardPayment
+
+        for a in actors.values():
+            a.ids["payment_id"] = CardPayment.objects.create(
+                user=a.user,
+                amount_micros=25_000_000,
+                status=CardPayment.Status.FAILED,
+                failure_code="card_declined",
+                created_at=now,
+                updated_at=now,
+            ).pk
+        for name in ("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET"):
+            if getattr(settings, name, ""):
+                s.add(name, getattr(settings, name))
+
         # Ciphertexts are not for display either.
         from byok.models import ByokKey as _Key
         from inventory.models import Credential
@@ -327,6 +343,7 @@ PATH_PARAMS: dict[str, Callable[[World, Actor], Any]] = {
     "token_id": lambda w, a: a.ids.get("token_id"),
     "subscription_id": lambda w, a: a.ids.get("subscription_id"),
     "plan_id": lambda w, a: a.ids.get("plan_id"),
+    "payment_id": lambda w, a: a.ids.get("payment_id"),
 }
 
 # Someone else's object (404 expected) or one that does not exist.
@@ -335,6 +352,7 @@ FOREIGN_PARAMS: dict[str, Callable[[World], list[Any]]] = {
     "token_id": lambda w: [w.other.ids["token_id"], MISSING_ID],
     "subscription_id": lambda w: [w.other.ids["subscription_id"], MISSING_ID, "abc"],
     "plan_id": lambda w: ["no-such-plan", "sk-canary-lookalike-0000000000"],
+    "payment_id": lambda w: [w.other.ids["payment_id"], MISSING_ID],
 }
 
 

@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+
+
+class PaymentsConfig(AppConfig):
+    name = "payments"
+    verbose_name = "Card payments"
+
+    def ready(self) -> None:
+        # /credits is billing's page; the card-payment section plugs into it from above, so
+        # billing never imports payments (docs/architecture.md, layers).
+        from billing.pages import register_credits_section
+        from payments.views import credits_section
+
+        register_credits_section(credits_section)
