@@ -29,7 +29,7 @@ from adminops.adminkit import ReadOnlyAdmin, audit_links, audit_url, clean_text
 from adminops.audit import actor_for
 from catalog import all_plans, get_plan
 from codingplans.errors import DomainError
-from inventory import selectors, services
+from inventory import selectors, services, upload, upload_jobs
 from inventory.models import Credential, InventoryUpload
 
 logger = logging.getLogger(__name__)
@@ -93,23 +93,23 @@ class UploadForm(forms.Form):
     def clean(self):
         cleaned = super().clean()
         pasted = cleaned.get("lines") or ""
-        upload = cleaned.get("file")
-        if pasted.strip() and upload:
+        chosen = cleaned.get("file")
+        if pasted.strip() and chosen:
             raise forms.ValidationError("Paste the lines or choose a file, not both.")
         text = pasted
-        if upload:
-            if upload.size > MAX_UPLOAD_BYTES:
+        if chosen:
+            if chosen.size > MAX_UPLOAD_BYTES:
                 raise forms.ValidationError("The file is larger than 8 MB; split it.")
             try:
-                text = upload.read().decode("utf-8-sig")
+                text = chosen.read().decode("utf-8-sig")
             except UnicodeDecodeError:
                 raise forms.ValidationError("The file is not UTF-8 text.") from None
-        count = services.count_credential_lines(text)
+        count = upload.count_credential_lines(text)
         if count == 0:
             raise forms.ValidationError("There are no credentials to upload.")
-        if count > services.MAX_LINES:
+        if count > upload.MAX_LINES:
             raise forms.ValidationError(
-                f"Too many lines: at most {services.MAX_LINES} credentials per upload."
+                f"Too many lines: at most {upload.MAX_LINES} credentials per upload."
             )
         cleaned["text"] = text
         return cleaned
@@ -159,7 +159,7 @@ def _enqueue_upload(upload_id: int) -> None:
         process_upload.delay(upload_id)
     except Exception:
         logger.exception("could not queue inventory upload %s", upload_id)
-        services.abandon_upload(
+        upload_jobs.abandon_upload(
             upload_id,
             message="The validation could not be started; nothing was stored. Upload again.",
             now=timezone.now(),
@@ -356,7 +356,7 @@ class CredentialAdmin(ReadOnlyAdmin):
             if length > MAX_UPLOAD_BYTES + 64 * 1024 and not request.FILES:
                 form.add_error(None, "The upload is larger than 8 MB; split it.")
             elif form.is_valid():
-                upload = services.start_upload(
+                upload = upload_jobs.start_upload(
                     plan_id=form.cleaned_data["plan_id"],
                     text=form.cleaned_data["text"],
                     user=request.user,
