@@ -7,16 +7,13 @@ upstream plan id appears only for credentials waiting to be deprovisioned (I6, R
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
-from functools import partial
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.files.uploadhandler import MemoryFileUploadHandler
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.http import Http404, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -31,8 +28,6 @@ from catalog import all_plans, get_plan
 from codingplans.errors import DomainError
 from inventory import selectors, services, upload, upload_jobs
 from inventory.models import Credential, InventoryUpload
-
-logger = logging.getLogger(__name__)
 
 UPLOAD_PERMISSION = "inventory.upload_credentials"
 REVOCATION_PERMISSION = "inventory.record_revocation"
@@ -150,20 +145,6 @@ class RevocationOutcomeForm(forms.Form):
 class _BoundedMemoryUploadHandler(MemoryFileUploadHandler):
     def handle_raw_input(self, input_data, META, content_length, boundary, encoding=None):
         self.activated = content_length <= MAX_UPLOAD_BYTES + 64 * 1024
-
-
-def _enqueue_upload(upload_id: int) -> None:
-    from inventory.tasks import process_upload
-
-    try:
-        process_upload.delay(upload_id)
-    except Exception:
-        logger.exception("could not queue inventory upload %s", upload_id)
-        upload_jobs.abandon_upload(
-            upload_id,
-            message="The validation could not be started; nothing was stored. Upload again.",
-            now=timezone.now(),
-        )
 
 
 # --- Filters ----------------------------------------------------------------------------------
@@ -362,7 +343,6 @@ class CredentialAdmin(ReadOnlyAdmin):
                     user=request.user,
                     now=timezone.now(),
                 )
-                transaction.on_commit(partial(_enqueue_upload, upload.pk))
                 return HttpResponseRedirect(
                     reverse("admin:inventory_inventoryupload_status", args=[upload.pk])
                 )

@@ -8,9 +8,12 @@ the payload. Uploads never processed are expired after 24 hours (`purge_abandone
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.db import transaction
+from django.utils import timezone
 
 from adminops.audit import record_event
 from catalog import get_plan
@@ -19,14 +22,18 @@ from inventory.errors import UnknownPlan, UploadExpired, UploadNotFound
 from inventory.models import Credential, InventoryUpload
 from inventory.upload import UploadReport, count_credential_lines, upload_credentials
 
+logger = logging.getLogger(__name__)
+
 UPLOAD_PROGRESS_EVERY = 10
 
 
 def start_upload(*, plan_id: str, text: str, user, now: datetime) -> InventoryUpload:
-    """Record an admin upload for background validation (`process_upload`).
+    """Record an admin upload and queue its background validation (`process_upload`) once the
+    row is committed.
 
     The pasted credentials are kept only encrypted, in this row, until processing erases them:
-    the task queue carries the upload id, never a key.
+    the task queue carries the upload id, never a key. A broker that cannot take the task
+    rejects the upload (erasing its payload) instead of leaving it pending.
     """
     if get_plan(plan_id) is None:
         raise UnknownPlan()
@@ -49,7 +56,22 @@ def start_upload(*, plan_id: str, text: str, user, now: datetime) -> InventoryUp
             now=now,
             new={"plan_id": plan_id, "lines": line_count},
         )
+        transaction.on_commit(partial(_queue_processing, upload.pk))
     return upload
+
+
+def _queue_processing(upload_id: int) -> None:
+    from inventory.tasks import process_upload as process_upload_task
+
+    try:
+        process_upload_task.delay(upload_id)
+    except Exception:
+        logger.exception("could not queue inventory upload %s", upload_id)
+        abandon_upload(
+            upload_id,
+            message="The validation could not be started; nothing was stored. Upload again.",
+            now=timezone.now(),
+        )
 
 
 def process_upload(upload_id: int, now: datetime) -> InventoryUpload:
