@@ -70,10 +70,8 @@ class UploadForm(forms.Form):
         count = upload.count_credential_lines(text)
         if count == 0:
             raise forms.ValidationError("There are no credentials to upload.")
-        if count > upload.MAX_LINES:
-            raise forms.ValidationError(
-                f"Too many lines: at most {upload.MAX_LINES} credentials per upload."
-            )
+        if too_many := upload.line_limit_message(count):
+            raise forms.ValidationError(too_many)
         cleaned["text"] = text
         return cleaned
 
@@ -102,6 +100,6 @@ class RevocationOutcomeForm(forms.Form):
 
     def clean(self):
         cleaned = super().clean()
-        if cleaned.get("outcome") == Credential.State.REVOCATION_FAILED and not cleaned.get("note"):
+        if services.revocation_note_missing(cleaned.get("outcome"), cleaned.get("note") or ""):
             self.add_error("note", "Say what went wrong: a failed revocation needs a note.")
         return cleaned

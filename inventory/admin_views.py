@@ -34,7 +34,7 @@ REVOCATION_PERMISSION = "inventory.record_revocation"
 STATUS_REFRESH_SECONDS = 2
 STALE_UPLOAD_AFTER = timedelta(minutes=10)
 QUEUE_PAGE_SIZE = 100
-REVOCABLE = {state.value for state in services.REVOCABLE_STATES}
+REVOCABLE = {state.value for state in Credential.REVOCABLE_STATES}
 CREDENTIAL_SECRETS = ("encrypted_key", "fingerprint")
 
 
@@ -118,16 +118,7 @@ def revocation_queue_view(model_admin, request):
     """R1: what support must deprovision at MiniMax, oldest first."""
     if not request.user.has_perm(REVOCATION_PERMISSION):
         raise PermissionDenied
-    rows = selectors.revocation_queue().only(
-        "id",
-        "plan_id",
-        "state",
-        "upstream_plan_id",
-        "revocation_requested_at",
-        "revocation_attempts",
-        "last_attempt_at",
-        "failure_note",
-    )
+    rows = selectors.revocation_queue()
     page = Paginator(rows, QUEUE_PAGE_SIZE).get_page(request.GET.get("page"))
     items = [
         {

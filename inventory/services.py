@@ -94,8 +94,13 @@ def decrypted_key(credential: Credential) -> str:
 
 # --- Revocation outcomes (R2-R3) ---------------------------------------------------------------
 
-REVOCABLE_STATES = (Credential.State.REVOCATION_PENDING, Credential.State.REVOCATION_FAILED)
 REVOCATION_OUTCOMES = (Credential.State.REVOKED, Credential.State.REVOCATION_FAILED)
+
+
+def revocation_note_missing(outcome: str | None, note: str) -> bool:
+    """A failed revocation must say what went wrong (R2): the service and the admin's form both
+    ask this, with the note as it will be stored (sanitized)."""
+    return outcome == Credential.State.REVOCATION_FAILED and not note
 
 
 def record_revocation_outcome(
@@ -109,7 +114,7 @@ def record_revocation_outcome(
     if outcome not in {state.value for state in REVOCATION_OUTCOMES}:
         raise InvalidRevocationOutcome()
     cleaned = sanitize_note(note or "")
-    if outcome == Credential.State.REVOCATION_FAILED and not cleaned:
+    if revocation_note_missing(outcome, cleaned):
         raise RevocationNoteRequired()
     try:
         pk = int(str(credential_id))
@@ -119,7 +124,7 @@ def record_revocation_outcome(
         credential = Credential.objects.select_for_update().filter(pk=pk).first()
         if credential is None:
             raise RevocationItemNotFound(f"There is no credential #{pk}.")
-        if credential.state not in REVOCABLE_STATES:
+        if credential.state not in Credential.REVOCABLE_STATES:
             raise InvalidRevocationState(
                 f"Credential #{pk} is {credential.state}: only revocation_pending or "
                 "revocation_failed items take an outcome (revoked is final)."

@@ -109,6 +109,14 @@ def count_credential_lines(text: str) -> int:
     return sum(1 for line in text.splitlines() if line.strip())
 
 
+def line_limit_message(count: int) -> str:
+    """Why an upload of `count` credential lines is refused for its size, or "" if it is not.
+    The admin's form asks before queueing; `upload_credentials` asks again when it runs."""
+    if count > MAX_LINES:
+        return f"Too many lines: at most {MAX_LINES} credentials per upload."
+    return ""
+
+
 def _validate_live(
     lines: list[_Line],
     *,
@@ -170,8 +178,8 @@ def upload_credentials(
         raise UnknownPlan()
     report = UploadReport()
     lines, report.errors = _parse(text)
-    if len(lines) + len(report.errors) > MAX_LINES:
-        report.message = f"Too many lines: at most {MAX_LINES} credentials per upload."
+    report.message = line_limit_message(len(lines) + len(report.errors))
+    if report.message:
         return report
     if not lines and not report.errors:
         report.message = "The upload holds no credentials."

@@ -629,6 +629,8 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "inventory.services.sanitize_note": "pure function",
     "inventory.services.decrypted_key": "a read, at the moment of an upstream call",
     "inventory.upload.count_credential_lines": "pure function",
+    "inventory.upload.line_limit_message": "pure function",
+    "inventory.services.revocation_note_missing": "pure function",
     "byok.services.decrypted_key": "a read, at the moment of an upstream call",
     "byok.services.check_stored_key": "a read: one non-mutating upstream call",
     "byok.services.spend_key_budget": "a rate-limit counter in the cache; no data changes",
