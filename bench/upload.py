@@ -17,7 +17,7 @@ def run(scale: float, standin) -> Figure:
     from django.utils import timezone
 
     from inventory.models import Credential
-    from inventory.services import upload_credentials
+    from inventory.upload import upload_credentials
 
     n = max(100, int(1_000 * scale))
     ideal = n / CONCURRENCY * LATENCY_MS / 1000

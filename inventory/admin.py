@@ -1,4 +1,6 @@
-"""Operators' admin for inventory (SPEC I1-I7, R1-R3, S1, S2).
+"""Operators' admin for inventory (SPEC I1-I7, R1-R3, S1, S2): the ModelAdmins and the wiring of
+their own pages (upload, upload status, revocation queue, record revocation), which live in
+`inventory.admin_views` with their forms in `inventory.admin_forms`.
 
 Credentials are read-only here; the only writes are the upload and the revocation outcome, both
 through services. No page shows an API key, its encrypted value or its fingerprint, and the
@@ -7,164 +9,23 @@ upstream plan id appears only for credentials waiting to be deprovisioned (I6, R
 
 from __future__ import annotations
 
-import logging
-from datetime import timedelta
-from functools import partial
-
-from django import forms
-from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
-from django.core.files.uploadhandler import MemoryFileUploadHandler
-from django.core.paginator import Paginator
-from django.db import transaction
+from django.contrib import admin
 from django.http import Http404, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
-from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils import timezone
 from django.utils.html import format_html
-from django.views.decorators.csrf import csrf_exempt, csrf_protect
 
-from adminops.adminkit import ReadOnlyAdmin, audit_links, audit_url, clean_text
-from adminops.audit import actor_for
-from catalog import all_plans, get_plan
-from codingplans.errors import DomainError
-from inventory import selectors, services
+from adminops.adminkit import ReadOnlyAdmin, audit_links, audit_url
+from inventory import admin_views, selectors, services
+from inventory.admin_forms import plan_choices
+from inventory.admin_views import (
+    CREDENTIAL_SECRETS,
+    REVOCABLE,
+    REVOCATION_PERMISSION,
+    UPLOAD_PERMISSION,
+    admin_page,
+    plan_label,
+)
 from inventory.models import Credential, InventoryUpload
-
-logger = logging.getLogger(__name__)
-
-UPLOAD_PERMISSION = "inventory.upload_credentials"
-REVOCATION_PERMISSION = "inventory.record_revocation"
-MAX_UPLOAD_BYTES = 8 * 1024 * 1024
-STATUS_REFRESH_SECONDS = 2
-STALE_UPLOAD_AFTER = timedelta(minutes=10)
-QUEUE_PAGE_SIZE = 100
-REVOCABLE = {state.value for state in services.REVOCABLE_STATES}
-CREDENTIAL_SECRETS = ("encrypted_key", "fingerprint")
-
-
-def _plan_label(plan_id: str) -> str:
-    plan = get_plan(plan_id)
-    return f"{plan.name} ({plan_id})" if plan else plan_id
-
-
-def _plan_choices() -> list[tuple[str, str]]:
-    return [(plan.plan_id, f"{plan.name} ({plan.plan_id})") for plan in all_plans()]
-
-
-# --- Forms ------------------------------------------------------------------------------------
-
-
-class NoEchoTextarea(forms.Textarea):
-    """Never sends pasted credentials back to the browser, even when the form has errors."""
-
-    def format_value(self, value):
-        return None
-
-
-class SanitizedTextarea(forms.Textarea):
-    """Shows a note back only as it would be stored: key-shaped strings redacted (R2)."""
-
-    def format_value(self, value):
-        return services.sanitize_note(value) if value else None
-
-
-class UploadForm(forms.Form):
-    plan_id = forms.ChoiceField(label="Plan", choices=_plan_choices)
-    lines = forms.CharField(
-        label="Credentials",
-        required=False,
-        strip=False,
-        widget=NoEchoTextarea(
-            attrs={"rows": 12, "cols": 90, "autocomplete": "off", "spellcheck": "false"}
-        ),
-        help_text=(
-            "One credential per line: <code>&lt;api key&gt;::&lt;upstream plan id&gt;</code>. "
-            "Blank lines are ignored. For large batches, choose a file instead."
-        ),
-    )
-    file = forms.FileField(
-        label="Or a file",
-        required=False,
-        help_text="A UTF-8 text file in the same format (at most 8 MB).",
-    )
-
-    def clean(self):
-        cleaned = super().clean()
-        pasted = cleaned.get("lines") or ""
-        upload = cleaned.get("file")
-        if pasted.strip() and upload:
-            raise forms.ValidationError("Paste the lines or choose a file, not both.")
-        text = pasted
-        if upload:
-            if upload.size > MAX_UPLOAD_BYTES:
-                raise forms.ValidationError("The file is larger than 8 MB; split it.")
-            try:
-                text = upload.read().decode("utf-8-sig")
-            except UnicodeDecodeError:
-                raise forms.ValidationError("The file is not UTF-8 text.") from None
-        count = services.count_credential_lines(text)
-        if count == 0:
-            raise forms.ValidationError("There are no credentials to upload.")
-        if count > services.MAX_LINES:
-            raise forms.ValidationError(
-                f"Too many lines: at most {services.MAX_LINES} credentials per upload."
-            )
-        cleaned["text"] = text
-        return cleaned
-
-
-class RevocationOutcomeForm(forms.Form):
-    outcome = forms.ChoiceField(
-        label="Outcome",
-        widget=forms.RadioSelect,
-        choices=[
-            (Credential.State.REVOKED.value, "Revoked at MiniMax"),
-            (Credential.State.REVOCATION_FAILED.value, "Revocation failed"),
-        ],
-    )
-    note = forms.CharField(
-        label="Note",
-        required=False,
-        widget=SanitizedTextarea(attrs={"rows": 4, "cols": 80, "maxlength": 2000}),
-        help_text=(
-            "Required when the revocation failed. Stored with key-shaped strings redacted, "
-            "at most 500 characters."
-        ),
-    )
-
-    def clean_note(self):
-        return services.sanitize_note(self.cleaned_data.get("note") or "")
-
-    def clean(self):
-        cleaned = super().clean()
-        if cleaned.get("outcome") == Credential.State.REVOCATION_FAILED and not cleaned.get("note"):
-            self.add_error("note", "Say what went wrong: a failed revocation needs a note.")
-        return cleaned
-
-
-# --- Upload handling: the file is read in memory, never spooled to a temporary file -----------
-
-
-class _BoundedMemoryUploadHandler(MemoryFileUploadHandler):
-    def handle_raw_input(self, input_data, META, content_length, boundary, encoding=None):
-        self.activated = content_length <= MAX_UPLOAD_BYTES + 64 * 1024
-
-
-def _enqueue_upload(upload_id: int) -> None:
-    from inventory.tasks import process_upload
-
-    try:
-        process_upload.delay(upload_id)
-    except Exception:
-        logger.exception("could not queue inventory upload %s", upload_id)
-        services.abandon_upload(
-            upload_id,
-            message="The validation could not be started; nothing was stored. Upload again.",
-            now=timezone.now(),
-        )
-
 
 # --- Filters ----------------------------------------------------------------------------------
 
@@ -174,7 +35,7 @@ class PlanFilter(admin.SimpleListFilter):
     parameter_name = "plan_id"
 
     def lookups(self, request, model_admin):
-        return _plan_choices()
+        return plan_choices()
 
     def queryset(self, request, queryset):
         value = self.value()
@@ -289,29 +150,24 @@ class CredentialAdmin(ReadOnlyAdmin):
     # -- extra pages --
 
     def get_urls(self):
-        wrap = self.admin_site.admin_view
         return [
-            path("upload/", wrap(self.upload_view), name="inventory_credential_upload"),
+            path(
+                "upload/",
+                admin_page(self, admin_views.upload_view),
+                name="inventory_credential_upload",
+            ),
             path(
                 "revocation-queue/",
-                wrap(self.revocation_queue_view),
+                admin_page(self, admin_views.revocation_queue_view),
                 name="inventory_credential_revocation_queue",
             ),
             path(
                 "<int:credential_id>/record-revocation/",
-                wrap(self.record_revocation_view),
+                admin_page(self, admin_views.record_revocation_view),
                 name="inventory_credential_record_revocation",
             ),
             *super().get_urls(),
         ]
-
-    def _context(self, request, title: str, **extra):
-        return {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "title": title,
-            **extra,
-        }
 
     def changelist_view(self, request, extra_context=None):
         counts = selectors.counts_by_plan()
@@ -319,7 +175,7 @@ class CredentialAdmin(ReadOnlyAdmin):
         rows = [
             {
                 "plan_id": plan_id,
-                "label": _plan_label(plan_id),
+                "label": plan_label(plan_id),
                 "counts": [by_state[state] for state in selectors.STATES],
                 "total": sum(by_state.values()),
                 "low": plan_id in low,
@@ -339,125 +195,6 @@ class CredentialAdmin(ReadOnlyAdmin):
             "can_revoke": request.user.has_perm(REVOCATION_PERMISSION),
         }
         return super().changelist_view(request, extra_context=extra_context)
-
-    @csrf_exempt
-    def upload_view(self, request):
-        """I1: staff paste or choose a file; validation runs in the background (I2, I3)."""
-        if not request.user.has_perm(UPLOAD_PERMISSION):
-            raise PermissionDenied
-        # Set before the body is parsed, hence CSRF is checked below rather than by middleware.
-        request.upload_handlers = [_BoundedMemoryUploadHandler(request)]
-        return csrf_protect(self._upload_view)(request)
-
-    def _upload_view(self, request):
-        if request.method == "POST":
-            length = int(request.META.get("CONTENT_LENGTH") or 0)
-            form = UploadForm(request.POST, request.FILES)
-            if length > MAX_UPLOAD_BYTES + 64 * 1024 and not request.FILES:
-                form.add_error(None, "The upload is larger than 8 MB; split it.")
-            elif form.is_valid():
-                upload = services.start_upload(
-                    plan_id=form.cleaned_data["plan_id"],
-                    text=form.cleaned_data["text"],
-                    user=request.user,
-                    now=timezone.now(),
-                )
-                transaction.on_commit(partial(_enqueue_upload, upload.pk))
-                return HttpResponseRedirect(
-                    reverse("admin:inventory_inventoryupload_status", args=[upload.pk])
-                )
-        else:
-            form = UploadForm()
-        context = self._context(
-            request,
-            "Upload credentials",
-            form=form,
-            recent_uploads=InventoryUpload.objects.defer("encrypted_payload").order_by(
-                "-created_at", "-id"
-            )[:10],
-        )
-        return TemplateResponse(request, "admin/inventory/credential/upload.html", context)
-
-    def revocation_queue_view(self, request):
-        """R1: what support must deprovision at MiniMax, oldest first."""
-        if not request.user.has_perm(REVOCATION_PERMISSION):
-            raise PermissionDenied
-        rows = selectors.revocation_queue().only(
-            "id",
-            "plan_id",
-            "state",
-            "upstream_plan_id",
-            "revocation_requested_at",
-            "revocation_attempts",
-            "last_attempt_at",
-            "failure_note",
-        )
-        page = Paginator(rows, QUEUE_PAGE_SIZE).get_page(request.GET.get("page"))
-        items = [
-            {
-                "credential": credential,
-                "plan": _plan_label(credential.plan_id),
-                "note": services.sanitize_note(credential.failure_note),
-            }
-            for credential in page.object_list
-        ]
-        context = self._context(request, "Revocation queue", page=page, items=items)
-        return TemplateResponse(
-            request, "admin/inventory/credential/revocation_queue.html", context
-        )
-
-    def record_revocation_view(self, request, credential_id: int):
-        """R2: record `revoked` or `revocation_failed` (with a note), after a confirmation."""
-        if not request.user.has_perm(REVOCATION_PERMISSION):
-            raise PermissionDenied
-        credential = get_object_or_404(
-            Credential.objects.defer(*CREDENTIAL_SECRETS), pk=credential_id
-        )
-        queue_url = reverse("admin:inventory_credential_revocation_queue")
-        in_queue = credential.state in REVOCABLE
-        confirming = False
-        if request.method == "POST" and in_queue:
-            form = RevocationOutcomeForm(request.POST)
-            if form.is_valid():
-                if request.POST.get("confirm") == "yes":
-                    try:
-                        updated = services.record_revocation_outcome(
-                            credential_id=credential.pk,
-                            outcome=form.cleaned_data["outcome"],
-                            note=form.cleaned_data["note"],
-                            actor=actor_for(request.user),
-                            now=timezone.now(),
-                        )
-                    except DomainError as exc:
-                        messages.error(request, exc.message)
-                    else:
-                        messages.success(
-                            request,
-                            f"Credential #{updated.pk} recorded as "
-                            f"{Credential.State(updated.state).label.lower()} "
-                            f"(attempt {updated.revocation_attempts}).",
-                        )
-                    return HttpResponseRedirect(queue_url)
-                confirming = True
-        else:
-            form = RevocationOutcomeForm()
-        context = self._context(
-            request,
-            f"Record revocation outcome for credential #{credential.pk}",
-            credential=credential,
-            plan=_plan_label(credential.plan_id),
-            in_queue=in_queue,
-            form=form,
-            confirming=confirming,
-            outcome_label=dict(form.fields["outcome"].choices).get(
-                form.cleaned_data.get("outcome") if confirming else None, ""
-            ),
-            queue_url=queue_url,
-            note=services.sanitize_note(credential.failure_note),
-        )
-        return TemplateResponse(
-            request, "admin/inventory/credential/record_revocation.html", context
-        )
 
 
 # --- Uploads ----------------------------------------------------------------------------------
@@ -506,11 +243,10 @@ class InventoryUploadAdmin(ReadOnlyAdmin):
         return format_html('<a href="{}">Progress and report</a>', url)
 
     def get_urls(self):
-        wrap = self.admin_site.admin_view
         return [
             path(
                 "<int:upload_id>/status/",
-                wrap(self.status_view),
+                admin_page(self, admin_views.status_view),
                 name="inventory_inventoryupload_status",
             ),
             *super().get_urls(),
@@ -522,37 +258,3 @@ class InventoryUploadAdmin(ReadOnlyAdmin):
         return HttpResponseRedirect(
             reverse("admin:inventory_inventoryupload_status", args=[int(object_id)])
         )
-
-    def status_view(self, request, upload_id: int):
-        """Progress while validating (refreshing itself), then the report by line (I2)."""
-        if not self.has_view_permission(request):
-            raise PermissionDenied
-        upload = get_object_or_404(InventoryUpload.objects.defer("encrypted_payload"), pk=upload_id)
-        running = upload.status in (
-            InventoryUpload.Status.PENDING,
-            InventoryUpload.Status.VALIDATING,
-        )
-        errors = [
-            {"line": error.get("line"), "reason": clean_text(error.get("reason", ""))}
-            for error in (upload.errors or [])
-            if isinstance(error, dict)
-        ]
-        total = upload.line_count or 0
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "title": f"Upload #{upload.pk}",
-            "upload": upload,
-            "plan": _plan_label(upload.plan_id),
-            "running": running,
-            "stale": running and timezone.now() - upload.created_at > STALE_UPLOAD_AFTER,
-            "refresh_seconds": STATUS_REFRESH_SECONDS,
-            "total": total,
-            "percent": int(100 * upload.validated_count / total) if total else 0,
-            "errors": errors,
-            "message": clean_text(upload.message),
-            "upload_url": reverse("admin:inventory_credential_upload"),
-            "can_upload": request.user.has_perm(UPLOAD_PERMISSION),
-            "audit_links": audit_links(request, upload),
-        }
-        return TemplateResponse(request, "admin/inventory/inventoryupload/status.html", context)

@@ -18,6 +18,10 @@ class Credential(models.Model):
         REVOKED = "revoked", "Revoked"
         REVOCATION_FAILED = "revocation_failed", "Revocation failed"
 
+    # Waiting to be deprovisioned at MiniMax: the revocation queue, the states that take an
+    # outcome (R1, R2). The queue's partial index below names the same two states.
+    REVOCABLE_STATES = (State.REVOCATION_PENDING, State.REVOCATION_FAILED)
+
     plan_id = models.CharField(max_length=64)
     state = models.CharField(max_length=24, choices=State.choices, default=State.AVAILABLE)
     encrypted_key = models.TextField(blank=True, help_text="Erased at revocation_pending (I5).")

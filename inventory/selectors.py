@@ -35,9 +35,24 @@ def low_stock_plans() -> list[tuple[str, int, int]]:
     ]
 
 
+# What the queue shows (the admin page, the command, the daily report); never the key.
+QUEUE_FIELDS = (
+    "id",
+    "plan_id",
+    "state",
+    "upstream_plan_id",
+    "revocation_requested_at",
+    "revocation_attempts",
+    "last_attempt_at",
+    "failure_note",
+)
+
+
 def revocation_queue(limit: int | None = None):
-    """Oldest first (R1)."""
-    rows = Credential.objects.filter(
-        state__in=[Credential.State.REVOCATION_PENDING, Credential.State.REVOCATION_FAILED]
-    ).order_by("revocation_requested_at", "id")
+    """Oldest first (R1), with the queue's columns only."""
+    rows = (
+        Credential.objects.filter(state__in=Credential.REVOCABLE_STATES)
+        .only(*QUEUE_FIELDS)
+        .order_by("revocation_requested_at", "id")
+    )
     return rows[:limit] if limit else rows

@@ -6,7 +6,7 @@ from datetime import datetime
 from celery import shared_task
 from django.utils import timezone
 
-from inventory import services
+from inventory import upload_jobs
 from inventory.errors import UploadExpired
 from inventory.models import InventoryUpload
 
@@ -15,7 +15,7 @@ from inventory.models import InventoryUpload
 def process_upload(upload_id: int) -> str:
     """Validate and store an admin upload in the background; returns its final status."""
     try:
-        return services.process_upload(upload_id, timezone.now()).status
+        return upload_jobs.process_upload(upload_id, timezone.now()).status
     except UploadExpired:
         return InventoryUpload.Status.EXPIRED  # purged after 24 h: nothing to do
 
@@ -23,7 +23,7 @@ def process_upload(upload_id: int) -> str:
 @shared_task(name="inventory.tasks.purge_abandoned_uploads")
 def purge_abandoned_uploads() -> int:
     """Hourly from beat: erase the payload of admin uploads pending for over 24 hours."""
-    return services.purge_abandoned_uploads(now=timezone.now())
+    return upload_jobs.purge_abandoned_uploads(now=timezone.now())
 
 
 @shared_task(name="inventory.tasks.send_daily_inventory_report")

@@ -13,7 +13,7 @@ from accounts.services import create_user
 from accounts.tokens import create_api_token
 from billing.services import grant_credits
 from codingplans.celery import app as celery_app
-from inventory.services import upload_credentials
+from inventory.upload import upload_credentials
 from standins.minimax import StandinServer
 
 _emails = itertools.count(1)

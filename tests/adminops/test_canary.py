@@ -16,7 +16,7 @@ from accounts.models import ApiToken, User
 from accounts.tokens import create_api_token
 from byok.models import ByokKey
 from byok.services import add_key
-from inventory import services
+from inventory import services, upload_jobs
 from inventory.models import Credential, InventoryUpload
 from subscriptions.lifecycle import run_billing_sweep, terminate_subscription
 from subscriptions.models import Subscription
@@ -49,7 +49,7 @@ def _plant(operator, superuser, admin_upload, make_user) -> list[str]:
     rejected_live = admin_upload(operator, MAX, f"{rejected_keys[1]}::up-r4\n")
     assert "failed live validation" in rejected_live.content.decode()
     pending_key = canary("pending")
-    services.start_upload(plan_id=MAX, text=f"{pending_key}::up-p", user=superuser, now=now)
+    upload_jobs.start_upload(plan_id=MAX, text=f"{pending_key}::up-p", user=superuser, now=now)
 
     alice = make_user(credits_usd=100)
     first = purchase_plan(user=alice, plan_id=PLUS, idempotency_key="canary-1", now=now)

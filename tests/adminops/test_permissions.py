@@ -6,7 +6,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from inventory import services
+from inventory import upload_jobs
 from inventory.models import InventoryUpload
 from tests.adminops.conftest import (
     CHANGELIST_URL,
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def pages(queue_item, superuser):
     item = queue_item(PLUS)
-    upload = services.start_upload(
+    upload = upload_jobs.start_upload(
         plan_id=PLUS, text="sk-perm-000001::u", user=superuser, now=timezone.now()
     )
     return {

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from adminops.roles import AUDITORS, INVENTORY_MANAGERS, SUPPORT
-from inventory import services
+from inventory import upload_jobs
 from inventory.models import Credential, InventoryUpload
 from subscriptions.lifecycle import run_billing_sweep
 from subscriptions.models import Subscription
@@ -68,7 +68,7 @@ def world(make_user, stock, superuser):
 
     terminate_subscription(subscription_id=queued.subscription_id, actor="staff:0", now=now)
     queued_credential = Subscription.objects.get(pk=queued.subscription_id).credential
-    upload = services.start_upload(
+    upload = upload_jobs.start_upload(
         plan_id=PLUS, text="sk-roles-0000001::u", user=superuser, now=now
     )
     run_billing_sweep(now=now, trigger="command")

@@ -10,7 +10,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from adminops.models import AuditEvent
-from inventory import services, tasks
+from inventory import tasks, upload_jobs
+from inventory import upload as inventory_upload
 from inventory.models import Credential, InventoryUpload
 from tests.adminops.conftest import MAX, PLUS, UPLOAD_URL, credential_for, status_url
 
@@ -71,7 +72,8 @@ def test_rejected_validation_names_lines_and_stores_nothing(operator, admin_uplo
     assert upload.errors == [
         {
             "line": 3,
-            "reason": "failed live validation: " + services.VALIDATION_REASONS["invalid_key"],
+            "reason": "failed live validation: "
+            + inventory_upload.VALIDATION_REASONS["invalid_key"],
         }
     ]
     assert "Rejected: nothing was stored" in html
@@ -134,7 +136,7 @@ def test_upload_form_validation(operator, data, message):
 
 
 def test_too_many_lines_are_refused_before_anything_is_queued(operator, monkeypatch):
-    monkeypatch.setattr(services, "MAX_LINES", 3)
+    monkeypatch.setattr(inventory_upload, "MAX_LINES", 3)
     page = operator.post(
         UPLOAD_URL, {"plan_id": PLUS, "lines": lines(*[f"sk-m-{i:08d}" for i in range(4)])}
     )
@@ -143,7 +145,7 @@ def test_too_many_lines_are_refused_before_anything_is_queued(operator, monkeypa
 
 
 def test_status_page_shows_progress_and_refreshes_while_running(operator, superuser):
-    upload = services.start_upload(
+    upload = upload_jobs.start_upload(
         plan_id=PLUS,
         text=lines(*[f"sk-run-{i:08d}" for i in range(25)]),
         user=superuser,
@@ -159,14 +161,14 @@ def test_status_page_shows_progress_and_refreshes_while_running(operator, superu
     assert "sk-run" not in html and upload.encrypted_payload not in html
 
     InventoryUpload.objects.filter(pk=upload.pk).update(status=InventoryUpload.Status.PENDING)
-    services.process_upload(upload.pk, timezone.now())
+    upload_jobs.process_upload(upload.pk, timezone.now())
     done = operator.get(status_url(upload.pk)).content.decode()
     assert 'http-equiv="refresh"' not in done
     assert "Stored 25 credentials" in done
 
 
 def test_stale_pending_upload_warns_about_the_worker(operator, superuser):
-    upload = services.start_upload(
+    upload = upload_jobs.start_upload(
         plan_id=PLUS,
         text="sk-stale-0000001::u",
         user=superuser,
@@ -177,7 +179,7 @@ def test_stale_pending_upload_warns_about_the_worker(operator, superuser):
 
 
 def test_upload_change_page_redirects_to_status(operator, superuser):
-    upload = services.start_upload(
+    upload = upload_jobs.start_upload(
         plan_id=PLUS, text="sk-redir-000001::u", user=superuser, now=timezone.now()
     )
     page = operator.get(f"/admin/inventory/inventoryupload/{upload.pk}/change/")
@@ -186,14 +188,14 @@ def test_upload_change_page_redirects_to_status(operator, superuser):
 
 
 def test_progress_updates_are_throttled(superuser):
-    upload = services.start_upload(
+    upload = upload_jobs.start_upload(
         plan_id=PLUS,
         text=lines(*[f"sk-thr-{i:08d}" for i in range(25)]),
         user=superuser,
         now=timezone.now(),
     )
     with CaptureQueriesContext(connection) as queries:
-        services.process_upload(upload.pk, timezone.now())
+        upload_jobs.process_upload(upload.pk, timezone.now())
     progress_updates = [
         q["sql"]
         for q in queries.captured_queries
@@ -205,11 +207,11 @@ def test_progress_updates_are_throttled(superuser):
 
 
 def test_processing_twice_stores_once(superuser):
-    upload = services.start_upload(
+    upload = upload_jobs.start_upload(
         plan_id=PLUS, text="sk-twice-000001::u", user=superuser, now=timezone.now()
     )
-    first = services.process_upload(upload.pk, timezone.now())
-    again = services.process_upload(upload.pk, timezone.now())
+    first = upload_jobs.process_upload(upload.pk, timezone.now())
+    again = upload_jobs.process_upload(upload.pk, timezone.now())
     assert first.status == again.status == "stored"
     assert Credential.objects.count() == 1
 

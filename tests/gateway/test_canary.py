@@ -21,7 +21,7 @@ from accounts.tokens import create_api_token
 from byok.services import add_key
 from gateway import services, views
 from gateway.models import GatewayRequest
-from inventory.services import upload_credentials
+from inventory.upload import upload_credentials
 from subscriptions.services import purchase_plan
 from tests.conftest import api_client_for
 from tests.gateway.conftest import BODY, PLUS, URL

@@ -55,7 +55,7 @@ def build_world(make_user, stock) -> World:
     from billing.models import CreditAccount, LedgerEntry, TopUpAttempt
     from byok.models import ByokKey
     from inventory.models import Credential
-    from inventory.services import start_upload
+    from inventory.upload_jobs import start_upload
     from subscriptions.models import ChargedTerm, SweepRun
     from subscriptions.services import purchase_plan, save_intent
 

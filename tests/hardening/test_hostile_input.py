@@ -585,7 +585,7 @@ def _credential_state():
 
 
 def test_upload_service_refuses_megabyte_lines_and_stores_nothing(db, standin):
-    from inventory.services import upload_credentials
+    from inventory.upload import upload_credentials
 
     before = _credential_state()
     text = "\n".join([*MEGABYTE_LINES, "sk-fuzz-upload-good-0001::up-good"])

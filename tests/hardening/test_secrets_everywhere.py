@@ -35,7 +35,7 @@ from django.utils import timezone
 from accounts.tokens import create_api_token
 from billing.services import set_auto_top_up
 from byok.services import add_key
-from inventory.services import upload_credentials
+from inventory.upload import upload_credentials
 from subscriptions.lifecycle import cancel_at_period_end
 from subscriptions.models import Subscription
 from subscriptions.services import purchase_plan, save_intent

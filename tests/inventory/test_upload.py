@@ -13,7 +13,7 @@ from django.utils import timezone
 from codingplans import crypto
 from inventory.errors import UnknownPlan
 from inventory.models import Credential
-from inventory.services import upload_credentials
+from inventory.upload import upload_credentials
 from tests.inventory.helpers import OTHER_PLAN, PLAN, assert_no_key, lines_for, new_keys
 
 pytestmark = pytest.mark.django_db

@@ -15,8 +15,8 @@ from accounts.models import User
 from codingplans.celery import app as celery_app
 from inventory.errors import UploadExpired
 from inventory.models import Credential, InventoryUpload
-from inventory.services import process_upload, purge_abandoned_uploads, start_upload
 from inventory.tasks import process_upload as process_upload_task
+from inventory.upload_jobs import process_upload, purge_abandoned_uploads, start_upload
 
 pytestmark = pytest.mark.django_db
 

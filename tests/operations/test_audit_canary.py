@@ -23,6 +23,8 @@ from byok.models import ByokKey
 from byok.services import add_key, delete_key, update_key
 from codingplans import crypto
 from inventory import services as inventory
+from inventory import upload as inventory_upload
+from inventory import upload_jobs
 from inventory.models import Credential, InventoryUpload
 from subscriptions.lifecycle import cancel_at_period_end, run_billing_sweep, terminate_subscription
 from subscriptions.models import Subscription
@@ -80,20 +82,20 @@ def _plant(make_user, settings, django_capture_on_commit_callbacks) -> Secrets:
                 "lines": "\n".join(f"{k}::up-a-{i}" for i, k in enumerate(admin_keys)),
             },
         )
-    inventory.upload_credentials(
+    inventory_upload.upload_credentials(
         plan_id=MAX,
         text="\n".join(f"{k}::up-c-{i}" for i, k in enumerate(command_keys)),
         actor="system:command",
         now=now,
     )
-    pending = inventory.start_upload(
+    pending = upload_jobs.start_upload(
         plan_id=PLUS,
         text=f"{rejected[0]}::x\n{rejected[1]}::y\n{admin_keys[0]}::z",
         user=staff,
         now=now,
     )
     found.snapshot()  # the pending upload's encrypted payload
-    inventory.process_upload(pending.pk, now)
+    upload_jobs.process_upload(pending.pk, now)
     found.snapshot()
 
     # Purchases install the plan's key in BYOK; cancellation, termination, the sweep.

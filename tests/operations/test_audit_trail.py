@@ -35,8 +35,9 @@ from billing.models import CreditAccount, TopUpAttempt
 from billing.topup import ChargeResult
 from byok import services as byok
 from byok.models import ByokKey
-from inventory import alerts
+from inventory import alerts, upload_jobs
 from inventory import services as inventory
+from inventory import upload as inventory_upload
 from inventory.models import Credential
 from payments import services as payments
 from subscriptions import lifecycle
@@ -45,7 +46,15 @@ from subscriptions.models import Subscription
 
 pytestmark = pytest.mark.django_db
 
-SERVICE_MODULES = ("services", "tokens", "lifecycle", "alerts", "keyrotation")
+SERVICE_MODULES = (
+    "services",
+    "tokens",
+    "lifecycle",
+    "alerts",
+    "keyrotation",
+    "upload",
+    "upload_jobs",
+)
 PLUS = "minimax-token-plan-plus"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -444,7 +453,7 @@ def delete_key(w: World) -> Expect:
 def upload_credentials(w: World) -> Expect:
     text = w.lines(2)
     return Expect(
-        lambda: inventory.upload_credentials(
+        lambda: inventory_upload.upload_credentials(
             plan_id=PLUS, text=text, actor=w.staff_actor, now=w.now
         ),
         {"inventory.uploaded": w.staff_actor},
@@ -454,41 +463,41 @@ def upload_credentials(w: World) -> Expect:
 def start_upload(w: World) -> Expect:
     text = w.lines(2)
     return Expect(
-        lambda: inventory.start_upload(plan_id=PLUS, text=text, user=w.staff, now=w.now),
+        lambda: upload_jobs.start_upload(plan_id=PLUS, text=text, user=w.staff, now=w.now),
         {"inventory.upload_started": w.staff_actor},
     )
 
 
 def process_upload_stored(w: World) -> Expect:
-    upload = inventory.start_upload(plan_id=PLUS, text=w.lines(2), user=w.staff, now=w.now)
+    upload = upload_jobs.start_upload(plan_id=PLUS, text=w.lines(2), user=w.staff, now=w.now)
     return Expect(
-        lambda: inventory.process_upload(upload.pk, w.now),
+        lambda: upload_jobs.process_upload(upload.pk, w.now),
         {"inventory.uploaded": w.staff_actor},
     )
 
 
 def process_upload_rejected(w: World) -> Expect:
     text = w.lines(1, prefix="invalid-audit")  # the stand-in rejects these keys
-    upload = inventory.start_upload(plan_id=PLUS, text=text, user=w.staff, now=w.now)
+    upload = upload_jobs.start_upload(plan_id=PLUS, text=text, user=w.staff, now=w.now)
     return Expect(
-        lambda: inventory.process_upload(upload.pk, w.now),
+        lambda: upload_jobs.process_upload(upload.pk, w.now),
         {"inventory.upload_rejected": w.staff_actor},
     )
 
 
 def abandon_upload(w: World) -> Expect:
-    upload = inventory.start_upload(plan_id=PLUS, text=w.lines(1), user=w.staff, now=w.now)
+    upload = upload_jobs.start_upload(plan_id=PLUS, text=w.lines(1), user=w.staff, now=w.now)
     return Expect(
-        lambda: inventory.abandon_upload(upload.pk, message="broker down", now=w.now),
+        lambda: upload_jobs.abandon_upload(upload.pk, message="broker down", now=w.now),
         {"inventory.upload_rejected": w.staff_actor},
     )
 
 
 def purge_abandoned_uploads(w: World) -> Expect:
     started = w.now - timedelta(hours=25)
-    inventory.start_upload(plan_id=PLUS, text=w.lines(1), user=w.staff, now=started)
+    upload_jobs.start_upload(plan_id=PLUS, text=w.lines(1), user=w.staff, now=started)
     return Expect(
-        lambda: inventory.purge_abandoned_uploads(now=w.now),
+        lambda: upload_jobs.purge_abandoned_uploads(now=w.now),
         {"inventory.upload_expired": "system:cleanup"},
     )
 
@@ -693,15 +702,15 @@ AUDITED: dict[str, list[Callable[[World], Expect]]] = {
     "byok.services.add_key": [add_key],
     "byok.services.update_key": [update_key_value, update_key_enabled],
     "byok.services.delete_key": [delete_key],
-    "inventory.services.upload_credentials": [upload_credentials],
-    "inventory.services.start_upload": [start_upload],
-    "inventory.services.process_upload": [process_upload_stored, process_upload_rejected],
-    "inventory.services.abandon_upload": [abandon_upload],
+    "inventory.upload.upload_credentials": [upload_credentials],
+    "inventory.upload_jobs.start_upload": [start_upload],
+    "inventory.upload_jobs.process_upload": [process_upload_stored, process_upload_rejected],
+    "inventory.upload_jobs.abandon_upload": [abandon_upload],
     "inventory.services.request_revocation": [request_revocation],
     "inventory.services.record_revocation_outcome": [record_revoked, record_failed],
     "adminops.keyrotation.rotate_encryption_keys": [rotate_keys],
     "inventory.alerts.check_low_stock": [check_low_stock],
-    "inventory.services.purge_abandoned_uploads": [purge_abandoned_uploads],
+    "inventory.upload_jobs.purge_abandoned_uploads": [purge_abandoned_uploads],
     "billing.services.forfeit_balance": [forfeit_balance],
     "payments.services.pay_by_card": [pay_by_card],
     "payments.services.ensure_customer": [ensure_customer],
@@ -744,7 +753,9 @@ NOT_STATE_CHANGES: dict[str, str] = {
     ),
     "inventory.services.sanitize_note": "pure function",
     "inventory.services.decrypted_key": "a read, at the moment of an upstream call",
-    "inventory.services.count_credential_lines": "pure function",
+    "inventory.upload.count_credential_lines": "pure function",
+    "inventory.upload.line_limit_message": "pure function",
+    "inventory.services.revocation_note_missing": "pure function",
     "byok.services.decrypted_key": "a read, at the moment of an upstream call",
     "byok.services.check_stored_key": "a read: one non-mutating upstream call",
     "byok.services.spend_key_budget": "a rate-limit counter in the cache; no data changes",
@@ -895,10 +906,10 @@ def test_the_sweep_acts_as_system_sweep_whoever_starts_it(world):
 
 
 def test_an_admin_upload_keeps_one_subject_from_start_to_outcome(world):
-    upload = inventory.start_upload(
+    upload = upload_jobs.start_upload(
         plan_id=PLUS, text=world.lines(2), user=world.staff, now=world.now
     )
-    inventory.process_upload(upload.pk, world.now)
+    upload_jobs.process_upload(upload.pk, world.now)
     events = AuditEvent.objects.filter(
         subject_type="inventory.inventoryupload", subject_id=str(upload.pk)
     )
@@ -907,7 +918,7 @@ def test_an_admin_upload_keeps_one_subject_from_start_to_outcome(world):
         "inventory.uploaded",
     }
     # A command upload has no upload row: the plan is the subject.
-    inventory.upload_credentials(
+    inventory_upload.upload_credentials(
         plan_id=PLUS, text=world.lines(1), actor="system:command", now=world.now
     )
     assert AuditEvent.objects.filter(

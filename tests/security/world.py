@@ -241,7 +241,7 @@ class World:
 
 
 def _upload(plan_id: str, pairs: list[tuple[str, str]], now) -> None:
-    from inventory.services import upload_credentials
+    from inventory.upload import upload_credentials
 
     text = "\n".join(f"{key}::{upstream}" for key, upstream in pairs)
     report = upload_credentials(plan_id=plan_id, text=text, actor="system:test", now=now)

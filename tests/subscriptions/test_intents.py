@@ -14,7 +14,7 @@ from django.utils import timezone
 from accounts.services import delete_account
 from billing.models import LedgerEntry
 from inventory.models import Credential
-from inventory.services import upload_credentials
+from inventory.upload import upload_credentials
 from subscriptions.models import AvailabilityIntent
 from tests.conftest import api_client_for
 from tests.inventory.helpers import lines_for, new_keys

@@ -63,7 +63,7 @@ class Command(BaseCommand):
 
         from catalog import all_plans
         from inventory.models import Credential
-        from inventory.services import upload_credentials
+        from inventory.upload import upload_credentials
         from standins.minimax import StandinServer
 
         empty = [

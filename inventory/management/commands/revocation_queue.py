@@ -22,14 +22,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", dest="as_json")
 
     def handle(self, *args, as_json, **options):
-        rows = revocation_queue().only(
-            "id",
-            "plan_id",
-            "state",
-            "upstream_plan_id",
-            "revocation_requested_at",
-            "revocation_attempts",
-        )
+        rows = revocation_queue()
         items = [
             {
                 "id": row.pk,

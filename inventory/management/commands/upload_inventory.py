@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from inventory.errors import UnknownPlan
-from inventory.services import DEFAULT_VALIDATION_CONCURRENCY, upload_credentials
+from inventory.upload import DEFAULT_VALIDATION_CONCURRENCY, upload_credentials
 
 
 class Command(BaseCommand):
