@@ -16,7 +16,7 @@ from asgiref.sync import async_to_sync
 from django.test import AsyncClient
 from django.utils import timezone
 
-from accounts.services import create_api_token
+from accounts.tokens import create_api_token
 from gateway import views
 from gateway.models import GatewayRequest
 from tests.conftest import api_client_for

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from django.utils import timezone
 
-from accounts.services import create_api_token
+from accounts.tokens import create_api_token
 from gateway.models import GatewayRequest
 from tests.gateway.conftest import BODY, URL
 

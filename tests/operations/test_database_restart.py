@@ -19,7 +19,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from accounts.services import create_api_token
+from accounts.tokens import create_api_token
 from tests.servers import served, uvicorn_argv
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -23,7 +23,7 @@ from django.conf import settings
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.utils import timezone
 
-from accounts.services import create_api_token
+from accounts.tokens import create_api_token
 from codingplans import outages, ratelimit
 from codingplans.devenv import embedded_redis
 from subscriptions.services import purchase_plan
