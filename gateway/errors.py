@@ -1,4 +1,11 @@
+"""The gateway's errors and its error envelope (SPEC G1–G3, 11.1)."""
+
+from __future__ import annotations
+
+from django.http import JsonResponse
+
 from codingplans.errors import DomainError
+from upstream.answers import DEFAULT_RETRY_AFTER_SECONDS
 
 
 class GatewayError(DomainError):
@@ -51,8 +58,24 @@ class ProviderRateLimited(GatewayError):
     status = 429
     default_message = "The provider is rate limiting this key; retry later."
 
+    def __init__(
+        self, message: str | None = None, *, retry_after: int = DEFAULT_RETRY_AFTER_SECONDS
+    ):
+        self.retry_after = retry_after  # whole seconds, sent as Retry-After (SPEC G3)
+        super().__init__(message)
+
 
 class ProviderError(GatewayError):
     code = "provider_error"
     status = 502
     default_message = "The provider returned an error."
+
+
+def error_response(exc: DomainError) -> JsonResponse:
+    """The error envelope; a provider rate limit always carries Retry-After (SPEC G3)."""
+    response = JsonResponse(
+        {"error": {"code": exc.code, "message": exc.message}}, status=exc.status
+    )
+    if isinstance(exc, ProviderRateLimited):
+        response["Retry-After"] = str(exc.retry_after)
+    return response

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 from django.conf import settings
 
+from upstream.answers import Kind, completion_finished, read_status
 from upstream.errors import UpstreamError
 
 MAX_BODY_BYTES = 256 * 1024
@@ -151,15 +152,12 @@ def check_key(api_key: str, *, client: httpx.Client | None = None) -> KeyCheck:
         )
     except UpstreamError as exc:
         return KeyCheck(False, exc.kind if exc.kind in KEY_CHECK_MESSAGES else "network")
-    if status in (401, 403):
+    kind = read_status(status).kind  # read in upstream/answers.py, as everywhere
+    if kind is Kind.KEY_REJECTED:
         return KeyCheck(False, "invalid_key")
-    if status != 200:
+    if kind is not Kind.OK:
         return KeyCheck(False, "http")
-    try:
-        finish = data["choices"][0]["finish_reason"]
-    except (TypeError, KeyError, IndexError):
-        return KeyCheck(False, "invalid_response")
-    if finish in ("stop", "length"):
+    if completion_finished(data):
         return KeyCheck(True)
     return KeyCheck(False, "invalid_response")
 

@@ -11,10 +11,10 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+from upstream.answers import Kind, read_quota_body, read_status
 from upstream.client import request_json
 from upstream.errors import UpstreamError
 
-NO_ACTIVE_PLAN = 1004
 PERIODS = {"short_term": {"unit": "hour", "value": 5}, "weekly": {"unit": "week", "value": 1}}
 _FIELDS = {
     "short_term": (
@@ -103,15 +103,12 @@ def _window(window_id: str, row: dict[str, Any]) -> dict[str, Any] | None:
 
 def normalize(payload: Any) -> list[dict[str, Any]]:
     """Provider body → our windows, or a typed UpstreamError."""
-    if not isinstance(payload, dict):
+    kind = read_quota_body(payload).kind  # `base_resp`, read in upstream/answers.py
+    if kind is Kind.INVALID:
         raise _invalid()
-    base = payload.get("base_resp")
-    if not isinstance(base, dict):
-        raise _invalid()
-    code = _integer(base.get("status_code"))
-    if code == NO_ACTIVE_PLAN:
+    if kind is Kind.NO_ACTIVE_PLAN:
         raise UpstreamError("subscription_inactive", "MiniMax reports no active plan for this key.")
-    if code != 0:
+    if kind is not Kind.OK:
         raise UpstreamError("application", "MiniMax could not report the quota right now.")
     rows = payload.get("model_remains")
     if rows is None or rows == []:
@@ -127,7 +124,7 @@ def normalize(payload: Any) -> list[dict[str, Any]]:
 
 def fetch_quota(api_key: str) -> list[dict[str, Any]]:
     status, payload = request_json("GET", "/v1/token_plan/remains", api_key)
-    if status != 200:
+    if read_status(status).kind is not Kind.OK:
         raise UpstreamError(
             "http", "MiniMax answered the quota request with an error.", http_status=status
         )

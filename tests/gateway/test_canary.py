@@ -19,7 +19,7 @@ from django.views.debug import ExceptionReporter
 
 from accounts.tokens import create_api_token
 from byok.services import add_key
-from gateway import services, views
+from gateway import proxy, services
 from gateway.models import GatewayRequest
 from inventory.upload import upload_credentials
 from subscriptions.services import purchase_plan
@@ -197,7 +197,7 @@ def test_error_reports_do_not_show_the_key(customer, settings, monkeypatch, mail
     settings.DEBUG = False
     settings.ADMINS = [("Ops", "ops@example.com")]
 
-    monkeypatch.setattr(views, "_error_in_body", _broken_check)
+    monkeypatch.setattr(proxy, "_error_in_body", _broken_check)
     client = api_client_for(customer)
     with pytest.raises(RuntimeError, match="answer check is down") as excinfo:
         client.post(URL, BODY, content_type="application/json")

@@ -22,11 +22,11 @@ from accounts.tokens import create_api_token, revoke_api_token
 from byok.models import ByokKey
 from byok.services import add_key, update_key
 from gateway.models import GatewayRequest
-from gateway.views import MINIMAX_RATE_LIMIT_CODES
 from subscriptions.lifecycle import terminate_subscription
 from subscriptions.models import Subscription
 from tests.conftest import api_client_for
 from tests.gateway.conftest import BODY, URL
+from upstream.answers import RATE_LIMIT_CODES
 
 pytestmark = pytest.mark.django_db
 
@@ -329,7 +329,7 @@ def test_upstream_429_retry_after_is_sanitized(api, customer, buy_plan, standin)
     assert retry_after_seconds(post(api)) == 1
 
 
-@pytest.mark.parametrize("code", sorted(MINIMAX_RATE_LIMIT_CODES))
+@pytest.mark.parametrize("code", sorted(RATE_LIMIT_CODES))
 @pytest.mark.parametrize("stream", [False, True])
 def test_rate_limit_inside_a_200_gets_retry_after(api, customer, buy_plan, standin, code, stream):
     # SPEC G3: MiniMax signalling a rate limit in a 200 answer's `base_resp` (no Retry-After

@@ -17,14 +17,19 @@ from django.test import AsyncClient
 from django.utils import timezone
 
 from accounts.tokens import create_api_token
-from gateway import views
+from gateway import proxy, views
 from gateway.models import GatewayRequest
 from tests.conftest import api_client_for
 from tests.gateway.conftest import BODY, URL
 from tests.gateway.test_canary import install
 
-VIEWS_FILE = views.__file__.removesuffix("c")  # gateway/views.py
-VIEW_FUNCTIONS = {"chat_completions", "chat_completions_sync"}
+# The view (gateway/views.py) and the proxy it hands an admitted request to (gateway/proxy.py).
+VIEW_FRAMES = {
+    (views.__file__.removesuffix("c"), "chat_completions"),
+    (views.__file__.removesuffix("c"), "chat_completions_sync"),
+    (proxy.__file__.removesuffix("c"), "forward"),
+    (proxy.__file__.removesuffix("c"), "forward_sync"),
+}
 
 
 def nested(depth: int) -> str:
@@ -102,8 +107,8 @@ def test_brackets_inside_strings_do_not_count(customer, standin):
 
 
 class FrameWatch:
-    """Every local variable of the gateway view's frames, at every line they run and when they
-    return: what an error page or report would list for that frame (by repr)."""
+    """Every local variable of the gateway view's and proxy's frames, at every line they run
+    and when they return: what an error page or report would list for that frame (by repr)."""
 
     def __init__(self, secret: str) -> None:
         self.secret = secret
@@ -123,7 +128,7 @@ class FrameWatch:
 
     def _global(self, frame, event, arg):
         code = frame.f_code
-        if code.co_filename == VIEWS_FILE and code.co_name in VIEW_FUNCTIONS:
+        if (code.co_filename, code.co_name) in VIEW_FRAMES:
             self.frames += 1
             return self._local
         return None
