@@ -52,8 +52,9 @@ BACKENDS: dict[str, type] = {
 
 
 def top_up_available() -> bool:
-    """Whether a top-up backend is configured (SPEC M7): unset means no auto top-up at all."""
-    return bool(settings.CODING_PLANS_TOP_UP_BACKEND)
+    """Whether a top-up backend is configured and registered (SPEC M7): unset means no auto
+    top-up at all, and so does a backend whose app has not registered it in BACKENDS."""
+    return settings.CODING_PLANS_TOP_UP_BACKEND in BACKENDS
 
 
 def get_backend() -> TopUpBackend:

@@ -267,14 +267,13 @@ CODING_PLANS_TOP_UP_BACKEND = os.environ.get(
 ).strip()
 CODING_PLANS_ALLOW_SIMULATED_PAYMENTS = env_bool("CODING_PLANS_ALLOW_SIMULATED_PAYMENTS", False)
 _SIMULATED_TOP_UP_BACKENDS = {"simulated-approve", "simulated-decline"}
-if CODING_PLANS_TOP_UP_BACKEND == "stripe":
+if CODING_PLANS_TOP_UP_BACKEND and CODING_PLANS_TOP_UP_BACKEND not in {
+    "stripe",
+    *_SIMULATED_TOP_UP_BACKENDS,
+}:
     raise ImproperlyConfigured(
-        "CODING_PLANS_TOP_UP_BACKEND=stripe is not available in this version yet; leave it unset "
-        "(auto top-up unavailable) or use a simulated backend in development."
-    )
-if CODING_PLANS_TOP_UP_BACKEND and CODING_PLANS_TOP_UP_BACKEND not in _SIMULATED_TOP_UP_BACKENDS:
-    raise ImproperlyConfigured(
-        "CODING_PLANS_TOP_UP_BACKEND must be unset, simulated-approve or simulated-decline."
+        "CODING_PLANS_TOP_UP_BACKEND must be unset, stripe, simulated-approve or "
+        "simulated-decline."
     )
 if (
     CODING_PLANS_TOP_UP_BACKEND in _SIMULATED_TOP_UP_BACKENDS
@@ -301,6 +300,15 @@ STRIPE_API_BASE = (
 ).rstrip("/")
 STRIPE_JS_URL = os.environ.get("STRIPE_JS_URL", "").strip() or "https://js.stripe.com/v3/"
 STRIPE_TIMEOUT_SECONDS = float(os.environ.get("STRIPE_TIMEOUT_SECONDS", "20"))
+_stripe_missing = [
+    name
+    for name in ("STRIPE_SECRET_KEY", "STRIPE_PUBLISHABLE_KEY", "STRIPE_WEBHOOK_SECRET")
+    if not globals()[name]
+]
+if CODING_PLANS_TOP_UP_BACKEND == "stripe" and _stripe_missing and not DEBUG:
+    raise ImproperlyConfigured(
+        f"CODING_PLANS_TOP_UP_BACKEND=stripe needs {', '.join(_stripe_missing)} (DEBUG is off)."
+    )
 if STRIPE_SECRET_KEY and STRIPE_PUBLISHABLE_KEY:
     # Card entry is Stripe.js (SPEC M1): exactly the Stripe.js origin in use may run scripts and
     # frames, and the Stripe API origin may be fetched from the page (docs/payments.md).
