@@ -23,7 +23,7 @@ from byok.models import ByokKey
 from byok.services import add_key, update_key
 from gateway.models import GatewayRequest
 from gateway.views import MINIMAX_RATE_LIMIT_CODES
-from subscriptions.lifecycle import terminate_subscription
+from subscriptions.actions import terminate_subscription
 from subscriptions.models import Subscription
 from tests.conftest import api_client_for
 from tests.gateway.conftest import BODY, URL
