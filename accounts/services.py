@@ -19,7 +19,7 @@ from adminops.audit import actor_for, record_event
 from billing.services import forfeit_balance, lock_credit_account, open_credit_account
 from byok.services import delete_account_keys
 from inventory.services import forget_holder
-from subscriptions.lifecycle import end_account_subscriptions
+from subscriptions.actions import end_account_subscriptions
 
 
 def create_user(

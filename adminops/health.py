@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from subscriptions.lifecycle import COUNT_KEYS
-from subscriptions.models import LIVE_STATUSES, Subscription, SweepRun
+from subscriptions.models import Subscription, SweepRun
+from subscriptions.selectors import due_subscriptions
 
 STALE_AFTER = timedelta(hours=2)
 # A run not finished after this long was killed (deploy, OOM); the sweep's own budget is 10 min.
@@ -34,11 +34,6 @@ class SweepHealth:
         return self.running is not None and self.now - self.running.started_at > RUNNING_AT_MOST
 
 
-def due_subscriptions(now: datetime):
-    """What the next sweep will look at (the sweep's own definition of due, L1)."""
-    return Subscription.objects.filter(status__in=LIVE_STATUSES, current_period_end__lte=now)
-
-
 def sweep_health(*, now: datetime) -> SweepHealth:
     last = (
         SweepRun.objects.filter(finished_at__isnull=False).order_by("-finished_at", "-id").first()
@@ -47,7 +42,7 @@ def sweep_health(*, now: datetime) -> SweepHealth:
     if last is not None:
         newer = newer.filter(started_at__gt=last.started_at)
     running = newer.order_by("-started_at", "-id").first()
-    due = due_subscriptions(now)
+    due = due_subscriptions(now)  # what the next sweep will look at (L1)
     health = SweepHealth(
         now=now,
         last=last,
@@ -57,7 +52,7 @@ def sweep_health(*, now: datetime) -> SweepHealth:
     )
     if last is not None:
         counts = last.counts or {}
-        health.counts = [(key, int(counts.get(key, 0) or 0)) for key in COUNT_KEYS]
+        health.counts = [(key, int(counts.get(key, 0) or 0)) for key in SweepRun.COUNT_KEYS]
         health.errors = [
             {"subscription_id": item.get("subscription_id"), "error": str(item.get("error", ""))}
             for item in (last.errors or [])[:MAX_ERRORS_SHOWN]

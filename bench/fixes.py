@@ -15,7 +15,7 @@ FIXES = [
         "change": (
             "inventory/alerts.py: count available credentials only up to the threshold "
             "(exact below it), and settle the common case (at/above threshold, no alert armed) "
-            "without the transaction and lock; subscriptions/services.py: the purchase passes "
+            "without the transaction and lock; subscriptions/purchase.py: the purchase passes "
             "the id of the BYOK entry it just created to subscription_json instead of "
             "querying it back"
         ),
@@ -93,7 +93,7 @@ FIXES = [
         "figure": "1. purchase",
         "cause": "the same ORM query-building cost, over 26 statements per purchase",
         "change": (
-            "subscriptions/services.py on the lean statements: one query for the refusal checks "
+            "subscriptions/purchase.py on the lean statements: one query for the refusal checks "
             "after the account lock, a one-statement SKIP LOCKED claim, ON CONFLICT for the "
             "installed entry instead of a savepoint, the debit naming its subscription (no "
             "follow-up UPDATE), one query for the low-stock fast path; the bench reads the "
@@ -162,7 +162,7 @@ FIXES = [
             "cheaper ones: 1.29 ms client CPU per renewal against 0.70"
         ),
         "change": (
-            "subscriptions/lifecycle.py _renew in one statement after the two locks: "
+            "subscriptions/sweep.py _renew in one statement after the two locks: "
             "billing.entry_ctes, then the term, the period update and the audit event "
             "(adminops.audit.events_insert with source='entry'), each written only if the "
             "debit was"

@@ -191,7 +191,7 @@ def _product_worker():
     from django.db import connection
     from django.utils import timezone
 
-    from subscriptions.services import purchase_plan
+    from subscriptions.purchase import purchase_plan
 
     def buy(uid: int) -> None:
         outcome = purchase_plan(

@@ -120,7 +120,7 @@ def run(scale: float, standin=None) -> Figure:
     from django.db import connection
     from django.utils import timezone
 
-    from subscriptions.lifecycle import run_billing_sweep
+    from subscriptions.sweep import run_billing_sweep
 
     # Calibrate (and warm up): how fast does the sweep go on this machine right now?
     with connect() as conn:

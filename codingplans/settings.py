@@ -272,8 +272,7 @@ if CODING_PLANS_TOP_UP_BACKEND and CODING_PLANS_TOP_UP_BACKEND not in {
     *_SIMULATED_TOP_UP_BACKENDS,
 }:
     raise ImproperlyConfigured(
-        "CODING_PLANS_TOP_UP_BACKEND must be unset, stripe, simulated-approve or "
-        "simulated-decline."
+        "CODING_PLANS_TOP_UP_BACKEND must be unset, stripe, simulated-approve or simulated-decline."
     )
 if (
     CODING_PLANS_TOP_UP_BACKEND in _SIMULATED_TOP_UP_BACKENDS

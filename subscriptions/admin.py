@@ -28,8 +28,9 @@ from adminops.adminkit import (
 from billing.admin import ledger_entry_link
 from byok.models import ByokKey
 from codingplans.errors import DomainError
-from subscriptions.lifecycle import terminate_subscription
-from subscriptions.models import LIVE_STATUSES, ChargedTerm, Subscription, SweepRun
+from subscriptions.actions import terminate_subscription
+from subscriptions.models import ChargedTerm, Subscription, SweepRun
+from subscriptions.selectors import due_subscriptions
 
 TERMINATE_PERMISSION = "subscriptions.terminate_subscription"
 MAX_TERMINATE_AT_ONCE = 100
@@ -59,7 +60,7 @@ class DueFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         if self.value() == "now":
-            return queryset.filter(status__in=LIVE_STATUSES, current_period_end__lte=timezone.now())
+            return due_subscriptions(timezone.now(), among=queryset)
         return queryset
 
 
@@ -325,7 +326,10 @@ class SweepRunAdmin(ReadOnlyAdmin):
     @admin.display(description="counts")
     def summary(self, obj: SweepRun) -> str:
         counts = obj.counts or {}
-        return ", ".join(f"{key} {value}" for key, value in sorted(counts.items())) or "-"
+        # The sweep's keys in its own order (as the admin home shows them), then any other.
+        keys = [key for key in SweepRun.COUNT_KEYS if key in counts]
+        keys += sorted(key for key in counts if key not in SweepRun.COUNT_KEYS)
+        return ", ".join(f"{key} {counts[key]}" for key in keys) or "-"
 
     @admin.display(description="errors")
     def error_total(self, obj: SweepRun) -> int:

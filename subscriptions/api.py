@@ -12,8 +12,9 @@ from ninja import Router, Status
 from catalog import get_plan
 from codingplans.ratelimit import enforce
 from gateway.services import usage_in_period
-from subscriptions import lifecycle, selectors, services
+from subscriptions import actions, intents, selectors
 from subscriptions.errors import IdempotencyKeyMissing, PlanNotFound, SubscriptionNotFound
+from subscriptions.purchase import MAX_IDEMPOTENCY_KEY_LENGTH, purchase_plan
 from subscriptions.quota import QuotaUnavailable, quota_for
 
 router = Router(tags=["coding-plans"])
@@ -25,7 +26,7 @@ _PURCHASE_OPENAPI = {
             "in": "header",
             "name": "Idempotency-Key",
             "required": True,
-            "schema": {"type": "string", "maxLength": services.MAX_IDEMPOTENCY_KEY_LENGTH},
+            "schema": {"type": "string", "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH},
         }
     ],
     "requestBody": {
@@ -80,7 +81,7 @@ def catalog(request: HttpRequest):
 @router.post("/purchases", response={201: dict}, openapi_extra=_PURCHASE_OPENAPI)
 def purchase(request: HttpRequest):
     enforce("purchase", str(request.auth.pk), limit=settings.PURCHASE_RATE_LIMIT_PER_MINUTE)
-    outcome = services.purchase_plan(
+    outcome = purchase_plan(
         user=request.auth,
         plan_id=_purchase_plan_id(request),
         idempotency_key=idempotency_key(request.headers.get("Idempotency-Key")),
@@ -112,7 +113,7 @@ def list_charges(request: HttpRequest, subscription_id: str, cursor: str | None 
 
 @router.post("/subscriptions/{int:subscription_id}/cancel")
 def cancel(request: HttpRequest, subscription_id: int):
-    subscription = lifecycle.cancel_at_period_end(
+    subscription = actions.cancel_at_period_end(
         user=request.auth, subscription_id=subscription_id, now=timezone.now()
     )
     return selectors.subscription_json(subscription)
@@ -120,7 +121,7 @@ def cancel(request: HttpRequest, subscription_id: int):
 
 @router.post("/subscriptions/{int:subscription_id}/resume")
 def resume(request: HttpRequest, subscription_id: int):
-    subscription = lifecycle.resume_subscription(
+    subscription = actions.resume_subscription(
         user=request.auth, subscription_id=subscription_id, now=timezone.now()
     )
     return selectors.subscription_json(subscription)
@@ -180,13 +181,13 @@ def get_intent(request: HttpRequest, plan_id: str):
 
 @router.put("/{plan_id}/availability-intent")
 def put_intent(request: HttpRequest, plan_id: str):
-    services.save_intent(user=request.auth, plan_id=plan_id, now=timezone.now())
+    intents.save_intent(user=request.auth, plan_id=plan_id, now=timezone.now())
     return {"plan_id": plan_id, "saved": True}
 
 
 @router.delete("/{plan_id}/availability-intent")
 def delete_intent(request: HttpRequest, plan_id: str):
-    services.withdraw_intent(user=request.auth, plan_id=plan_id, now=timezone.now())
+    intents.withdraw_intent(user=request.auth, plan_id=plan_id, now=timezone.now())
     return {"plan_id": plan_id, "saved": False}
 
 

@@ -1,4 +1,4 @@
-"""Purchase and subscription errors, with the codes and statuses of SPEC P5 and 11.1."""
+"""Purchase, subscription and lifecycle errors, with the codes and statuses of SPEC P5 and 11.1."""
 
 from codingplans.errors import DomainError, NotFound
 
@@ -67,3 +67,23 @@ class AccountInactive(DomainError):
     code = "account_inactive"
     status = 403
     default_message = "This account is no longer active."
+
+
+class SubscriptionNotLive(DomainError):
+    code = "subscription_not_live"
+    status = 409
+    default_message = "This subscription has ended; there is nothing to change."
+
+
+class AlreadyCanceled(DomainError):
+    code = "already_canceled"
+    status = 409
+    default_message = "Subscription is already canceled; nothing was changed."
+
+
+class ResumeTooLate(DomainError):
+    code = "subscription_not_resumable"
+    status = 409
+    default_message = (
+        "The paid period has already ended, so the cancellation can no longer be undone."
+    )

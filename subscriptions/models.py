@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
 from django.db import models
 
@@ -112,6 +114,11 @@ class ChargedTerm(models.Model):
         return f"Term #{self.pk} of subscription {self.subscription_id}"
 
 
+def term_description(plan_name: str, kind: str, start: datetime, end: datetime) -> str:
+    """A ChargedTerm's `description`, as the purchase and the renewal write it."""
+    return f"{plan_name} — {kind} {start:%Y-%m-%d} to {end:%Y-%m-%d}"
+
+
 class PurchaseRequest(models.Model):
     """The stored outcome of a successful purchase, keyed by (user, idempotency key) (P3)."""
 
@@ -167,6 +174,16 @@ class SweepRun(models.Model):
         BEAT = "beat", "Celery beat"
         COMMAND = "command", "Management command"
         OTHER = "other", "Other"
+
+    # The keys of `counts` (SPEC L1), in the order the sweep reports and the admin shows them.
+    COUNT_KEYS = (
+        "renewed",
+        "past_due",
+        "terminated",
+        "canceled",
+        "auto_top_up_triggered",
+        "errors",
+    )
 
     trigger = models.CharField(max_length=10, choices=Trigger.choices)
     started_at = models.DateTimeField()

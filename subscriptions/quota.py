@@ -14,7 +14,7 @@ from codingplans import outages
 from codingplans.crypto import SecretUnavailable
 from inventory.models import Credential
 from inventory.services import decrypted_key
-from subscriptions.lifecycle import SubscriptionNotLive
+from subscriptions.errors import SubscriptionNotLive
 from subscriptions.models import Subscription
 from subscriptions.selectors import iso
 from upstream.errors import UpstreamError

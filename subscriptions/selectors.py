@@ -7,7 +7,7 @@ import binascii
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 
 from byok.models import ByokKey
 from catalog import Plan, all_plans, get_plan
@@ -17,6 +17,22 @@ from subscriptions.errors import InvalidCursor, SubscriptionNotFound
 from subscriptions.models import LIVE_STATUSES, AvailabilityIntent, ChargedTerm, Subscription
 
 CHARGES_PAGE_SIZE = 20
+
+
+# -- "due": the one definition (SPEC L1), for the sweep, the admin's filter and the admin home --
+
+
+def due_subscriptions(now: datetime, *, among: QuerySet | None = None) -> QuerySet:
+    """Subscriptions the sweep acts on at `now`: live, and their paid period has ended (the
+    period end itself is due). `among` narrows a queryset of the caller's (the admin's)."""
+    rows = Subscription.objects.all() if among is None else among
+    return rows.filter(status__in=LIVE_STATUSES, current_period_end__lte=now)
+
+
+def is_due(subscription: Subscription, *, now: datetime) -> bool:
+    """`due_subscriptions` for one row already in memory (the sweep re-checks it under its
+    lock). Kept next to the query it mirrors; tests/subscriptions/test_due.py holds them equal."""
+    return subscription.is_live and subscription.current_period_end <= now
 
 
 def iso(value: datetime | None) -> str | None:

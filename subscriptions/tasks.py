@@ -5,7 +5,7 @@ import smtplib
 from celery import shared_task
 from django.utils import timezone
 
-from subscriptions import services
+from subscriptions import intents
 
 
 @shared_task(
@@ -19,14 +19,14 @@ from subscriptions import services
     max_retries=5,
 )
 def notify_availability(plan_id: str) -> int:
-    return services.notify_availability(plan_id=plan_id, now=timezone.now())
+    return intents.notify_availability(plan_id=plan_id, now=timezone.now())
 
 
 @shared_task(name="subscriptions.tasks.run_billing_sweep")
 def run_billing_sweep() -> dict:
     """Hourly from beat (SPEC L1); the clock is read once, here, and passed down."""
-    from subscriptions.lifecycle import run_billing_sweep as sweep
     from subscriptions.models import SweepRun
+    from subscriptions.sweep import run_billing_sweep as sweep
 
     run = sweep(now=timezone.now(), trigger=SweepRun.Trigger.BEAT)
     return run.counts

@@ -17,9 +17,10 @@ from catalog import all_plans, get_plan
 from codingplans.errors import DomainError
 from codingplans.ratelimit import enforce
 from gateway.services import usage_in_period
-from subscriptions import lifecycle, selectors, services
+from subscriptions import actions, intents, selectors
 from subscriptions.api import idempotency_key
 from subscriptions.errors import InvalidCursor
+from subscriptions.purchase import purchase_plan
 from subscriptions.quota import QuotaUnavailable, quota_for
 
 
@@ -70,7 +71,7 @@ def purchase(request):
         raise Http404("Purchases are not available.")
     try:
         enforce("purchase", str(request.user.pk), limit=settings.PURCHASE_RATE_LIMIT_PER_MINUTE)
-        outcome = services.purchase_plan(
+        outcome = purchase_plan(
             user=request.user,
             plan_id=request.POST.get("plan_id"),
             idempotency_key=idempotency_key(request.POST.get("idempotency_key")),
@@ -128,7 +129,7 @@ def detail(request, subscription_id: int):
 @login_required
 @require_POST
 def save_intent(request, plan_id: str):
-    services.save_intent(user=request.user, plan_id=plan_id, now=timezone.now())
+    intents.save_intent(user=request.user, plan_id=plan_id, now=timezone.now())
     messages.success(request, "Saved. We will e-mail you once when this plan is available again.")
     return redirect("subscriptions")
 
@@ -136,7 +137,7 @@ def save_intent(request, plan_id: str):
 @login_required
 @require_POST
 def withdraw_intent(request, plan_id: str):
-    services.withdraw_intent(user=request.user, plan_id=plan_id, now=timezone.now())
+    intents.withdraw_intent(user=request.user, plan_id=plan_id, now=timezone.now())
     messages.success(request, "You will not be notified about this plan.")
     return redirect("subscriptions")
 
@@ -147,7 +148,7 @@ def cancel(request, subscription_id: int):
     subscription = selectors.subscription_for(request.user, subscription_id)
     if request.method == "POST":
         try:
-            lifecycle.cancel_at_period_end(
+            actions.cancel_at_period_end(
                 user=request.user, subscription_id=subscription.pk, now=timezone.now()
             )
         except DomainError as exc:
@@ -170,7 +171,7 @@ def cancel(request, subscription_id: int):
 def resume(request, subscription_id: int):
     subscription = selectors.subscription_for(request.user, subscription_id)
     try:
-        lifecycle.resume_subscription(
+        actions.resume_subscription(
             user=request.user, subscription_id=subscription.pk, now=timezone.now()
         )
     except DomainError as exc:

@@ -10,10 +10,10 @@ import pytest
 from django.utils import timezone
 
 from adminops.health import sweep_health
-from subscriptions import lifecycle
-from subscriptions.lifecycle import run_billing_sweep
+from subscriptions import sweep
 from subscriptions.models import Subscription, SweepRun
-from subscriptions.services import purchase_plan
+from subscriptions.purchase import purchase_plan
+from subscriptions.sweep import run_billing_sweep
 from tests.adminops.conftest import PLUS
 
 pytestmark = pytest.mark.django_db
@@ -62,14 +62,14 @@ def test_home_shows_last_run_counts_and_due_now(operator, subscriptions):
 def test_a_sweep_that_errors_on_one_subscription_shows_the_warning(operator, subscriptions):
     subs = subscriptions(3, due=3)
     bad = subs[1]
-    real = lifecycle.process_due_subscription
+    real = sweep.process_due_subscription
 
     def failing(subscription_id, **kwargs):
         if subscription_id == bad.pk:
             raise RuntimeError("database hiccup")
         return real(subscription_id, **kwargs)
 
-    with mock.patch.object(lifecycle, "process_due_subscription", failing):
+    with mock.patch.object(sweep, "process_due_subscription", failing):
         run = run_billing_sweep(now=timezone.now(), trigger="beat")
     assert run.counts["renewed"] == 2 and run.counts["errors"] == 1
 

@@ -18,9 +18,10 @@ from byok.models import ByokKey
 from byok.services import add_key
 from inventory import services, upload_jobs
 from inventory.models import Credential, InventoryUpload
-from subscriptions.lifecycle import run_billing_sweep, terminate_subscription
+from subscriptions.actions import terminate_subscription
 from subscriptions.models import Subscription
-from subscriptions.services import purchase_plan
+from subscriptions.purchase import purchase_plan
+from subscriptions.sweep import run_billing_sweep
 from tests.adminops.conftest import MAX, PLUS, QUEUE_URL, UPLOAD_URL, record_url, status_url
 
 pytestmark = pytest.mark.django_db

@@ -11,8 +11,8 @@ from django.utils import timezone
 from accounts.models import User
 from codingplans.celery import app as celery_app
 from inventory.tasks import send_daily_inventory_report
-from subscriptions.lifecycle import terminate_subscription
-from subscriptions.services import purchase_plan
+from subscriptions.actions import terminate_subscription
+from subscriptions.purchase import purchase_plan
 from tests.adminops.conftest import MAX, PLUS, ULTRA
 
 TASK = "inventory.tasks.send_daily_inventory_report"

@@ -17,9 +17,10 @@ from adminops.roles import SUPPORT
 from byok.models import ByokKey
 from byok.services import update_key
 from inventory.models import Credential
-from subscriptions.lifecycle import terminate_subscription
+from subscriptions.actions import terminate_subscription
+from subscriptions.intents import save_intent
 from subscriptions.models import AvailabilityIntent, Subscription
-from subscriptions.services import purchase_plan, save_intent
+from subscriptions.purchase import purchase_plan
 from tests.adminops.conftest import MAX, PLUS
 
 pytestmark = pytest.mark.django_db

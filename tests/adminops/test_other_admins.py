@@ -13,8 +13,8 @@ from accounts.tokens import create_api_token
 from adminops.audit import record_event
 from adminops.models import AuditEvent
 from byok.services import add_key
-from subscriptions.lifecycle import run_billing_sweep
-from subscriptions.services import purchase_plan
+from subscriptions.purchase import purchase_plan
+from subscriptions.sweep import run_billing_sweep
 from tests.adminops.conftest import PLUS
 
 pytestmark = pytest.mark.django_db

@@ -16,9 +16,9 @@ from inventory.errors import (
 )
 from inventory.models import Credential
 from inventory.services import record_revocation_outcome
-from subscriptions.lifecycle import terminate_subscription
+from subscriptions.actions import terminate_subscription
 from subscriptions.models import Subscription
-from subscriptions.services import purchase_plan
+from subscriptions.purchase import purchase_plan
 from tests.adminops.conftest import MAX, PLUS, QUEUE_URL, ULTRA, credential_for, record_url
 
 pytestmark = pytest.mark.django_db

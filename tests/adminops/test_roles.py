@@ -11,9 +11,9 @@ from accounts.models import User
 from adminops.roles import AUDITORS, INVENTORY_MANAGERS, SUPPORT
 from inventory import upload_jobs
 from inventory.models import Credential, InventoryUpload
-from subscriptions.lifecycle import run_billing_sweep
 from subscriptions.models import Subscription
-from subscriptions.services import purchase_plan
+from subscriptions.purchase import purchase_plan
+from subscriptions.sweep import run_billing_sweep
 from tests.adminops.conftest import PLUS, QUEUE_URL, UPLOAD_URL, record_url, status_url
 
 pytestmark = pytest.mark.django_db
@@ -64,7 +64,7 @@ def world(make_user, stock, superuser):
     subscription = Subscription.objects.get(pk=outcome.subscription_id)
     queued_buyer = make_user(credits_usd=100)
     queued = purchase_plan(user=queued_buyer, plan_id=PLUS, idempotency_key="roles-q", now=now)
-    from subscriptions.lifecycle import terminate_subscription
+    from subscriptions.actions import terminate_subscription
 
     terminate_subscription(subscription_id=queued.subscription_id, actor="staff:0", now=now)
     queued_credential = Subscription.objects.get(pk=queued.subscription_id).credential

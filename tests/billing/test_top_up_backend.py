@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from billing.models import CreditAccount, LedgerEntry, TopUpAttempt
 from billing.services import set_auto_top_up
-from subscriptions.lifecycle import run_billing_sweep
+from subscriptions.sweep import run_billing_sweep
 from tests.billing.helpers import ledger_state
 from tests.lifecycle.helpers import MICROS, buy
 

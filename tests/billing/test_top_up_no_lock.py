@@ -18,7 +18,7 @@ from billing.models import CreditAccount, LedgerEntry, TopUpAttempt
 from billing.services import record_top_up_outcome, set_auto_top_up, start_top_up
 from billing.topup import BACKENDS, ChargeResult
 from subscriptions.models import Subscription
-from subscriptions.services import purchase_plan
+from subscriptions.purchase import purchase_plan
 from tests.billing.helpers import ledger_state
 
 pytestmark = pytest.mark.django_db(transaction=True)

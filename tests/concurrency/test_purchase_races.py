@@ -32,8 +32,9 @@ from byok.services import add_key
 from codingplans import crypto
 from codingplans.errors import DomainError
 from inventory.models import Credential
+from subscriptions.intents import save_intent
 from subscriptions.models import AvailabilityIntent, ChargedTerm, PurchaseRequest, Subscription
-from subscriptions.services import purchase_plan, save_intent
+from subscriptions.purchase import purchase_plan
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -18,8 +18,10 @@ from django.utils import timezone
 
 from adminops.models import AuditEvent
 from billing.models import LedgerEntry
-from subscriptions.lifecycle import AlreadyCanceled, run_billing_sweep, terminate_subscription
+from subscriptions.actions import terminate_subscription
+from subscriptions.errors import AlreadyCanceled
 from subscriptions.models import ChargedTerm, Subscription
+from subscriptions.sweep import run_billing_sweep
 from tests.lifecycle.helpers import (
     bulk_due_subscriptions,
     outcome_per_subscription,

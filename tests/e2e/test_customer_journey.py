@@ -64,7 +64,7 @@ def test_sold_out_plan_offers_notify_me(page, log_in, make_user):
 def test_cancel_from_detail_page_shows_paid_through_date(page, log_in, make_user, stock):
     from django.utils import timezone
 
-    from subscriptions.services import purchase_plan
+    from subscriptions.purchase import purchase_plan
 
     stock(PLUS)
     customer = make_user(credits_usd=100)

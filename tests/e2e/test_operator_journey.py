@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from inventory.models import Credential
 from subscriptions.models import Subscription
-from subscriptions.services import purchase_plan
+from subscriptions.purchase import purchase_plan
 from tests.e2e.conftest import PASSWORD
 
 pytestmark = pytest.mark.browser

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from django.utils import timezone
 
-from subscriptions.services import purchase_plan
+from subscriptions.purchase import purchase_plan
 from tests.e2e.conftest import DESKTOP, PASSWORD
 
 pytestmark = pytest.mark.browser

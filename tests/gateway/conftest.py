@@ -26,7 +26,7 @@ from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
-from subscriptions.services import purchase_plan
+from subscriptions.purchase import purchase_plan
 
 URL = "/api/v1/gateway/chat/completions"
 PLUS = "minimax-token-plan-plus"

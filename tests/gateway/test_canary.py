@@ -22,7 +22,7 @@ from byok.services import add_key
 from gateway import proxy, services
 from gateway.models import GatewayRequest
 from inventory.upload import upload_credentials
-from subscriptions.services import purchase_plan
+from subscriptions.purchase import purchase_plan
 from tests.conftest import api_client_for
 from tests.gateway.conftest import BODY, PLUS, URL
 

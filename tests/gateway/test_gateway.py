@@ -22,7 +22,7 @@ from accounts.tokens import create_api_token, revoke_api_token
 from byok.models import ByokKey
 from byok.services import add_key, update_key
 from gateway.models import GatewayRequest
-from subscriptions.lifecycle import terminate_subscription
+from subscriptions.actions import terminate_subscription
 from subscriptions.models import Subscription
 from tests.conftest import api_client_for
 from tests.gateway.conftest import BODY, URL

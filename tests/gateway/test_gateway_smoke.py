@@ -4,8 +4,8 @@ from django.utils import timezone
 from byok.services import update_key
 from gateway.models import GatewayRequest
 from inventory.models import Credential
-from subscriptions.lifecycle import terminate_subscription
-from subscriptions.services import purchase_plan
+from subscriptions.actions import terminate_subscription
+from subscriptions.purchase import purchase_plan
 
 pytestmark = pytest.mark.django_db
 

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from accounts.tokens import create_api_token
 from gateway.models import GatewayRequest
-from subscriptions.lifecycle import terminate_subscription
+from subscriptions.actions import terminate_subscription
 from tests.gateway.conftest import BODY, PLUS, URL
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -56,8 +56,9 @@ def build_world(make_user, stock) -> World:
     from byok.models import ByokKey
     from inventory.models import Credential
     from inventory.upload_jobs import start_upload
+    from subscriptions.intents import save_intent
     from subscriptions.models import ChargedTerm, SweepRun
-    from subscriptions.services import purchase_plan, save_intent
+    from subscriptions.purchase import purchase_plan
 
     now = timezone.now()
     n = next(_seq)

@@ -30,9 +30,9 @@ from adminops.models import AuditEvent
 from billing.models import CreditAccount, LedgerEntry
 from byok.models import ByokKey
 from inventory.models import Credential
-from subscriptions.lifecycle import run_billing_sweep
 from subscriptions.models import ChargedTerm, PurchaseRequest, Subscription, SweepRun
-from subscriptions.services import purchase_plan
+from subscriptions.purchase import purchase_plan
+from subscriptions.sweep import run_billing_sweep
 from tests.hardening.conftest import PLUS
 
 pytestmark = pytest.mark.django_db(transaction=True)

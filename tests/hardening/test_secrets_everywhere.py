@@ -36,9 +36,10 @@ from accounts.tokens import create_api_token
 from billing.services import set_auto_top_up
 from byok.services import add_key
 from inventory.upload import upload_credentials
-from subscriptions.lifecycle import cancel_at_period_end
+from subscriptions.actions import cancel_at_period_end
+from subscriptions.intents import save_intent
 from subscriptions.models import Subscription
-from subscriptions.services import purchase_plan, save_intent
+from subscriptions.purchase import purchase_plan
 from tests.hardening.conftest import MAX, PLUS
 
 PASSWORD = "pw-Canary-{}-{}"

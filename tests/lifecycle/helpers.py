@@ -21,8 +21,8 @@ from billing.models import CreditAccount, LedgerEntry
 from byok.models import ByokKey
 from codingplans import crypto
 from inventory.models import Credential
-from subscriptions.models import ChargedTerm, Subscription
-from subscriptions.services import purchase_plan, term_description
+from subscriptions.models import ChargedTerm, Subscription, term_description
+from subscriptions.purchase import purchase_plan
 
 MICROS = 1_000_000
 PLUS = "minimax-token-plan-plus"

@@ -21,9 +21,11 @@ from billing.models import CreditAccount, LedgerEntry
 from byok.models import ByokKey
 from byok.services import add_key, update_key
 from inventory.models import Credential
-from subscriptions.lifecycle import run_billing_sweep, terminate_subscription
+from subscriptions.actions import terminate_subscription
+from subscriptions.intents import save_intent
 from subscriptions.models import AvailabilityIntent, ChargedTerm, Subscription
-from subscriptions.services import purchase_plan, save_intent
+from subscriptions.purchase import purchase_plan
+from subscriptions.sweep import run_billing_sweep
 from tests.lifecycle.helpers import MAX, MICROS, PLUS, buy
 
 PASSWORD = "pw-Secret-123!"

@@ -17,17 +17,15 @@ from billing.services import set_auto_top_up
 from byok.models import ByokKey
 from byok.services import update_key
 from inventory.models import Credential
-from subscriptions.errors import SubscriptionNotFound
-from subscriptions.lifecycle import (
+from subscriptions.actions import cancel_at_period_end, resume_subscription, terminate_subscription
+from subscriptions.errors import (
     AlreadyCanceled,
     ResumeTooLate,
+    SubscriptionNotFound,
     SubscriptionNotLive,
-    cancel_at_period_end,
-    resume_subscription,
-    run_billing_sweep,
-    terminate_subscription,
 )
 from subscriptions.models import ChargedTerm, Subscription
+from subscriptions.sweep import run_billing_sweep
 from tests.conftest import api_client_for
 from tests.lifecycle.helpers import MICROS, PLUS, balance, buy
 

@@ -18,8 +18,8 @@ from billing.services import grant_credits, set_auto_top_up
 from billing.topup import BACKENDS
 from byok.models import ByokKey
 from inventory.models import Credential
-from subscriptions.lifecycle import GRACE_PERIOD, run_billing_sweep
 from subscriptions.models import ChargedTerm, Subscription
+from subscriptions.sweep import GRACE_PERIOD, run_billing_sweep
 from tests.lifecycle.helpers import MAX, MICROS, PLUS, balance, buy, ledger_sum
 
 pytestmark = pytest.mark.django_db

@@ -8,9 +8,9 @@ from django.utils import timezone
 
 from accounts.models import User
 from billing.services import set_auto_top_up
-from subscriptions.lifecycle import run_billing_sweep
 from subscriptions.models import Subscription
-from subscriptions.services import purchase_plan
+from subscriptions.purchase import purchase_plan
+from subscriptions.sweep import run_billing_sweep
 
 pytestmark = pytest.mark.django_db
 

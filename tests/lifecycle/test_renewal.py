@@ -20,8 +20,9 @@ from byok.models import ByokKey
 from byok.services import add_key, decrypted_key, delete_key, update_key
 from inventory.models import Credential
 from inventory.services import record_revocation_outcome
-from subscriptions.lifecycle import cancel_at_period_end, run_billing_sweep
+from subscriptions.actions import cancel_at_period_end
 from subscriptions.models import ChargedTerm, Subscription
+from subscriptions.sweep import run_billing_sweep
 from tests.lifecycle.helpers import MICROS, PLUS, balance, buy, ledger_sum
 
 pytestmark = pytest.mark.django_db

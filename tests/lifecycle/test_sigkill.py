@@ -26,8 +26,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from billing.models import CreditAccount, LedgerEntry
-from subscriptions.lifecycle import run_billing_sweep
 from subscriptions.models import Subscription, SweepRun
+from subscriptions.sweep import run_billing_sweep
 from tests.lifecycle.helpers import (
     bulk_due_subscriptions,
     other_backends_on_this_database,

@@ -46,18 +46,12 @@ from codingplans import crypto
 from codingplans.errors import DomainError
 from inventory.models import Credential
 from inventory.services import record_revocation_outcome
-from subscriptions.lifecycle import (
-    GRACE_PERIOD,
-    AlreadyCanceled,
-    ResumeTooLate,
-    SubscriptionNotLive,
-    cancel_at_period_end,
-    resume_subscription,
-    run_billing_sweep,
-    terminate_subscription,
-)
+from subscriptions.actions import cancel_at_period_end, resume_subscription, terminate_subscription
+from subscriptions.errors import AlreadyCanceled, ResumeTooLate, SubscriptionNotLive
+from subscriptions.intents import save_intent
 from subscriptions.models import AvailabilityIntent, ChargedTerm, Subscription
-from subscriptions.services import purchase_plan, save_intent
+from subscriptions.purchase import purchase_plan
+from subscriptions.sweep import GRACE_PERIOD, run_billing_sweep
 from tests.lifecycle.helpers import MAX, MICROS, PLUS, ULTRA
 
 PLANS = (PLUS, MAX, ULTRA)

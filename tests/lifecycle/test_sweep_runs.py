@@ -16,8 +16,9 @@ from django.utils import timezone
 from billing.models import CreditAccount, LedgerEntry
 from billing.services import set_auto_top_up
 from codingplans.celery import app as celery_app
-from subscriptions.lifecycle import cancel_at_period_end, run_billing_sweep
+from subscriptions.actions import cancel_at_period_end
 from subscriptions.models import ChargedTerm, Subscription, SweepRun
+from subscriptions.sweep import run_billing_sweep
 from tests.lifecycle.helpers import MICROS, PLUS, balance, bulk_due_subscriptions, buy
 
 pytestmark = pytest.mark.django_db
@@ -67,7 +68,7 @@ def test_counts_have_exactly_the_l1_keys_and_count_each_outcome(
     cancel_at_period_end(user=leaving, subscription_id=subs[leaving].pk, now=t0)
     _corrupt_with_conflicting_term(subs[broken])
 
-    caplog.set_level(logging.ERROR, logger="subscriptions.lifecycle")
+    caplog.set_level(logging.ERROR, logger="subscriptions.sweep")
     with django_capture_on_commit_callbacks(execute=True):
         run = run_billing_sweep(now=subs[renewing].current_period_end)
 

@@ -6,9 +6,9 @@ from django.utils import timezone
 from billing.models import CreditAccount
 from byok.models import ByokKey
 from inventory.models import Credential
-from subscriptions.lifecycle import run_billing_sweep
 from subscriptions.models import Subscription
-from subscriptions.services import purchase_plan
+from subscriptions.purchase import purchase_plan
+from subscriptions.sweep import run_billing_sweep
 
 pytestmark = pytest.mark.django_db
 

@@ -26,9 +26,10 @@ from inventory import services as inventory
 from inventory import upload as inventory_upload
 from inventory import upload_jobs
 from inventory.models import Credential, InventoryUpload
-from subscriptions.lifecycle import cancel_at_period_end, run_billing_sweep, terminate_subscription
+from subscriptions.actions import cancel_at_period_end, terminate_subscription
 from subscriptions.models import Subscription
-from subscriptions.services import purchase_plan
+from subscriptions.purchase import purchase_plan
+from subscriptions.sweep import run_billing_sweep
 
 pytestmark = pytest.mark.django_db
 

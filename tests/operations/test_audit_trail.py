@@ -1,10 +1,10 @@
 """Audit trail completeness (SPEC O1): every state-changing service writes an audit event with the
 right actor, in its own transaction.
 
-The services are discovered, not listed by hand: every public function of each app's
-`services.py`, `lifecycle.py`, `alerts.py` and `keyrotation.py` must appear below, either with
-scenarios that prove it writes an event, or as "not a state change" with the reason. A new
-service that is in neither table fails `test_every_service_is_classified`.
+The services are discovered, not listed by hand: every public function of each app's service
+modules (SERVICE_MODULES: `services.py`, `sweep.py`, `actions.py`, `purchase.py`, …) must appear
+below, either with scenarios that prove it writes an event, or as "not a state change" with the
+reason. A new service that is in neither table fails `test_every_service_is_classified`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from django.utils import timezone
 from accounts import services as accounts
 from accounts import tokens
 from accounts.models import User
+from adminops.audit import SYSTEM_SWEEP
 from adminops.keyrotation import rotate_encryption_keys
 from adminops.models import AuditEvent
 from billing import services as billing
@@ -40,8 +41,9 @@ from inventory import services as inventory
 from inventory import upload as inventory_upload
 from inventory.models import Credential
 from payments import services as payments
-from subscriptions import lifecycle
-from subscriptions import services as subscriptions
+from subscriptions import actions, intents
+from subscriptions import purchase as purchases
+from subscriptions import sweep as billing_sweep
 from subscriptions.models import Subscription
 
 pytestmark = pytest.mark.django_db
@@ -49,7 +51,11 @@ pytestmark = pytest.mark.django_db
 SERVICE_MODULES = (
     "services",
     "tokens",
-    "lifecycle",
+    "sweep",
+    "actions",
+    "purchase",
+    "intents",
+    "notifications",
     "alerts",
     "keyrotation",
     "upload",
@@ -112,7 +118,7 @@ class World:
         user = user or self.customer()
         self.stock(PLUS, 1)
         bought = self.now - timedelta(days=31) if due else self.now - timedelta(days=1)
-        outcome = subscriptions.purchase_plan(
+        outcome = purchases.purchase_plan(
             user=user, plan_id=PLUS, idempotency_key=f"audit-{user.pk}", now=bought
         )
         return Subscription.objects.select_related("user", "credential").get(
@@ -121,7 +127,7 @@ class World:
 
     def queued_credential(self) -> Credential:
         subscription = self.subscription()
-        lifecycle.terminate_subscription(
+        actions.terminate_subscription(
             subscription_id=subscription.pk, actor="system:test", now=self.now
         )
         return Credential.objects.get(pk=subscription.credential_id)
@@ -152,9 +158,7 @@ def purchase(w: World) -> Expect:
     user = w.customer()
     w.stock(PLUS, 1)
     return Expect(
-        lambda: subscriptions.purchase_plan(
-            user=user, plan_id=PLUS, idempotency_key="p", now=w.now
-        ),
+        lambda: purchases.purchase_plan(user=user, plan_id=PLUS, idempotency_key="p", now=w.now),
         {"subscription.purchased": user_actor(user), "credential.assigned": user_actor(user)},
     )
 
@@ -162,24 +166,24 @@ def purchase(w: World) -> Expect:
 def save_intent(w: World) -> Expect:
     user = w.customer()
     return Expect(
-        lambda: subscriptions.save_intent(user=user, plan_id=PLUS, now=w.now),
+        lambda: intents.save_intent(user=user, plan_id=PLUS, now=w.now),
         {"intent.saved": user_actor(user)},
     )
 
 
 def withdraw_intent(w: World) -> Expect:
     user = w.customer()
-    subscriptions.save_intent(user=user, plan_id=PLUS, now=w.now)
+    intents.save_intent(user=user, plan_id=PLUS, now=w.now)
     return Expect(
-        lambda: subscriptions.withdraw_intent(user=user, plan_id=PLUS, now=w.now),
+        lambda: intents.withdraw_intent(user=user, plan_id=PLUS, now=w.now),
         {"intent.withdrawn": user_actor(user)},
     )
 
 
 def notify_availability(w: World) -> Expect:
-    subscriptions.save_intent(user=w.customer(), plan_id=PLUS, now=w.now)
+    intents.save_intent(user=w.customer(), plan_id=PLUS, now=w.now)
     return Expect(
-        lambda: subscriptions.notify_availability(plan_id=PLUS, now=w.now),
+        lambda: intents.notify_availability(plan_id=PLUS, now=w.now),
         {"intent.notified": "system:notify"},
     )
 
@@ -201,27 +205,27 @@ def _short_without_auto_top_up(w: World) -> Subscription:
 
 def _grace_expired(w: World) -> Subscription:
     subscription = _short_with_auto_top_up(w)
-    lifecycle.run_billing_sweep(now=subscription.current_period_end, trigger="other")
-    w.now = subscription.current_period_end + lifecycle.GRACE_PERIOD
+    billing_sweep.run_billing_sweep(now=subscription.current_period_end, trigger="other")
+    w.now = subscription.current_period_end + billing_sweep.GRACE_PERIOD
     return subscription
 
 
 def _canceled_by_customer(w: World) -> Subscription:
     subscription = w.subscription(due=True)
-    lifecycle.cancel_at_period_end(
+    actions.cancel_at_period_end(
         user=subscription.user, subscription_id=subscription.pk, now=w.now - timedelta(days=2)
     )
     return subscription
 
 
 ENDED = {
-    "subscription.ended": lifecycle.SYSTEM_SWEEP,
-    "credential.revocation_requested": lifecycle.SYSTEM_SWEEP,
-    "byok.installed_entry_removed": lifecycle.SYSTEM_SWEEP,
+    "subscription.ended": SYSTEM_SWEEP,
+    "credential.revocation_requested": SYSTEM_SWEEP,
+    "byok.installed_entry_removed": SYSTEM_SWEEP,
 }
 SWEEP_OUTCOMES = {
-    "renew": (_renewable, {"subscription.renewed": lifecycle.SYSTEM_SWEEP}),
-    "past_due": (_short_with_auto_top_up, {"subscription.past_due": lifecycle.SYSTEM_SWEEP}),
+    "renew": (_renewable, {"subscription.renewed": SYSTEM_SWEEP}),
+    "past_due": (_short_with_auto_top_up, {"subscription.past_due": SYSTEM_SWEEP}),
     "terminate": (_short_without_auto_top_up, ENDED),
     "terminate_after_grace": (_grace_expired, ENDED),
     "cancel": (_canceled_by_customer, ENDED),
@@ -233,7 +237,7 @@ def sweep(outcome: str) -> Callable[[World], Expect]:
 
     def scenario(w: World) -> Expect:
         setup(w)
-        return Expect(lambda: lifecycle.run_billing_sweep(now=w.now, trigger="beat"), events)
+        return Expect(lambda: billing_sweep.run_billing_sweep(now=w.now, trigger="beat"), events)
 
     scenario.__name__ = f"sweep_{outcome}"
     return scenario
@@ -245,8 +249,8 @@ def one_due(outcome: str) -> Callable[[World], Expect]:
     def scenario(w: World) -> Expect:
         subscription = setup(w)
         return Expect(
-            lambda: lifecycle.process_due_subscription(
-                subscription.pk, now=w.now, counts=lifecycle.SweepCounts()
+            lambda: billing_sweep.process_due_subscription(
+                subscription.pk, now=w.now, counts=billing_sweep.SweepCounts()
             ),
             events,
         )
@@ -259,9 +263,7 @@ def cancel_at_period_end(w: World) -> Expect:
     subscription = w.subscription()
     user = subscription.user
     return Expect(
-        lambda: lifecycle.cancel_at_period_end(
-            user=user, subscription_id=subscription.pk, now=w.now
-        ),
+        lambda: actions.cancel_at_period_end(user=user, subscription_id=subscription.pk, now=w.now),
         {"subscription.cancel_requested": user_actor(user)},
     )
 
@@ -269,11 +271,9 @@ def cancel_at_period_end(w: World) -> Expect:
 def resume_subscription(w: World) -> Expect:
     subscription = w.subscription()
     user = subscription.user
-    lifecycle.cancel_at_period_end(user=user, subscription_id=subscription.pk, now=w.now)
+    actions.cancel_at_period_end(user=user, subscription_id=subscription.pk, now=w.now)
     return Expect(
-        lambda: lifecycle.resume_subscription(
-            user=user, subscription_id=subscription.pk, now=w.now
-        ),
+        lambda: actions.resume_subscription(user=user, subscription_id=subscription.pk, now=w.now),
         {"subscription.resumed": user_actor(user)},
     )
 
@@ -281,7 +281,7 @@ def resume_subscription(w: World) -> Expect:
 def terminate_subscription(w: World) -> Expect:
     subscription = w.subscription()
     return Expect(
-        lambda: lifecycle.terminate_subscription(
+        lambda: actions.terminate_subscription(
             subscription_id=subscription.pk, actor=w.staff_actor, now=w.now
         ),
         {
@@ -298,7 +298,7 @@ def end_subscription(w: World) -> Expect:
     def act():
         with transaction.atomic():
             locked = Subscription.objects.select_for_update().get(pk=subscription.pk)
-            lifecycle.end_subscription(
+            actions.end_subscription(
                 subscription=locked,
                 reason=Subscription.Reason.ADMINISTRATIVE,
                 actor=w.staff_actor,
@@ -381,18 +381,18 @@ def set_auto_top_up(w: World) -> Expect:
 
 def execute_top_up(w: World) -> Expect:
     subscription = _short_with_auto_top_up(w)
-    lifecycle.run_billing_sweep(now=w.now, trigger="beat")  # records the pending attempt
+    billing_sweep.run_billing_sweep(now=w.now, trigger="beat")  # records the pending attempt
     attempt = TopUpAttempt.objects.get(subscription_id=subscription.pk, status="pending")
     return Expect(
         lambda: billing.execute_top_up(attempt_id=attempt.pk, now=w.now),
-        {"top_up.approved": lifecycle.SYSTEM_SWEEP},
+        {"top_up.approved": SYSTEM_SWEEP},
     )
 
 
 def execute_top_up_declined(w: World) -> Expect:
     expect = execute_top_up(w)
     w.settings.CODING_PLANS_TOP_UP_BACKEND = "simulated-decline"
-    return Expect(expect.act, {"top_up.declined": lifecycle.SYSTEM_SWEEP})
+    return Expect(expect.act, {"top_up.declined": SYSTEM_SWEEP})
 
 
 def record_top_up_outcome(w: World) -> Expect:
@@ -681,16 +681,16 @@ def forfeit_balance(w: World) -> Expect:
 
 
 AUDITED: dict[str, list[Callable[[World], Expect]]] = {
-    "subscriptions.services.purchase_plan": [purchase],
-    "subscriptions.services.save_intent": [save_intent],
-    "subscriptions.services.withdraw_intent": [withdraw_intent],
-    "subscriptions.services.notify_availability": [notify_availability],
-    "subscriptions.lifecycle.run_billing_sweep": [sweep(o) for o in SWEEP_OUTCOMES],
-    "subscriptions.lifecycle.process_due_subscription": [one_due(o) for o in SWEEP_OUTCOMES],
-    "subscriptions.lifecycle.cancel_at_period_end": [cancel_at_period_end],
-    "subscriptions.lifecycle.resume_subscription": [resume_subscription],
-    "subscriptions.lifecycle.terminate_subscription": [terminate_subscription],
-    "subscriptions.lifecycle.end_subscription": [end_subscription],
+    "subscriptions.purchase.purchase_plan": [purchase],
+    "subscriptions.intents.save_intent": [save_intent],
+    "subscriptions.intents.withdraw_intent": [withdraw_intent],
+    "subscriptions.intents.notify_availability": [notify_availability],
+    "subscriptions.sweep.run_billing_sweep": [sweep(o) for o in SWEEP_OUTCOMES],
+    "subscriptions.sweep.process_due_subscription": [one_due(o) for o in SWEEP_OUTCOMES],
+    "subscriptions.actions.cancel_at_period_end": [cancel_at_period_end],
+    "subscriptions.actions.resume_subscription": [resume_subscription],
+    "subscriptions.actions.terminate_subscription": [terminate_subscription],
+    "subscriptions.actions.end_subscription": [end_subscription],
     "accounts.services.delete_account": [delete_account_by_customer, delete_account_by_staff],
     "accounts.services.create_user": [create_user_by_sign_up, create_user_by_operator],
     "accounts.tokens.create_api_token": [create_api_token],
@@ -730,7 +730,7 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "byok.services.remove_installed_entry": INSIDE_A_CALLER.format("end_subscription")
     + "; it also writes its own byok.installed_entry_removed event",
     "inventory.services.forget_holder": INSIDE_A_CALLER.format("delete_account"),
-    "subscriptions.lifecycle.end_account_subscriptions": INSIDE_A_CALLER.format("delete_account")
+    "subscriptions.actions.end_account_subscriptions": INSIDE_A_CALLER.format("delete_account")
     + "; each subscription it ends writes subscription.ended",
     "accounts.tokens.hash_token": "pure function",
     "accounts.tokens.authenticate_token": (
@@ -764,7 +764,32 @@ NOT_STATE_CHANGES: dict[str, str] = {
     ),
     "byok.services.installed_entry_params": "pure function: the entry's encrypted key and hint",
     "accounts.services.deletion_refusal": "a read: the deletion policy, asked before deleting",
-    "subscriptions.services.term_description": "pure function",
+    "subscriptions.actions.lock_subscription": (
+        "a row lock and read inside a caller's transaction"
+    ),
+    "subscriptions.actions.audit_state": "pure function: a subscription's audited fields",
+    "subscriptions.actions.apply_changes": (
+        "sets a transition's values on the object in memory, after its caller wrote them"
+    ),
+    "subscriptions.actions.save_transition": INSIDE_A_CALLER.format(
+        "cancel_at_period_end, resume_subscription or the sweep"
+    )
+    + "; it writes the transition's audit event itself",
+    "subscriptions.notifications.email_after_commit": (
+        "queues a best-effort e-mail for after the caller's commit; changes no data"
+    ),
+    "subscriptions.notifications.ended_as_requested": (
+        "queues the e-mail of a change the sweep audits (subscription.ended)"
+    ),
+    "subscriptions.notifications.ended_unpaid": (
+        "queues the e-mail of a change the sweep audits (subscription.ended)"
+    ),
+    "subscriptions.notifications.payment_needed": (
+        "queues the e-mail of a change the sweep audits (subscription.past_due)"
+    ),
+    "subscriptions.notifications.ended_by_operator": (
+        "queues the e-mail of a change terminate_subscription audits (subscription.ended)"
+    ),
     "inventory.alerts.staff_recipients": "a read",
     "inventory.alerts.rearm_low_stock": (
         "alert bookkeeping after a restock (clears the sent flag); the restock itself is "
@@ -898,10 +923,10 @@ def test_a_failing_audit_write_rolls_the_change_back(scenario, world, monkeypatc
 def test_the_sweep_acts_as_system_sweep_whoever_starts_it(world):
     # Beat or the command: the run records its trigger; the events say system:sweep (O1, O2).
     _renewable(world)
-    run = lifecycle.run_billing_sweep(now=world.now, trigger="command")
+    run = billing_sweep.run_billing_sweep(now=world.now, trigger="command")
     assert run.trigger == "command"
     assert set(AuditEvent.objects.filter(created_at=world.now).values_list("actor", flat=True)) == {
-        lifecycle.SYSTEM_SWEEP
+        SYSTEM_SWEEP
     }
 
 

@@ -26,7 +26,7 @@ from django.utils import timezone
 from accounts.tokens import create_api_token
 from codingplans import outages, ratelimit
 from codingplans.devenv import embedded_redis
-from subscriptions.services import purchase_plan
+from subscriptions.purchase import purchase_plan
 from tests.servers import served, test_database_url, uvicorn_argv
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -171,8 +171,8 @@ def test_a_restock_with_the_broker_down_still_tells_waiting_customers(
     """The restock's notify-me fan-out is queued on commit; with the broker (Redis) down the
     upload (`manage.py upload_inventory`, a real process on the dead broker) still succeeds and
     the waiting customers are told from the uploading process."""
+    from subscriptions.intents import save_intent
     from subscriptions.models import AvailabilityIntent
-    from subscriptions.services import save_intent
 
     redis_url, stop_redis = private_redis
     waiting = make_user()

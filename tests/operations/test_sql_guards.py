@@ -44,12 +44,12 @@ RAW_WRITES: dict[tuple[str, str], str] = {
     ("billing.services", "{entry}"): "billing.LedgerEntry",
     ("byok.services", "{table}"): "byok.ByokKey",
     ("inventory.services", "{table}"): "inventory.Credential",
-    ("subscriptions.lifecycle", "{term}"): "subscriptions.ChargedTerm",
-    ("subscriptions.lifecycle", "{subscription}"): "subscriptions.Subscription",
-    ("subscriptions.services", "{subscription}"): "subscriptions.Subscription",
-    ("subscriptions.services", "{term}"): "subscriptions.ChargedTerm",
-    ("subscriptions.services", "{intent}"): "subscriptions.AvailabilityIntent",
-    ("subscriptions.services", "{request}"): "subscriptions.PurchaseRequest",
+    ("subscriptions.sweep", "{term}"): "subscriptions.ChargedTerm",
+    ("subscriptions.sweep", "{subscription}"): "subscriptions.Subscription",
+    ("subscriptions.purchase", "{subscription}"): "subscriptions.Subscription",
+    ("subscriptions.purchase", "{term}"): "subscriptions.ChargedTerm",
+    ("subscriptions.purchase", "{intent}"): "subscriptions.AvailabilityIntent",
+    ("subscriptions.purchase", "{request}"): "subscriptions.PurchaseRequest",
 }
 
 
@@ -161,9 +161,9 @@ def test_rows_written_by_the_purchase_and_the_renewal_pass_full_clean(make_user,
     from billing.models import CreditAccount, LedgerEntry
     from byok.models import ByokKey
     from inventory.models import Credential
-    from subscriptions.lifecycle import run_billing_sweep
     from subscriptions.models import ChargedTerm, PurchaseRequest, Subscription
-    from subscriptions.services import purchase_plan
+    from subscriptions.purchase import purchase_plan
+    from subscriptions.sweep import run_billing_sweep
 
     stock("minimax-token-plan-plus", 1)
     user = make_user(credits_usd=100)

@@ -15,7 +15,7 @@ from codingplans.crypto import SecretUnavailable
 from inventory.alerts import check_low_stock, send_daily_report, send_low_stock_email
 from inventory.models import Credential, LowStockAlert
 from subscriptions.models import Subscription
-from subscriptions.services import purchase_plan
+from subscriptions.purchase import purchase_plan
 from tests.operations import mail_probe
 
 PLUS = "minimax-token-plan-plus"  # low-stock threshold 5 (settings.CODING_PLANS_CATALOG)

@@ -135,8 +135,9 @@ class World:
         from billing.services import grant_credits
         from byok.models import ByokKey
         from byok.services import add_key
-        from subscriptions.lifecycle import terminate_subscription
-        from subscriptions.services import purchase_plan, save_intent
+        from subscriptions.actions import terminate_subscription
+        from subscriptions.intents import save_intent
+        from subscriptions.purchase import purchase_plan
 
         now = timezone.now()
         s = Secrets()

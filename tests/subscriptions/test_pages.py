@@ -81,7 +81,7 @@ def test_other_users_subscription_is_404(logged_in, make_user, stock, settings):
     # SPEC U5
     from django.utils import timezone
 
-    from subscriptions.services import purchase_plan
+    from subscriptions.purchase import purchase_plan
 
     stock()
     other = make_user(credits_usd=50)

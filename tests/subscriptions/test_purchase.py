@@ -25,7 +25,7 @@ from codingplans.errors import DomainError
 from inventory.models import Credential
 from subscriptions import errors
 from subscriptions.models import AvailabilityIntent, ChargedTerm, PurchaseRequest, Subscription
-from subscriptions.services import purchase_plan
+from subscriptions.purchase import purchase_plan
 from tests.conftest import api_client_for
 
 pytestmark = pytest.mark.django_db

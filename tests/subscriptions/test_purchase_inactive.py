@@ -6,7 +6,7 @@ from django.utils import timezone
 from accounts.models import User
 from subscriptions.errors import AccountInactive
 from subscriptions.models import Subscription
-from subscriptions.services import purchase_plan
+from subscriptions.purchase import purchase_plan
 
 pytestmark = pytest.mark.django_db
 

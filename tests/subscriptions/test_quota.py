@@ -14,9 +14,9 @@ from django.utils import timezone
 from codingplans import crypto
 from inventory.models import Credential
 from subscriptions import quota as quota_module
-from subscriptions.lifecycle import cancel_at_period_end, terminate_subscription
+from subscriptions.actions import cancel_at_period_end, terminate_subscription
 from subscriptions.models import Subscription
-from subscriptions.services import purchase_plan
+from subscriptions.purchase import purchase_plan
 
 pytestmark = pytest.mark.django_db
 

@@ -1,7 +1,7 @@
 import pytest
 from django.utils import timezone
 
-from subscriptions.services import purchase_plan
+from subscriptions.purchase import purchase_plan
 
 pytestmark = pytest.mark.django_db
 

@@ -3,12 +3,12 @@ import json
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
-from subscriptions.lifecycle import (
+from subscriptions.models import SweepRun
+from subscriptions.sweep import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_TIME_BUDGET_SECONDS,
     run_billing_sweep,
 )
-from subscriptions.models import SweepRun
 
 
 class Command(BaseCommand):

@@ -2,7 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from codingplans.errors import DomainError
-from subscriptions.lifecycle import terminate_subscription
+from subscriptions.actions import terminate_subscription
 
 
 class Command(BaseCommand):

@@ -1,4 +1,4 @@
-"""Subscription state changes: the atomic purchase (SPEC P1–P7) and availability intents (U6).
+"""The atomic purchase (SPEC P1–P7): a plan bought with credits in one transaction.
 
 Lock order everywhere: credit account → subscription → credential → BYOK entry.
 """
@@ -6,18 +6,14 @@ Lock order everywhere: credit account → subscription → credential → BYOK e
 from __future__ import annotations
 
 import json
-import logging
-import smtplib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 
-from django.conf import settings
-from django.core.mail import send_mail
 from django.db import transaction
 
 from accounts.models import User
-from adminops.audit import actor_for, event_values, events_insert, record_event
+from adminops.audit import actor_for, event_values, events_insert
 from billing.errors import InsufficientCredits
 from billing.models import LedgerEntry
 from billing.services import entry_ctes, lock_credit_account, open_credit_account
@@ -41,10 +37,9 @@ from subscriptions.models import (
     ChargedTerm,
     PurchaseRequest,
     Subscription,
+    term_description,
 )
 from subscriptions.selectors import in_field_order, subscription_json
-
-logger = logging.getLogger(__name__)
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
@@ -55,10 +50,6 @@ class PurchaseOutcome:
     body: dict
     replayed: bool
     subscription_id: int
-
-
-def term_description(plan_name: str, kind: str, start: datetime, end: datetime) -> str:
-    return f"{plan_name} — {kind} {start:%Y-%m-%d} to {end:%Y-%m-%d}"
 
 
 _STATE_SQL = """
@@ -328,98 +319,3 @@ def _activate_sql(audit: str) -> str:
         request=sql.table(PurchaseRequest),
         audit=audit,
     )
-
-
-def save_intent(*, user, plan_id: object, now: datetime) -> AvailabilityIntent:
-    """Save "notify me" (U6). Saving again is idempotent, and re-arms a notified intent."""
-    plan = get_plan(plan_id)
-    if plan is None:
-        raise PlanNotFound()
-    with transaction.atomic(durable=True):
-        intent, created = AvailabilityIntent.objects.select_for_update().get_or_create(
-            user=user, plan_id=plan.plan_id, defaults={"created_at": now}
-        )
-        rearmed = not created and intent.notified_at is not None
-        if rearmed:
-            intent.notified_at = None
-            intent.created_at = now
-            intent.save(update_fields=["notified_at", "created_at"])
-        # Saving a pending intent again changes nothing, so it writes no audit event (O1).
-        if created or rearmed:
-            record_event(
-                actor=actor_for(user),
-                subject=intent,
-                event_type="intent.saved",
-                now=now,
-                new={"plan_id": plan.plan_id},
-            )
-    return intent
-
-
-def withdraw_intent(*, user, plan_id: object, now: datetime) -> None:
-    plan = get_plan(plan_id)
-    if plan is None:
-        raise PlanNotFound()
-    with transaction.atomic(durable=True):
-        deleted, _ = AvailabilityIntent.objects.filter(user=user, plan_id=plan.plan_id).delete()
-        if deleted:
-            record_event(
-                actor=actor_for(user),
-                subject=("subscriptions.availabilityintent", f"{user.pk}:{plan.plan_id}"),
-                event_type="intent.withdrawn",
-                now=now,
-                old={"plan_id": plan.plan_id},
-            )
-
-
-def notify_availability(*, plan_id: str, now: datetime) -> int:
-    """E-mail each pending intent holder once (U6). One row per transaction: the row is marked
-    notified only if its e-mail went out, and a parallel run skips rows already being handled.
-    One address that fails does not hold up the others; the run then raises so the task retries
-    the ones left (a retry reaches only holders not yet told)."""
-    plan = get_plan(plan_id)
-    if plan is None:
-        return 0
-    sent = 0
-    failed: list[int] = []
-    while True:
-        with transaction.atomic(durable=True):
-            intent = (
-                AvailabilityIntent.objects.select_for_update(skip_locked=True)
-                .select_related("user")
-                .filter(plan_id=plan_id, notified_at__isnull=True, user__is_active=True)
-                .exclude(id__in=failed)
-                .order_by("id")
-                .first()
-            )
-            if intent is None:
-                break
-            try:
-                send_mail(
-                    subject=f"{plan.name} is available again",
-                    message=(
-                        f"Good news: {plan.provider_name} {plan.name} ({plan.cadence}) is back "
-                        "in stock. Subscribe from your Subscription Center while it lasts.\n\n"
-                        "You asked us to tell you once; save the reminder again to hear about "
-                        "later restocks."
-                    ),
-                    from_email=settings.DEFAULT_FROM_EMAIL,
-                    recipient_list=[intent.user.email],
-                )
-            except (smtplib.SMTPException, OSError):
-                logger.warning("availability e-mail for intent %s failed; will retry", intent.pk)
-                failed.append(intent.pk)
-                continue
-            intent.notified_at = now
-            intent.save(update_fields=["notified_at"])
-            record_event(
-                actor="system:notify",
-                subject=intent,
-                event_type="intent.notified",
-                now=now,
-                new={"plan_id": plan_id},
-            )
-            sent += 1
-    if failed:
-        raise smtplib.SMTPException(f"{len(failed)} availability e-mail(s) could not be sent")
-    return sent
