@@ -7,6 +7,7 @@ an account even before the row lock is considered; the check constraint is the l
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from django.db import transaction
 
@@ -35,7 +36,7 @@ def lock_credit_account(*, user_id: int) -> int | None:
         "WHERE user_id = %s FOR UPDATE",
         [user_id],
     )
-    return None if row is None else row[0]
+    return None if row is None else row.balance_micros
 
 
 def entry_ctes(*, debit: bool) -> str:
@@ -70,10 +71,11 @@ _ENTRY_CTES = """
 
 def _apply_entry(
     *, user_id: int, amount_micros: int, kind: str, actor: str, reason: str, reference: str, now
-) -> tuple[int, int, int] | None:
+) -> Any:
     """One statement: the guarded balance change (never below zero) and its ledger entry, or
-    nothing at all. Returns (entry id, account id, balance after) — None when there is no
-    account or a debit exceeds the balance. One round trip instead of two (issue 8)."""
+    nothing at all. Returns the entry's row (`id`, `account_id`, `balance_after_micros`), or None
+    when there is no account or a debit exceeds the balance. One round trip instead of two
+    (issue 8)."""
     statement = f"WITH {entry_ctes(debit=amount_micros < 0)} SELECT * FROM entry"  # noqa: S608 - our own SQL
     return sql_helpers.execute(
         statement,
@@ -122,7 +124,7 @@ def post_entry(
         "created_at": now,
     }
 
-    def apply() -> tuple[int, int, int] | None:
+    def apply() -> Any:
         return _apply_entry(
             user_id=uid,
             amount_micros=amount_micros,
@@ -142,9 +144,11 @@ def post_entry(
         row = apply()
     if row is None:
         raise InsufficientCredits()
-    entry_id, account_id, balance_after = row
     entry = LedgerEntry(
-        id=entry_id, account_id=account_id, balance_after_micros=balance_after, **values
+        id=row.id,
+        account_id=row.account_id,
+        balance_after_micros=row.balance_after_micros,
+        **values,
     )
     entry._state.adding = False
     return entry

@@ -53,14 +53,17 @@ def check_low_stock(*, plan_id: str, now: datetime) -> bool:
     if plan is None:
         return False
     threshold = plan.low_stock_threshold
-    available, armed = sql.execute(
+    stock = sql.execute(
         f"SELECT (SELECT count(*) FROM (SELECT 1 FROM {sql.table(Credential)} "  # noqa: S608 - table names from the models
-        f"WHERE plan_id = %s AND state = '{Credential.State.AVAILABLE}' LIMIT %s) AS stock), "
+        f"WHERE plan_id = %s AND state = '{Credential.State.AVAILABLE}' LIMIT %s) AS sq) "
+        "AS available, "
         f"EXISTS (SELECT 1 FROM {sql.table(LowStockAlert)} "
-        "WHERE plan_id = %s AND alerted_at IS NOT NULL)",
+        "WHERE plan_id = %s AND alerted_at IS NOT NULL) AS armed",
         [plan_id, threshold + 1, plan_id],
     )
-    if not is_low_stock(available, threshold) and not armed:  # one lean query per purchase
+    if (
+        not is_low_stock(stock.available, threshold) and not stock.armed
+    ):  # one lean query per purchase
         return False
     with transaction.atomic(durable=True):
         LowStockAlert.objects.get_or_create(plan_id=plan_id)

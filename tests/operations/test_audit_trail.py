@@ -68,8 +68,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def discover_services() -> set[str]:
     found = set()
     for app_config in apps.get_app_configs():
-        if not Path(app_config.path).resolve().is_relative_to(ROOT):
-            continue  # Django's own apps
+        path = Path(app_config.path).resolve()
+        if not path.is_relative_to(ROOT) or "site-packages" in path.parts:
+            continue  # Django's own apps (the virtualenv may live inside the checkout)
         for module_name in SERVICE_MODULES:
             name = f"{app_config.name}.{module_name}"
             if importlib.util.find_spec(name) is None:
