@@ -16,6 +16,7 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
 
+from accounts.errors import EmailUnverified
 from accounts.models import User
 from adminops.audit import actor_for, event_values, events_insert, record_event
 from billing.errors import InsufficientCredits
@@ -66,8 +67,8 @@ _STATE_SQL = """
            request.response_status AS previous_status,
            request.response_body AS previous_body,
            request.subscription_id AS previous_subscription,
-           EXISTS (SELECT 1 FROM {user} WHERE id = %(user)s AND is_active
-                   AND deleted_at IS NULL) AS active,
+           COALESCE(buyer.is_active AND buyer.deleted_at IS NULL, false) AS active,
+           buyer.email_verified_at IS NOT NULL AS verified,  -- issue 19, SPEC A2
            EXISTS (SELECT 1 FROM {subscription} WHERE user_id = %(user)s
                    AND provider_id = %(provider)s AND status IN ({live})) AS live,
            EXISTS (SELECT 1 FROM {byok} WHERE user_id = %(user)s
@@ -75,6 +76,7 @@ _STATE_SQL = """
            CASE WHEN request.id IS NULL THEN {next_subscription} END AS subscription_id,
            CASE WHEN request.id IS NULL THEN {next_byok} END AS byok_id
     FROM (SELECT 1) AS one
+    LEFT JOIN {user} AS buyer ON buyer.id = %(user)s
     LEFT JOIN {request} AS request
         ON request.user_id = %(user)s AND request.idempotency_key = %(key)s
 """
@@ -167,6 +169,8 @@ def purchase_plan(
             )
         if not state.active:
             raise AccountInactive()
+        if not state.verified:  # issue 19, SPEC A2: after the idempotency checks (P5)
+            raise EmailUnverified()
         if state.live:
             raise SubscriptionExists()
         if state.slot_taken:
