@@ -32,6 +32,7 @@ from codingplans import sql
 from codingplans.errors import DomainError
 from inventory.models import Credential
 from inventory.services import request_revocation
+from subscriptions import emails  # issue 19, SPEC E1
 from subscriptions.errors import SubscriptionNotFound
 from subscriptions.models import (
     LIVE_STATUSES,
@@ -47,7 +48,10 @@ logger = logging.getLogger(__name__)
 GRACE_PERIOD = timedelta(hours=24)
 DEFAULT_BATCH_SIZE = 1_000
 DEFAULT_TIME_BUDGET_SECONDS = 600
-COUNT_KEYS = ("renewed", "past_due", "terminated", "canceled", "auto_top_up_triggered", "errors")
+COUNT_KEYS = (
+    *("renewed", "past_due", "terminated", "canceled", "auto_top_up_triggered", "errors"),
+    "reminders_sent",  # issue 19, SPEC E1: beyond L1's keys
+)
 
 
 class SubscriptionNotLive(DomainError):
@@ -137,6 +141,7 @@ def end_subscription(*, subscription: Subscription, reason: str, actor: str, now
         old=old,
         new=_state(subscription),
     )
+    emails.after_commit(emails.PLAN_ENDED, subscription.pk)  # issue 19, SPEC E1
 
 
 def _email_after_commit(user_id: int, subject: str, body: str) -> None:
@@ -165,6 +170,7 @@ class SweepCounts:
     canceled: int = 0
     auto_top_up_triggered: int = 0
     errors: int = 0
+    reminders_sent: int = 0  # issue 19, SPEC E1
     error_items: list[dict[str, object]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
@@ -208,16 +214,12 @@ def _process_locked(
             now=now,
         )
         counts.canceled += 1
-        _email_after_commit(
-            subscription.user_id,
-            f"Your {subscription.plan_name} has ended",
-            "Your Coding Plan ended at the end of its paid period, as you asked. Its "
-            "installed MiniMax key was removed from BYOK (if unchanged) and the plan's key "
-            "is being revoked.",
-        )
         return
     if _renew(subscription, now=now):
         counts.renewed += 1
+        emails.after_commit(  # issue 19, SPEC E1
+            emails.RENEWAL_RECEIPT, subscription.pk, subscription.current_period_start
+        )
         return
     if subscription.status == Subscription.Status.ACTIVE:
         account = CreditAccount.objects.get(user_id=subscription.user_id)
@@ -232,13 +234,6 @@ def _process_locked(
         reason = Subscription.Reason.PAYMENT_FAILED
     end_subscription(subscription=subscription, reason=reason, actor=SYSTEM_SWEEP, now=now)
     counts.terminated += 1
-    _email_after_commit(
-        subscription.user_id,
-        f"Your {subscription.plan_name} has ended",
-        "Your Coding Plan could not be renewed because your credits did not cover it, so it "
-        "has ended. Its installed MiniMax key was removed from BYOK (if unchanged). Your own "
-        "MiniMax key, if you added one, was not touched.",
-    )
 
 
 # L2 in one statement: the guarded debit and its ledger entry (billing's own CTEs), then the
@@ -436,6 +431,8 @@ def run_billing_sweep(
                     {"subscription_id": subscription_id, "error": exc.__class__.__name__}
                 )
                 logger.exception("billing sweep failed for subscription %s", subscription_id)
+    # issue 19, SPEC E1: renewal reminders (keyset-batched) and e-mails left unsent
+    counts.reminders_sent += emails.sweep_emails(now=now, batch_size=batch_size, deadline=deadline)
     run.finished_at = timezone.now()
     run.counts = counts.as_dict()
     run.errors = counts.error_items[:1000]
@@ -483,6 +480,8 @@ def _set_cancel_at_period_end(
             old=old,
             new=_state(subscription),
         )
+        if cancel:  # issue 19, SPEC E1
+            emails.after_commit(emails.CANCELLATION_SCHEDULED, subscription.pk, now)
     return subscription
 
 
@@ -508,12 +507,6 @@ def terminate_subscription(*, subscription_id: int, actor: str, now: datetime) -
             reason=Subscription.Reason.ADMINISTRATIVE,
             actor=actor,
             now=now,
-        )
-        _email_after_commit(
-            subscription.user_id,
-            f"Your {subscription.plan_name} has ended",
-            "An operator ended your Coding Plan. Its installed MiniMax key was removed from BYOK "
-            "(if unchanged). Contact support if you have questions.",
         )
     return subscription
 

@@ -27,6 +27,7 @@ from byok.services import installed_entry_cte, installed_entry_params
 from catalog import Plan, get_plan
 from codingplans import sql
 from inventory.services import claim_credential
+from subscriptions import emails
 from subscriptions.errors import (
     AccountInactive,
     IdempotencyKeyMissing,
@@ -186,6 +187,7 @@ def purchase_plan(
             now=now,
         )
         transaction.on_commit(lambda: _after_assignment(plan.plan_id, now), robust=True)
+        emails.after_commit(emails.PURCHASE_RECEIPT, state.subscription_id)  # issue 19, SPEC E1
     return PurchaseOutcome(201, body, False, state.subscription_id)
 
 
