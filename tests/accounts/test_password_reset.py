@@ -13,7 +13,7 @@ from django.test import Client
 
 from accounts.models import User
 from adminops.models import AuditEvent
-from tests.smtp import html_of, smtp_inbox, text_of  # noqa: F401 (fixture)
+from tests.smtp import html_of, text_of
 
 pytestmark = pytest.mark.django_db
 
