@@ -211,8 +211,11 @@ def compose(email: CustomerEmail) -> Message | None:
     elif email.kind == RENEWAL_REMINDER:
         if not user.renewal_reminders or not _reminder_applies(subscription, email.event_at):
             return None
-        balance = CreditAccount.objects.get(user_id=user.pk).balance_micros
+        account = CreditAccount.objects.get(user_id=user.pk)
+        balance = account.balance_micros
         context |= {
+            # On but with no processor configured (SPEC M7): it cannot run, so say that.
+            "auto_top_up_on": account.auto_top_up_enabled,
             "renews_at": spelled_utc(subscription.current_period_end),
             "balance": display_usd(balance),
             "shortfall": display_usd(subscription.price_micros - balance),

@@ -160,6 +160,21 @@ def test_no_reminder_when_covered_canceling_auto_top_up_on_or_turned_off(
     assert [m for m in mail.outbox if "renews on" in m.subject] == []
 
 
+def test_auto_top_up_without_a_processor_does_not_silence_the_reminder(
+    subscriber, after_commit, settings
+):
+    # SPEC M7: with no processor configured auto top-up cannot run, so the reminder still goes.
+    settings.CODING_PLANS_TOP_UP_BACKEND = "simulated-approve"
+    user, _sub = subscriber(credits_usd=20)
+    set_auto_top_up(user=user, enabled=True, amount_micros=20 * MICROS, actor="t", now=T0)
+    settings.CODING_PLANS_TOP_UP_BACKEND = ""
+    with after_commit():
+        run = run_billing_sweep(now=PERIOD_END - timedelta(days=1))
+    assert run.counts["reminders_sent"] == 1
+    (reminder,) = mail.outbox
+    assert "automatic top-up is not available right now" in reminder.body
+
+
 def test_reminders_are_found_in_keyset_batches(subscriber, after_commit):
     subs = [subscriber(credits_usd=20)[1] for _ in range(5)]
     with after_commit():
