@@ -23,6 +23,9 @@ class UserManager(BaseUserManager["User"]):
     def _create(self, email: str, password: str | None, **extra: object) -> User:
         if not email:
             raise ValueError("An e-mail address is required.")
+        # Accounts made here are verified unless the caller says otherwise (SPEC A2): operators'
+        # and staff accounts; sign-up passes `email_verified_at=None` through create_user.
+        extra.setdefault("email_verified_at", extra.get("date_joined") or timezone.now())
         user = self.model(email=self.normalize_email(email).lower(), **extra)
         user.set_password(password)
         user.save(using=self._db)
@@ -61,6 +64,14 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_staff = models.BooleanField(default=False)
     date_joined = models.DateTimeField(default=timezone.now)
     deleted_at = models.DateTimeField(null=True, blank=True)
+    # SPEC A2: when the address was proven (a link sent to it was followed); None until then,
+    # and an unverified customer may browse but not buy a plan or add credits.
+    email_verified_at = models.DateTimeField(null=True, blank=True)
+    # SPEC E1: the customer's e-mail preferences. Receipts and notices about the account
+    # cannot be turned off; the renewal reminder can.
+    renewal_reminders = models.BooleanField(
+        default=True, help_text="E-mail a reminder 3 days before a renewal the balance won't cover."
+    )
 
     objects = UserManager()
 
@@ -76,6 +87,10 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     def __str__(self) -> str:
         return self.email
+
+    @property
+    def email_verified(self) -> bool:
+        return self.email_verified_at is not None
 
 
 class ApiToken(models.Model):

@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 
-from accounts.errors import EmailTaken, InvalidEmail
+from accounts.errors import EmailTaken, EmailUnchanged, InvalidEmail
 from accounts.models import User
 from accounts.tokens import revoke_all_tokens
 from adminops.audit import actor_for, record_event
@@ -31,15 +31,12 @@ def create_user(
     is_staff: bool = False,
     is_superuser: bool = False,
     actor: str | None = None,
+    verified: bool = True,
 ) -> User:
-    """Create a user with an (empty) credit account; e-mails are unique case-insensitively."""
-    email = User.objects.normalize_email(email.strip()).lower()
-    try:  # the sign-up form validates too; operators' commands and other callers rely on this
-        validate_email(email)
-    except ValidationError as exc:
-        raise InvalidEmail() from exc
-    if len(email) > User._meta.get_field("email").max_length:
-        raise InvalidEmail()
+    """Create a user with an (empty) credit account; e-mails are unique case-insensitively.
+    Accounts are verified (SPEC A2: operators' `create_user`, seeds, tests) unless the caller
+    passes `verified=False`, as sign-up does: its address is verified by the link it is sent."""
+    email = _normalized_email(email)
     with transaction.atomic(durable=True):
         if User.objects.filter(email__iexact=email).exists():
             raise EmailTaken()
@@ -52,6 +49,7 @@ def create_user(
                     is_staff=is_staff,
                     is_superuser=is_superuser,
                     date_joined=now,
+                    email_verified_at=now if verified else None,
                 )
         except IntegrityError as exc:  # a concurrent sign-up with the same address
             raise EmailTaken() from exc
@@ -64,9 +62,132 @@ def create_user(
             subject=user,
             event_type="user.created",
             now=now,
-            new={"is_staff": is_staff, "is_superuser": is_superuser},
+            new={"is_staff": is_staff, "is_superuser": is_superuser, "verified": verified},
         )
     return user
+
+
+def _normalized_email(email: str) -> str:
+    email = User.objects.normalize_email(email.strip()).lower()
+    try:  # the forms validate too; operators' commands and other callers rely on this
+        validate_email(email)
+    except ValidationError as exc:
+        raise InvalidEmail() from exc
+    if len(email) > User._meta.get_field("email").max_length:
+        raise InvalidEmail()
+    return email
+
+
+# --- the address and the password (SPEC A1, A2) ----------------------------------------------
+
+
+def verify_email(*, user: User, now: datetime) -> bool:
+    """Mark the account's address verified (SPEC A2): the customer followed the link sent to
+    it. Idempotent: True only when this call verified it."""
+    with transaction.atomic(durable=True):
+        user = User.objects.select_for_update(no_key=True).get(pk=user.pk)
+        if user.email_verified_at is not None:
+            return False
+        user.email_verified_at = now
+        user.save(update_fields=["email_verified_at"])
+        record_event(
+            actor=actor_for(user),
+            subject=user,
+            event_type="user.email_verified",
+            now=now,
+            new={"email_domain": user.email.rsplit("@", 1)[-1]},
+        )
+    return True
+
+
+def new_email_for(*, user: User, email: str) -> str:
+    """The normalised new address a customer asks to use (SPEC A1), or a refusal: not an
+    address, their own already, or another account's. Changes nothing: the change is made by
+    `change_email` once the link sent to the new address is followed."""
+    email = _normalized_email(email)
+    if email == user.email.lower():
+        raise EmailUnchanged()
+    if User.objects.filter(email__iexact=email).exclude(pk=user.pk).exists():
+        raise EmailTaken()
+    return email
+
+
+def change_email(*, user: User, new_email: str, now: datetime) -> str:
+    """Make the confirmed e-mail change (SPEC A1): the new address, verified by the link that
+    was followed. Returns the old address (it gets a notice). Refused if another account took
+    the address meanwhile."""
+    new_email = _normalized_email(new_email)
+    with transaction.atomic(durable=True):
+        user = User.objects.select_for_update(no_key=True).get(pk=user.pk)
+        old_email = user.email
+        if User.objects.filter(email__iexact=new_email).exclude(pk=user.pk).exists():
+            raise EmailTaken()
+        user.email = new_email
+        user.email_verified_at = now
+        try:
+            with transaction.atomic():
+                user.save(update_fields=["email", "email_verified_at"])
+        except IntegrityError as exc:  # a concurrent sign-up with the same address
+            raise EmailTaken() from exc
+        record_event(
+            actor=actor_for(user),
+            subject=user,
+            event_type="user.email_changed",
+            now=now,
+            old={"email_domain": old_email.rsplit("@", 1)[-1]},
+            new={"email_domain": new_email.rsplit("@", 1)[-1]},
+        )
+    return old_email
+
+
+class PasswordChannel(StrEnum):
+    CHANGE = "change"  # signed in, on /account/, with the current password
+    RESET = "reset"  # through the link e-mailed by /accounts/password-reset/
+
+
+def set_password(*, user: User, password: str, via: PasswordChannel, now: datetime) -> User:
+    """A new password (SPEC A1), already validated by Django's password forms. The hash
+    changes, so other sessions end and every reset or e-mail change link made before stops
+    working. A reset also proves the address, so it verifies an unverified one."""
+    with transaction.atomic(durable=True):
+        locked = User.objects.select_for_update(no_key=True).get(pk=user.pk)
+        locked.set_password(password)
+        fields = ["password"]
+        verified = via == PasswordChannel.RESET and locked.email_verified_at is None
+        if verified:
+            locked.email_verified_at = now
+            fields.append("email_verified_at")
+        locked.save(update_fields=fields)
+        record_event(
+            actor=actor_for(locked),
+            subject=locked,
+            event_type="user.password_changed",
+            now=now,
+            new={"via": str(via), **({"email_verified": True} if verified else {})},
+        )
+    user.password = locked.password
+    user.email_verified_at = locked.email_verified_at
+    return user
+
+
+def set_notification_preferences(*, user: User, renewal_reminders: bool, now: datetime) -> None:
+    """The customer's e-mail preferences (SPEC E1): the renewal reminder may be turned off;
+    receipts and account notices cannot."""
+    with transaction.atomic(durable=True):
+        locked = User.objects.select_for_update(no_key=True).get(pk=user.pk)
+        if locked.renewal_reminders == renewal_reminders:
+            return
+        locked.renewal_reminders = renewal_reminders
+        locked.save(update_fields=["renewal_reminders"])
+        record_event(
+            actor=actor_for(locked),
+            subject=locked,
+            event_type="user.notifications_changed",
+            now=now,
+            old={"renewal_reminders": not renewal_reminders},
+            new={"renewal_reminders": renewal_reminders},
+        )
+    user.renewal_reminders = renewal_reminders
 
 
 class DeletionChannel(StrEnum):

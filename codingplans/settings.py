@@ -247,6 +247,18 @@ EMAIL_BACKEND = (
     else "codingplans.mail.StderrConsoleBackend"
 )
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Coding Plans <no-reply@localhost>")
+# The site's address for links in e-mails sent without a request (receipts and reminders from
+# the sweep and Celery; SPEC E1). Links sent from a page (verification, reset) use the request's.
+CODING_PLANS_SITE_URL = os.environ.get("CODING_PLANS_SITE_URL", "http://127.0.0.1:8000").rstrip("/")
+# SPEC A1/A2: password-reset, verification and e-mail-change links expire after this long.
+PASSWORD_RESET_TIMEOUT = int(os.environ.get("PASSWORD_RESET_TIMEOUT", str(24 * 3600)))
+# Requests that send a link, per hour: a reset per typed address and per client address, a
+# verification resend or an e-mail change per account (issue 19).
+PASSWORD_RESET_RATE_LIMIT_PER_HOUR = int(os.environ.get("PASSWORD_RESET_RATE_LIMIT_PER_HOUR", "5"))
+PASSWORD_RESET_IP_RATE_LIMIT_PER_HOUR = int(
+    os.environ.get("PASSWORD_RESET_IP_RATE_LIMIT_PER_HOUR", "20")
+)
+EMAIL_LINK_RATE_LIMIT_PER_HOUR = int(os.environ.get("EMAIL_LINK_RATE_LIMIT_PER_HOUR", "5"))
 
 # Upstream and product flags.
 MINIMAX_API_BASE_URL = os.environ.get("MINIMAX_API_BASE_URL", "https://api.minimax.io").rstrip("/")

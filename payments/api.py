@@ -10,6 +10,7 @@ from django.utils import timezone
 from ninja import Router, Schema, Status
 from pydantic import StrictBool, StrictStr
 
+from accounts.verification import require_verified
 from adminops.audit import actor_for
 from payments import selectors, services
 from payments.errors import InvalidSignature
@@ -44,6 +45,7 @@ def delete_payment_method(request: HttpRequest):
 
 @router.post("/payments", response={201: dict})
 def create_payment(request: HttpRequest, payload: PaymentIn):
+    require_verified(request.auth)  # issue 19, SPEC A2: before the amount is judged
     payment, secret = services.pay_by_card(
         user=request.auth,
         amount_micros=services.parse_amount(payload.amount_usd),

@@ -21,6 +21,7 @@ from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.template.loader import render_to_string
 
+from accounts.verification import require_verified
 from adminops.audit import record_event
 from billing.services import (
     CARD_PAYMENT_MAX_MICROS,
@@ -123,6 +124,7 @@ def ensure_customer(*, user, now: datetime) -> StripeCustomer:
 def create_setup_intent(*, user, now: datetime) -> dict:
     """SPEC 11.1 `POST /credits/payment-method/setup`: a SetupIntent (off-session use) for the
     customer's Stripe Customer, for Stripe.js to collect a card."""
+    require_verified(user)  # issue 19, SPEC A2: 403 email_unverified
     _require_payments()
     customer = ensure_customer(user=user, now=now)
     try:
@@ -237,6 +239,7 @@ def pay_by_card(
     """Charge a card: the card just set up with Stripe.js (`payment_method_id`) or the saved
     one. Returns the payment and, when the bank asks for authentication, the PaymentIntent's
     client secret for Stripe.js. A decline raises CardDeclined after recording it."""
+    require_verified(user)  # issue 19, SPEC A2: 403 email_unverified
     _require_payments()
     if (
         not CARD_PAYMENT_MIN_MICROS <= amount_micros <= CARD_PAYMENT_MAX_MICROS

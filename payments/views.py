@@ -15,6 +15,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
+from accounts.errors import EmailUnverified
 from adminops.audit import actor_for
 from codingplans.errors import DomainError
 from codingplans.money import display_usd
@@ -66,6 +67,9 @@ def _result_message(request, payment: CardPayment) -> None:
 @login_required
 @require_POST
 def pay(request):
+    if not request.user.email_verified:  # issue 19, SPEC A2 (the banner offers a new link)
+        messages.error(request, EmailUnverified.default_message)
+        return redirect(CREDITS_URL)
     data = request.POST
     amount = data.get("amount", "")
     if amount == "custom" or not amount:

@@ -20,7 +20,7 @@ from byok.services import remove_installed_entry
 from codingplans import sql
 from inventory.models import Credential
 from inventory.services import request_revocation
-from subscriptions import notifications
+from subscriptions import emails
 from subscriptions.errors import (
     AlreadyCanceled,
     ResumeTooLate,
@@ -131,6 +131,7 @@ def end_subscription(*, subscription: Subscription, reason: str, actor: str, now
         old=old,
         new=audit_state(subscription),
     )
+    emails.after_commit(emails.PLAN_ENDED, subscription.pk)  # SPEC E1, with the reason
 
 
 # -- customer and operator actions -----------------------------------------------------------
@@ -168,6 +169,8 @@ def _set_cancel_at_period_end(
             event_type="subscription.cancel_requested" if cancel else "subscription.resumed",
             now=now,
         )
+        if cancel:
+            emails.after_commit(emails.CANCELLATION_SCHEDULED, subscription.pk, now)  # SPEC E1
     return subscription
 
 
@@ -194,7 +197,6 @@ def terminate_subscription(*, subscription_id: int, actor: str, now: datetime) -
             actor=actor,
             now=now,
         )
-        notifications.ended_by_operator(subscription)
     return subscription
 
 

@@ -183,6 +183,7 @@ class SweepRun(models.Model):
         "canceled",
         "auto_top_up_triggered",
         "errors",
+        "reminders_sent",  # SPEC E1, beyond L1's keys
     )
 
     trigger = models.CharField(max_length=10, choices=Trigger.choices)
@@ -201,3 +202,56 @@ class SweepRun(models.Model):
     @property
     def error_count(self) -> int:
         return int(self.counts.get("errors", 0))
+
+
+class CustomerEmail(models.Model):
+    """One customer e-mail about a subscription event (SPEC E1), sent at most once: the row is
+    unique per (kind, event key), e.g. (`renewal_receipt`, "<subscription id>:<period start>"),
+    so a re-run sweep, a repeated on-commit hook or a retried task finds the row and sends
+    nothing more. It is also the outbox: recorded `pending`, claimed as `sending` by the one
+    task that sends it, then `sent` (or `skipped`: the customer turned the reminder off, the
+    account was deleted, or the reminder no longer applies)."""
+
+    class Kind(models.TextChoices):
+        PURCHASE_RECEIPT = "purchase_receipt", "Purchase receipt"
+        RENEWAL_RECEIPT = "renewal_receipt", "Renewal receipt"
+        RENEWAL_REMINDER = "renewal_reminder", "Renewal reminder"
+        CANCELLATION_SCHEDULED = "cancellation_scheduled", "Cancellation scheduled"
+        PLAN_ENDED = "plan_ended", "Plan ended"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+        SKIPPED = "skipped", "Skipped"
+
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    event_key = models.CharField(max_length=100)
+    subscription = models.ForeignKey(
+        Subscription, on_delete=models.CASCADE, related_name="customer_emails"
+    )
+    # The event's own time where it has one (a renewal's period start, a reminder's period end,
+    # a cancellation's request time); the sweep's reminder scan anti-joins on it.
+    event_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    created_at = models.DateTimeField()
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "event_key"], name="subs_one_email_per_event"),
+        ]
+        indexes = [
+            models.Index(fields=["subscription", "kind", "event_at"]),
+            models.Index(
+                fields=["created_at", "id"],
+                name="subs_unsent_email_idx",
+                condition=models.Q(status__in=["pending", "sending"]),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} for subscription {self.subscription_id} ({self.status})"

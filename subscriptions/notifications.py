@@ -36,28 +36,6 @@ def email_after_commit(user_id: int, subject: str, body: str) -> None:
     transaction.on_commit(send)
 
 
-def ended_as_requested(subscription: Subscription) -> None:
-    """The sweep ended a plan canceled at period end (L5)."""
-    email_after_commit(
-        subscription.user_id,
-        f"Your {subscription.plan_name} has ended",
-        "Your Coding Plan ended at the end of its paid period, as you asked. Its "
-        "installed MiniMax key was removed from BYOK (if unchanged) and the plan's key "
-        "is being revoked.",
-    )
-
-
-def ended_unpaid(subscription: Subscription) -> None:
-    """The sweep ended a plan the credits did not cover (L3, L4)."""
-    email_after_commit(
-        subscription.user_id,
-        f"Your {subscription.plan_name} has ended",
-        "Your Coding Plan could not be renewed because your credits did not cover it, so it "
-        "has ended. Its installed MiniMax key was removed from BYOK (if unchanged). Your own "
-        "MiniMax key, if you added one, was not touched.",
-    )
-
-
 def payment_needed(subscription: Subscription, *, top_up_attempted: bool) -> None:
     """The sweep put a plan in grace until its grace deadline (L4)."""
     email_after_commit(
@@ -72,14 +50,4 @@ def payment_needed(subscription: Subscription, *, top_up_attempted: bool) -> Non
         + "Add credits "
         f"before {subscription.grace_deadline:%Y-%m-%d %H:%M} UTC to keep the plan; otherwise it "
         "ends and its installed MiniMax key is removed. Your own MiniMax key is never deleted.",
-    )
-
-
-def ended_by_operator(subscription: Subscription) -> None:
-    """An operator terminated the plan (L6)."""
-    email_after_commit(
-        subscription.user_id,
-        f"Your {subscription.plan_name} has ended",
-        "An operator ended your Coding Plan. Its installed MiniMax key was removed from BYOK "
-        "(if unchanged). Contact support if you have questions.",
     )

@@ -12,6 +12,7 @@ from functools import cache
 
 from django.db import transaction
 
+from accounts.errors import EmailUnverified
 from accounts.models import User
 from adminops.audit import actor_for, event_values, events_insert
 from billing.errors import InsufficientCredits
@@ -22,6 +23,7 @@ from byok.services import installed_entry_cte, installed_entry_params
 from catalog import Plan, get_plan
 from codingplans import sql
 from inventory.services import claim_credential
+from subscriptions import emails
 from subscriptions.errors import (
     AccountInactive,
     IdempotencyKeyMissing,
@@ -57,8 +59,8 @@ _STATE_SQL = """
            request.response_status AS previous_status,
            request.response_body AS previous_body,
            request.subscription_id AS previous_subscription,
-           EXISTS (SELECT 1 FROM {user} WHERE id = %(user)s AND is_active
-                   AND deleted_at IS NULL) AS active,
+           COALESCE(buyer.is_active AND buyer.deleted_at IS NULL, false) AS active,
+           buyer.email_verified_at IS NOT NULL AS verified,  -- issue 19, SPEC A2
            EXISTS (SELECT 1 FROM {subscription} WHERE user_id = %(user)s
                    AND provider_id = %(provider)s AND status IN ({live})) AS live,
            EXISTS (SELECT 1 FROM {byok} WHERE user_id = %(user)s
@@ -66,6 +68,7 @@ _STATE_SQL = """
            CASE WHEN request.id IS NULL THEN {next_subscription} END AS subscription_id,
            CASE WHEN request.id IS NULL THEN {next_byok} END AS byok_id
     FROM (SELECT 1) AS one
+    LEFT JOIN {user} AS buyer ON buyer.id = %(user)s
     LEFT JOIN {request} AS request
         ON request.user_id = %(user)s AND request.idempotency_key = %(key)s
 """
@@ -158,6 +161,8 @@ def purchase_plan(
             )
         if not state.active:
             raise AccountInactive()
+        if not state.verified:  # issue 19, SPEC A2: after the idempotency checks (P5)
+            raise EmailUnverified()
         if state.live:
             raise SubscriptionExists()
         if state.slot_taken:
@@ -173,6 +178,7 @@ def purchase_plan(
             now=now,
         )
         transaction.on_commit(lambda: _after_assignment(plan.plan_id, now), robust=True)
+        emails.after_commit(emails.PURCHASE_RECEIPT, state.subscription_id)  # issue 19, SPEC E1
     return PurchaseOutcome(201, body, False, state.subscription_id)
 
 

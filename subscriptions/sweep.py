@@ -21,7 +21,7 @@ from adminops.audit import SYSTEM_SWEEP, event_values, events_insert
 from billing.models import CreditAccount, LedgerEntry, TopUpAttempt
 from billing.services import charge_top_up_after_commit, entry_ctes, start_top_up
 from codingplans import sql
-from subscriptions import notifications
+from subscriptions import emails, notifications
 from subscriptions.actions import (
     apply_changes,
     audit_state,
@@ -47,6 +47,7 @@ class SweepCounts:
     canceled: int = 0
     auto_top_up_triggered: int = 0
     errors: int = 0
+    reminders_sent: int = 0  # SPEC E1, beyond L1's keys
     error_items: list[dict[str, object]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
@@ -85,11 +86,13 @@ def _process_locked(
             actor=SYSTEM_SWEEP,
             now=now,
         )
-        counts.canceled += 1
-        notifications.ended_as_requested(subscription)
+        counts.canceled += 1  # the plan-ended e-mail is end_subscription's (SPEC E1)
         return
     if _renew(subscription, now=now):
         counts.renewed += 1
+        emails.after_commit(  # SPEC E1
+            emails.RENEWAL_RECEIPT, subscription.pk, subscription.current_period_start
+        )
         return
     if subscription.status == Subscription.Status.ACTIVE:
         account = CreditAccount.objects.get(user_id=subscription.user_id)
@@ -103,8 +106,7 @@ def _process_locked(
     else:
         reason = Subscription.Reason.PAYMENT_FAILED
     end_subscription(subscription=subscription, reason=reason, actor=SYSTEM_SWEEP, now=now)
-    counts.terminated += 1
-    notifications.ended_unpaid(subscription)
+    counts.terminated += 1  # the plan-ended e-mail is end_subscription's (SPEC E1)
 
 
 # L2 in one statement: the guarded debit and its ledger entry (billing's own CTEs), then the
@@ -291,6 +293,9 @@ def run_billing_sweep(
                     {"subscription_id": subscription_id, "error": exc.__class__.__name__}
                 )
                 logger.exception("billing sweep failed for subscription %s", subscription_id)
+    # SPEC E1: renewal reminders (keyset-batched like the due subscriptions) and e-mails that a
+    # crashed task left unsent.
+    counts.reminders_sent += emails.sweep_emails(now=now, batch_size=batch_size, deadline=deadline)
     run.finished_at = timezone.now()
     run.counts = counts.as_dict()
     run.errors = counts.error_items[:1000]

@@ -30,3 +30,19 @@ def run_billing_sweep() -> dict:
 
     run = sweep(now=timezone.now(), trigger=SweepRun.Trigger.BEAT)
     return run.counts
+
+
+@shared_task(
+    name="subscriptions.tasks.send_customer_email",
+    # SPEC E1: a mail server that is briefly down delays a receipt, never loses it. Safe to
+    # repeat: the task claims its CustomerEmail row first, so a retried or duplicated task never
+    # sends twice.
+    autoretry_for=(smtplib.SMTPException, OSError),
+    retry_backoff=30,
+    retry_backoff_max=600,
+    max_retries=5,
+)
+def send_customer_email(email_id: int) -> str:
+    from subscriptions.emails import send_customer_email as send
+
+    return send(email_id=email_id, now=timezone.now())

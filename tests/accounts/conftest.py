@@ -1,5 +1,7 @@
 import pytest
 
+from tests.smtp import smtp_inbox  # noqa: F401 (a fixture: the SMTP server on loopback)
+
 
 @pytest.fixture(autouse=True)
 def fast_password_hasher(settings):

@@ -166,6 +166,45 @@ CUSTOMER_TABLE: dict[str, Entry] = {
         Call("POST", own(302)),
         owned=True,
     ),
+    # Issue 19 (SPEC A1, A2, E1): password reset (public, the same answer for every address),
+    # the links e-mailed to an address (public: the signed token is the authority; a bad one is
+    # 400), and the caller's own password, address and preferences.
+    "accounts/password-reset/": page(
+        "/accounts/password-reset/",
+        Call("GET", public(200)),
+        Call("POST", public(302), {"email": "nobody@example.com"}),
+    ),
+    "accounts/password-reset/done/": page(
+        "/accounts/password-reset/done/", Call("GET", public(200))
+    ),
+    "accounts/reset/<uidb64>/<token>/": page(
+        "/accounts/reset/MQ/bad-token/", Call("GET", public(200))
+    ),
+    "accounts/reset/done/": page("/accounts/reset/done/", Call("GET", public(200))),
+    "account/password/": page(
+        "/account/password/",
+        Call("GET", mine(200)),
+        Call("POST", mine(400), {"old_password": "wrong-pw-1"}),
+    ),
+    "account/email/": page(
+        "/account/email/",
+        Call("GET", mine(405)),
+        Call("POST", mine(400), {"email": "elsewhere@example.com", "password": "wrong-pw-1"}),
+    ),
+    "account/email/confirm/<str:token>/": page(
+        "/account/email/confirm/forged:token/", Call("GET", public(400)), Call("POST", public(400))
+    ),
+    "account/verify/<str:token>/": page(
+        "/account/verify/forged:token/", Call("GET", public(400)), Call("POST", public(400))
+    ),
+    "account/verify/resend/": page(
+        "/account/verify/resend/", Call("GET", mine(405)), Call("POST", mine(302))
+    ),
+    "account/notifications/": page(
+        "/account/notifications/",
+        Call("GET", mine(405)),
+        Call("POST", mine(302), {"renewal_reminders": "on"}),
+    ),
     "credits/": page("/credits/", Call("GET", mine(200))),
     "credits/auto-top-up/": page(
         "/credits/auto-top-up/",

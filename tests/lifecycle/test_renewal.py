@@ -256,6 +256,7 @@ def test_rerunning_the_sweep_at_the_same_instant_changes_nothing(
         "canceled": 1,
         "auto_top_up_triggered": 1,
         "errors": 0,
+        "reminders_sent": 0,
     }
     before = _snapshot()
     outbox = len(mail.outbox)

@@ -24,6 +24,8 @@ from tests.lifecycle.helpers import MICROS, PLUS, balance, bulk_due_subscription
 pytestmark = pytest.mark.django_db
 
 L1_KEYS = {"renewed", "past_due", "terminated", "canceled", "auto_top_up_triggered", "errors"}
+# Issue 19 (SPEC E1): the run also counts the renewal reminders it queued; L1's keys all stay.
+RUN_KEYS = L1_KEYS | {"reminders_sent"}
 
 
 @pytest.fixture
@@ -72,7 +74,7 @@ def test_counts_have_exactly_the_l1_keys_and_count_each_outcome(
     with django_capture_on_commit_callbacks(execute=True):
         run = run_billing_sweep(now=subs[renewing].current_period_end)
 
-    assert set(run.counts) == L1_KEYS
+    assert set(run.counts) == RUN_KEYS
     assert run.counts == {
         "renewed": 1,
         "past_due": 1,
@@ -80,6 +82,7 @@ def test_counts_have_exactly_the_l1_keys_and_count_each_outcome(
         "canceled": 1,
         "auto_top_up_triggered": 1,
         "errors": 1,
+        "reminders_sent": 0,
     }
     # SPEC O2: the run is recorded with its counts and the failing subscription's id.
     stored = SweepRun.objects.get(pk=run.pk)
@@ -171,7 +174,7 @@ def test_run_billing_sweep_command_prints_one_json_object_with_the_l1_keys(make_
     out = io.StringIO()
     call_command("run_billing_sweep", stdout=out)
     counts = json.loads(out.getvalue())
-    assert isinstance(counts, dict) and set(counts) == L1_KEYS
+    assert isinstance(counts, dict) and set(counts) == RUN_KEYS
     assert counts["renewed"] == 1
     run = SweepRun.objects.get()
     assert run.trigger == SweepRun.Trigger.COMMAND and run.counts == counts
@@ -194,5 +197,5 @@ def test_celery_task_is_registered_and_scheduled_hourly(settings, make_user, sto
     stock(PLUS)
     buy(make_user(credits_usd=40), timezone.now() - timedelta(days=30, minutes=1))
     counts = celery_app.tasks[name].delay().get()
-    assert set(counts) == L1_KEYS and counts["renewed"] == 1
+    assert set(counts) == RUN_KEYS and counts["renewed"] == 1
     assert SweepRun.objects.get().trigger == SweepRun.Trigger.BEAT

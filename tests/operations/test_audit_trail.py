@@ -60,6 +60,7 @@ SERVICE_MODULES = (
     "keyrotation",
     "upload",
     "upload_jobs",
+    "emails",
 )
 PLUS = "minimax-token-plan-plus"
 ROOT = Path(__file__).resolve().parents[2]
@@ -340,6 +341,66 @@ def create_user_by_operator(w: World) -> Expect:
             email="made@example.com", password=None, now=w.now, actor="system:command"
         ),
         {"user.created": "system:command"},
+    )
+
+
+def create_user_unverified(w: World) -> Expect:
+    return Expect(
+        lambda: accounts.create_user(
+            email="signup@example.com", password="pw-Long-1234", now=w.now, verified=False
+        ),
+        {"user.created": user_actor},
+    )
+
+
+# Issue 19 (SPEC A1, A2, E1): the address, the password and the e-mail preferences.
+
+
+def verify_email(w: World) -> Expect:
+    user = accounts.create_user(
+        email="unverified@example.com", password="pw-Long-1234", now=w.now, verified=False
+    )
+    return Expect(
+        lambda: accounts.verify_email(user=user, now=w.now),
+        {"user.email_verified": user_actor(user)},
+    )
+
+
+def change_email(w: World) -> Expect:
+    user = w.customer()
+    return Expect(
+        lambda: accounts.change_email(user=user, new_email="moved@example.com", now=w.now),
+        {"user.email_changed": user_actor(user)},
+    )
+
+
+def set_password_by_change(w: World) -> Expect:
+    user = w.customer()
+    return Expect(
+        lambda: accounts.set_password(
+            user=user, password="pw-New-98765", via=accounts.PasswordChannel.CHANGE, now=w.now
+        ),
+        {"user.password_changed": user_actor(user)},
+    )
+
+
+def set_password_by_reset(w: World) -> Expect:
+    user = w.customer()
+    return Expect(
+        lambda: accounts.set_password(
+            user=user, password="pw-New-98765", via=accounts.PasswordChannel.RESET, now=w.now
+        ),
+        {"user.password_changed": user_actor(user)},
+    )
+
+
+def set_notification_preferences(w: World) -> Expect:
+    user = w.customer()
+    return Expect(
+        lambda: accounts.set_notification_preferences(
+            user=user, renewal_reminders=False, now=w.now
+        ),
+        {"user.notifications_changed": user_actor(user)},
     )
 
 
@@ -693,7 +754,15 @@ AUDITED: dict[str, list[Callable[[World], Expect]]] = {
     "subscriptions.actions.terminate_subscription": [terminate_subscription],
     "subscriptions.actions.end_subscription": [end_subscription],
     "accounts.services.delete_account": [delete_account_by_customer, delete_account_by_staff],
-    "accounts.services.create_user": [create_user_by_sign_up, create_user_by_operator],
+    "accounts.services.create_user": [
+        create_user_by_sign_up,
+        create_user_by_operator,
+        create_user_unverified,
+    ],
+    "accounts.services.verify_email": [verify_email],
+    "accounts.services.change_email": [change_email],
+    "accounts.services.set_password": [set_password_by_change, set_password_by_reset],
+    "accounts.services.set_notification_preferences": [set_notification_preferences],
     "accounts.tokens.create_api_token": [create_api_token],
     "accounts.tokens.revoke_api_token": [revoke_api_token],
     "billing.services.grant_credits": [grant_credits],
@@ -779,18 +848,32 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "subscriptions.notifications.email_after_commit": (
         "queues a best-effort e-mail for after the caller's commit; changes no data"
     ),
-    "subscriptions.notifications.ended_as_requested": (
-        "queues the e-mail of a change the sweep audits (subscription.ended)"
-    ),
-    "subscriptions.notifications.ended_unpaid": (
-        "queues the e-mail of a change the sweep audits (subscription.ended)"
-    ),
     "subscriptions.notifications.payment_needed": (
         "queues the e-mail of a change the sweep audits (subscription.past_due)"
     ),
-    "subscriptions.notifications.ended_by_operator": (
-        "queues the e-mail of a change terminate_subscription audits (subscription.ended)"
+    # Issue 19: e-mails change no domain state; each send is recorded where it matters.
+    "accounts.services.new_email_for": (
+        "a read: checks the address asked for; the change is made (and audited) by change_email"
     ),
+    "accounts.emails.send_verification": "sends the verification link; changes no data",
+    "accounts.emails.send_password_reset": "sends the reset link; changes no data",
+    "accounts.emails.send_email_change_link": "sends the change link; changes no data",
+    "accounts.emails.send_email_changed_notice": "sends the notice; changes no data",
+    "subscriptions.emails.event_key": "pure function",
+    "subscriptions.emails.after_commit": "registers an on-commit hook inside the caller's change",
+    "subscriptions.emails.queue": (
+        "e-mail bookkeeping after the audited change commits: the CustomerEmail row is itself "
+        "the record (kind, event, subscription, time)"
+    ),
+    "subscriptions.emails.send_customer_email": (
+        "sends a recorded e-mail; only its CustomerEmail row (the record) changes"
+    ),
+    "subscriptions.emails.compose": "a read: the message for a recorded e-mail",
+    "subscriptions.emails.reminder_candidates": "a read (a queryset)",
+    "subscriptions.emails.sweep_emails": (
+        "queues reminders and unsent e-mails (CustomerEmail rows); counted in the SweepRun"
+    ),
+    "subscriptions.emails.requeue_unsent": "queues unsent e-mails again; changes no data",
     "inventory.alerts.staff_recipients": "a read",
     "inventory.alerts.rearm_low_stock": (
         "alert bookkeeping after a restock (clears the sent flag); the restock itself is "

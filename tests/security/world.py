@@ -23,6 +23,7 @@ from django.contrib import admin
 from django.contrib.contenttypes.models import ContentType
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
+from django.utils.http import urlsafe_base64_encode
 
 PLAN = "minimax-token-plan-plus"
 OTHER_PLAN = "minimax-token-plan-max"
@@ -345,6 +346,9 @@ PATH_PARAMS: dict[str, Callable[[World, Actor], Any]] = {
     "subscription_id": lambda w, a: a.ids.get("subscription_id"),
     "plan_id": lambda w, a: a.ids.get("plan_id"),
     "payment_id": lambda w, a: a.ids.get("payment_id"),
+    # Issue 19: the links e-mailed for a password reset, a verification or an e-mail change.
+    "uidb64": lambda w, a: urlsafe_base64_encode(str(a.user.pk).encode()),
+    "token": lambda w, a: "forged:token",
 }
 
 # Someone else's object (404 expected) or one that does not exist.
@@ -354,6 +358,8 @@ FOREIGN_PARAMS: dict[str, Callable[[World], list[Any]]] = {
     "subscription_id": lambda w: [w.other.ids["subscription_id"], MISSING_ID, "abc"],
     "plan_id": lambda w: ["no-such-plan", "sk-canary-lookalike-0000000000"],
     "payment_id": lambda w: [w.other.ids["payment_id"], MISSING_ID],
+    "uidb64": lambda w: [urlsafe_base64_encode(str(w.other.user.pk).encode()), "bad"],
+    "token": lambda w: ["sk-canary-lookalike-0000000000"],
 }
 
 

@@ -1,0 +1,337 @@
+"""Customer e-mails about subscriptions (issue 19, SPEC E1): the purchase receipt, each renewal's
+receipt, the renewal reminder, "cancellation scheduled" and "plan ended".
+
+How one gets sent, exactly once per event:
+
+1. The service that makes the event adds one line inside its transaction,
+   `emails.after_commit(kind, subscription_id, event_at)`: nothing happens unless it commits.
+2. After the commit, `queue` records a `CustomerEmail` row, unique on (kind, event key) — a
+   second hook for the same event (a re-run sweep, a retried request) finds the row and stops —
+   and hands its id to the Celery task `subscriptions.tasks.send_customer_email`.
+3. The task claims the row (`pending` → `sending`, one UPDATE; a duplicate delivery finds it
+   claimed or `sent` and sends nothing), renders the message from the database as it is now
+   (amounts in USD, times in UTC with the date spelled out, never a key), sends it with no
+   transaction open and no row lock held, and marks it `sent`. A mail server that fails puts the
+   row back to `pending` and the task retries with back-off.
+4. The hourly sweep calls `sweep_emails`: it finds reminder candidates (keyset-batched like due
+   subscriptions) and re-queues rows left `pending` (the broker was down at step 2) or stuck in
+   `sending` (a worker died mid-send).
+
+The one gap left: a process that dies between a commit and step 2 loses that e-mail (the row is
+written after the commit, so the purchase and renewal statements stay as lean as they are; an
+outbox row inside those statements would close it at the cost of a write on the hot path).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, F, OuterRef, Q
+from django.utils import timezone
+
+from billing.models import CreditAccount
+from billing.topup import top_up_available
+from codingplans.mail import send_templated, site_url, spelled_date, spelled_utc
+from codingplans.money import display_usd
+from subscriptions.models import ChargedTerm, CustomerEmail, Subscription
+
+logger = logging.getLogger(__name__)
+
+Kind = CustomerEmail.Kind
+Status = CustomerEmail.Status
+PURCHASE_RECEIPT = Kind.PURCHASE_RECEIPT
+RENEWAL_RECEIPT = Kind.RENEWAL_RECEIPT
+RENEWAL_REMINDER = Kind.RENEWAL_REMINDER
+CANCELLATION_SCHEDULED = Kind.CANCELLATION_SCHEDULED
+PLAN_ENDED = Kind.PLAN_ENDED
+
+REMINDER_LEAD = timedelta(days=3)  # SPEC E1: 3 days before the period end
+STALE_CLAIM = timedelta(minutes=10)  # a claim this old belongs to a worker that died
+MAX_ATTEMPTS = 10  # the sweep stops re-queuing an e-mail that failed this often
+
+# SPEC E1: "plan ended (with the reason)", in plain words.
+ENDED_BECAUSE = {
+    Subscription.Reason.USER_REQUESTED: (
+        "You canceled it, so it ended at the end of its paid period, as you asked."
+    ),
+    Subscription.Reason.INSUFFICIENT_CREDITS: (
+        "Your credit balance did not cover its renewal price of {price} and automatic top-up "
+        "was off, so it could not be renewed."
+    ),
+    Subscription.Reason.PAYMENT_FAILED: (
+        "Your credit balance did not cover its renewal price of {price}, and no payment "
+        "arrived within the grace period."
+    ),
+    Subscription.Reason.ADMINISTRATIVE: (
+        "An operator ended it. Contact support if you did not expect this."
+    ),
+    Subscription.Reason.ACCOUNT_DELETED: "Your account was deleted.",
+}
+
+
+def event_key(subscription_id: int, event_at: datetime | None = None) -> str:
+    if event_at is None:
+        return str(subscription_id)
+    return f"{subscription_id}:{event_at.astimezone(UTC).isoformat()}"
+
+
+# --- recording and queuing ---------------------------------------------------------------------
+
+
+def after_commit(kind: str, subscription_id: int, event_at: datetime | None = None) -> None:
+    """The one line a service adds inside its transaction: record and send this e-mail once the
+    transaction commits (never if it rolls back)."""
+    transaction.on_commit(lambda: queue(kind, subscription_id, event_at=event_at), robust=True)
+
+
+def queue(kind: str, subscription_id: int, *, event_at: datetime | None = None) -> bool:
+    """Record the e-mail for this event and queue its sending; False when the event already
+    has its e-mail (nothing is queued twice)."""
+    try:
+        with transaction.atomic():
+            _email, created = CustomerEmail.objects.get_or_create(
+                kind=kind,
+                event_key=event_key(subscription_id, event_at),
+                defaults={
+                    "subscription_id": subscription_id,
+                    "event_at": event_at,
+                    "created_at": timezone.now(),  # bookkeeping: when it was recorded
+                },
+            )
+    except IntegrityError:  # a concurrent hook for the same event recorded it first
+        return False
+    if created:
+        _deliver(_email.pk)
+    return created
+
+
+def _deliver(email_id: int) -> None:
+    from subscriptions.tasks import send_customer_email
+
+    try:
+        send_customer_email.delay(email_id)
+    except Exception:  # the broker is down (or, eagerly run, the send failed): the sweep retries
+        logger.exception("customer e-mail %s not sent now; the sweep queues it again", email_id)
+
+
+# --- sending -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    to: str
+    subject: str
+    template: str
+    context: dict
+
+
+def send_customer_email(*, email_id: int, now: datetime) -> str:
+    """Send one recorded e-mail unless it is sent or being sent (SPEC E1: once per event).
+    Returns "sent", "skipped" or "already". A mail-server error puts it back to pending and
+    propagates (the task retries)."""
+    claimed = (
+        CustomerEmail.objects.filter(pk=email_id)
+        .filter(
+            Q(status=Status.PENDING) | Q(status=Status.SENDING, claimed_at__lt=now - STALE_CLAIM)
+        )
+        .update(status=Status.SENDING, claimed_at=now, attempts=F("attempts") + 1)
+    )
+    if not claimed:
+        return "already"
+    email = CustomerEmail.objects.select_related("subscription__user").get(pk=email_id)
+    try:
+        message = compose(email)
+        if message is not None:
+            send_templated(
+                to=message.to,
+                subject=message.subject,
+                template=message.template,
+                context=message.context,
+            )
+    except Exception as exc:
+        CustomerEmail.objects.filter(pk=email_id, status=Status.SENDING).update(
+            status=Status.PENDING, last_error=exc.__class__.__name__[:100]
+        )
+        raise
+    status = Status.SENT if message is not None else Status.SKIPPED
+    CustomerEmail.objects.filter(pk=email_id, status=Status.SENDING).update(
+        status=status, sent_at=now if message is not None else None, last_error=""
+    )
+    return str(status)
+
+
+def compose(email: CustomerEmail) -> Message | None:
+    """The message for a recorded e-mail, from the database as it is now; None when it should
+    not go out (the account is gone, the reminder was turned off or no longer applies)."""
+    subscription = email.subscription
+    user = subscription.user
+    if user.deleted_at is not None or not user.is_active:
+        return None
+    price = display_usd(subscription.price_micros)
+    context = {
+        "plan_name": subscription.plan_name,
+        "provider_name": settings.PROVIDERS.get(subscription.provider_id, subscription.provider_id),
+        "price": price,
+        "period_days": subscription.billing_period_days,
+        "subscription_url": site_url(f"/subscriptions/coding-plans/{subscription.pk}/"),
+        "credits_url": site_url("/credits/"),
+        "account_url": site_url("/account/#notifications"),
+        "byok_url": site_url("/byok/"),
+        "subscriptions_url": site_url("/subscriptions/"),
+    }
+    plan = context["plan_name"]
+    if email.kind in (PURCHASE_RECEIPT, RENEWAL_RECEIPT):
+        terms = ChargedTerm.objects.select_related("ledger_entry").filter(subscription=subscription)
+        if email.kind == PURCHASE_RECEIPT:
+            term = terms.order_by("period_start").first()
+        else:
+            term = terms.filter(period_start=email.event_at).first()
+        if term is None:
+            return None
+        amount = display_usd(term.amount_micros)
+        context |= {
+            "amount": amount,
+            "charged_at": spelled_utc(term.charged_at),
+            "period_start": spelled_utc(term.period_start),
+            "period_end": spelled_utc(term.period_end),
+            "balance_after": display_usd(term.ledger_entry.balance_after_micros),
+            "receipt_number": f"CP-{term.pk:06d}",
+        }
+        if email.kind == PURCHASE_RECEIPT:
+            subject = f"Receipt: {plan}, {amount}"
+            template = "subscriptions/email/purchase_receipt"
+        else:
+            subject = f"Receipt: {plan} renewed, {amount}"
+            template = "subscriptions/email/renewal_receipt"
+    elif email.kind == RENEWAL_REMINDER:
+        if not user.renewal_reminders or not _reminder_applies(subscription, email.event_at):
+            return None
+        account = CreditAccount.objects.get(user_id=user.pk)
+        balance = account.balance_micros
+        context |= {
+            # On but with no processor configured (SPEC M7): it cannot run, so say that.
+            "auto_top_up_on": account.auto_top_up_enabled,
+            "renews_at": spelled_utc(subscription.current_period_end),
+            "balance": display_usd(balance),
+            "shortfall": display_usd(subscription.price_micros - balance),
+        }
+        subject = (
+            f"Add credits: your {plan} renews on {spelled_date(subscription.current_period_end)}"
+        )
+        template = "subscriptions/email/renewal_reminder"
+    elif email.kind == CANCELLATION_SCHEDULED:
+        context |= {
+            "access_until": spelled_utc(subscription.current_period_end),
+            "requested_at": spelled_utc(email.event_at or subscription.updated_at),
+        }
+        subject = f"Your {plan} is set to end on {spelled_date(subscription.current_period_end)}"
+        template = "subscriptions/email/cancellation_scheduled"
+    elif email.kind == PLAN_ENDED:
+        if subscription.status != Subscription.Status.CANCELED:
+            return None
+        reason = subscription.cancellation_reason or ""
+        context |= {
+            "ended_at": spelled_utc(subscription.canceled_at or subscription.updated_at),
+            "reason": ENDED_BECAUSE.get(reason, "It was ended.").format(price=price),
+            "reason_code": reason,
+        }
+        subject = f"Your {plan} has ended"
+        template = "subscriptions/email/plan_ended"
+    else:
+        return None
+    return Message(to=user.email, subject=subject, template=template, context=context)
+
+
+def _reminder_applies(subscription: Subscription, period_end: datetime | None) -> bool:
+    """Still true at sending time: the same period is about to renew and will not be paid."""
+    if (
+        subscription.status != Subscription.Status.ACTIVE
+        or subscription.cancel_at_period_end
+        or subscription.current_period_end != period_end
+    ):
+        return False
+    account = CreditAccount.objects.filter(user_id=subscription.user_id).first()
+    if account is None or account.balance_micros >= subscription.price_micros:
+        return False
+    return not (account.auto_top_up_enabled and top_up_available())
+
+
+# --- the sweep's part --------------------------------------------------------------------------
+
+
+def reminder_candidates(now: datetime):
+    """Live subscriptions whose period ends within REMINDER_LEAD, that will renew (not
+    canceling), whose balance does not cover the price, with auto top-up off (or no processor
+    to run it), whose owner wants reminders, and that have no reminder for this period yet."""
+    accounts = CreditAccount.objects.filter(
+        user_id=OuterRef("user_id"), balance_micros__lt=OuterRef("price_micros")
+    )
+    if top_up_available():
+        accounts = accounts.filter(auto_top_up_enabled=False)
+    reminded = CustomerEmail.objects.filter(
+        subscription_id=OuterRef("pk"),
+        kind=RENEWAL_REMINDER,
+        event_at=OuterRef("current_period_end"),
+    )
+    return (
+        Subscription.objects.filter(
+            status=Subscription.Status.ACTIVE,
+            cancel_at_period_end=False,
+            current_period_end__gt=now,
+            current_period_end__lte=now + REMINDER_LEAD,
+            user__is_active=True,
+            user__deleted_at__isnull=True,
+            user__renewal_reminders=True,
+        )
+        .filter(Exists(accounts))
+        .exclude(Exists(reminded))
+    )
+
+
+def sweep_emails(*, now: datetime, batch_size: int, deadline: float) -> int:
+    """The sweep's e-mail work (SPEC E1), after the due subscriptions: queue each reminder due
+    now, in (period end, id) keyset batches within the sweep's time budget, then re-queue
+    e-mails left unsent. Returns the reminders queued (SweepRun's `reminders_sent`)."""
+    queued = 0
+    cursor: tuple[datetime, int] | None = None
+    while time.monotonic() < deadline:
+        batch = reminder_candidates(now).order_by("current_period_end", "id")
+        if cursor is not None:
+            batch = batch.filter(
+                Q(current_period_end__gt=cursor[0])
+                | Q(current_period_end=cursor[0], id__gt=cursor[1])
+            )
+        rows = list(batch.values_list("id", "current_period_end")[:batch_size])
+        if not rows:
+            break
+        for subscription_id, period_end in rows:
+            cursor = (period_end, subscription_id)
+            try:
+                queued += queue(RENEWAL_REMINDER, subscription_id, event_at=period_end)
+            except Exception:
+                logger.exception("renewal reminder for subscription %s failed", subscription_id)
+    requeue_unsent(now=now, limit=batch_size)
+    return queued
+
+
+def requeue_unsent(*, now: datetime, limit: int = 1000) -> int:
+    """Queue again e-mails recorded but not sent: left pending (the broker was down, or every
+    retry failed) or claimed by a worker that died. Each is still sent at most once."""
+    stuck = (
+        CustomerEmail.objects.filter(attempts__lt=MAX_ATTEMPTS)
+        .filter(
+            Q(status=Status.PENDING, created_at__lt=now - STALE_CLAIM)
+            | Q(status=Status.SENDING, claimed_at__lt=now - STALE_CLAIM)
+        )
+        .order_by("created_at", "id")
+        .values_list("id", flat=True)[:limit]
+    )
+    ids = list(stuck)
+    for email_id in ids:
+        _deliver(email_id)
+    return len(ids)
