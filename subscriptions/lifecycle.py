@@ -26,6 +26,7 @@ from billing.services import (
     entry_ctes,
     lock_credit_account,
     start_top_up,
+    top_up_blocker,
 )
 from byok.services import remove_installed_entry
 from codingplans import sql
@@ -358,10 +359,19 @@ def _enter_grace(
     old = _state(subscription)
     due_at = subscription.current_period_end
     attempted = True
+    started = False
     if subscription.top_up_attempted_for != due_at:
-        # None when no backend is configured (M7): no attempt, and nothing granted for free.
-        if start_top_up(account=account, subscription_id=subscription.pk, due_at=due_at, now=now):
+        # None when no backend is configured (M7) or no saved card (M4): no attempt, and
+        # nothing granted for free. The amount covers at least the shortfall (M4).
+        if start_top_up(
+            account=account,
+            subscription_id=subscription.pk,
+            due_at=due_at,
+            now=now,
+            price_micros=subscription.price_micros,
+        ):
             counts.auto_top_up_triggered += 1
+            started = True
         else:
             attempted = TopUpAttempt.objects.filter(
                 subscription_id=subscription.pk, due_at=due_at
@@ -382,6 +392,9 @@ def _enter_grace(
         old=old,
         new=_state(subscription),
     )
+    if started:
+        return  # the past-due e-mail follows the top-up's outcome (receivers.top_up_outcome)
+    blocker = "" if attempted else top_up_blocker(user_id=subscription.user_id)
     _email_after_commit(
         subscription.user_id,
         f"Payment needed for your {subscription.plan_name}",
@@ -389,6 +402,10 @@ def _enter_grace(
         + (
             "We attempted an automatic top-up. "
             if attempted
+            else "Automatic top-up could not charge you: there is no saved card. Add a card "
+            "(tick “Save this card for automatic top-up” when you add credits) or add credits "
+            "at /credits. "
+            if blocker == "no_card"
             else "Automatic top-up is not available at the moment. "
         )
         + "Add credits "

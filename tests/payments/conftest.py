@@ -20,7 +20,7 @@ from django.conf import settings as django_settings
 from django.test import Client
 from django.utils import timezone
 
-from accounts.services import create_api_token
+from accounts.tokens import create_api_token
 from billing.models import LedgerEntry
 from codingplans.devenv import embedded_localstripe, register_localstripe_webhook
 
