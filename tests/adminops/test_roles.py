@@ -154,6 +154,10 @@ SUPPORT_PAGES = {
     "users",
     "user",
     "delete account",
+    # issue 16: payments and the ledger, read-only (SPEC M5: refunds are the Billing role's)
+    "ledger",
+    "credit accounts",
+    "top-ups",
 }
 ACTION_PAGES = {"upload", "revocation queue", "record revocation", "terminate", "delete account"}
 

@@ -29,8 +29,8 @@ from billing.services import grant_credits, set_auto_top_up
 from billing.topup import BACKENDS, ChargeResult
 from payments.models import CardPayment, StripeCustomer
 from payments.topup import StripeTopUp
-from subscriptions.lifecycle import run_billing_sweep
 from subscriptions.errors import SubscriptionExists
+from subscriptions.lifecycle import run_billing_sweep
 from subscriptions.models import Subscription
 from subscriptions.services import purchase_plan
 from tests.billing.helpers import ledger_state
