@@ -5,6 +5,9 @@ actions a staff member reaches. A staff member is `is_staff` plus membership of 
 - Support: read subscriptions, users, credentials and charged terms; record revocation outcomes,
   terminate subscriptions, delete accounts.
 - Auditors: view-only on everything, no actions.
+- Billing (issue 16, SPEC M5, M6): read card payments, refunds, credit accounts and the ledger;
+  refund card payments and adjust credits. Only this role (and superusers) moves money back.
+  Support sees payments read-only.
 
 `sync_staff_roles` creates the groups and adds missing permissions; it never removes one, so a
 permission an operator adds by hand stays. It runs from the data migration and after every
@@ -20,6 +23,18 @@ from django.db import DEFAULT_DB_ALIAS
 INVENTORY_MANAGERS = "Inventory managers"
 SUPPORT = "Support"
 AUDITORS = "Auditors"
+BILLING = "Billing"
+
+# SPEC M9, M5: what Support and Billing read of card payments (read-only for Support).
+_PAYMENTS_READ = (
+    "payments.view_cardpayment",
+    "payments.view_refund",
+    "payments.view_stripecustomer",
+    "payments.view_webhookevent",
+    "billing.view_creditaccount",
+    "billing.view_ledgerentry",
+    "billing.view_topupattempt",
+)
 
 ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
     INVENTORY_MANAGERS: (
@@ -36,6 +51,15 @@ ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "inventory.record_revocation",
         "subscriptions.terminate_subscription",
         "accounts.delete_account",
+        "adminops.view_auditevent",
+        *_PAYMENTS_READ,
+    ),
+    BILLING: (
+        *_PAYMENTS_READ,
+        "accounts.view_user",
+        "subscriptions.view_subscription",
+        "payments.refund_cardpayment",
+        "billing.adjust_credits",
         "adminops.view_auditevent",
     ),
 }

@@ -21,6 +21,8 @@ class CreditAccount(models.Model):
     updated_at = models.DateTimeField()
 
     class Meta:
+        # SPEC M6: staff with the billing role grant or remove credits from the admin.
+        permissions = [("adjust_credits", "Can grant or remove credits (adjustments)")]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(balance_micros__gte=0), name="billing_balance_non_negative"
@@ -45,6 +47,8 @@ class LedgerEntry(models.Model):
         ADJUSTMENT = "adjustment", "Adjustment"
         CARD_PAYMENT = "card_payment", "Card payment"
         FORFEITED = "forfeited", "Forfeited at account deletion"
+        REFUND = "refund", "Refund to card"
+        REFUND_REVERSED = "refund_reversed", "Refund reversed"
 
     account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="entries")
     kind = models.CharField(max_length=20, choices=Kind.choices)
@@ -67,10 +71,19 @@ class LedgerEntry(models.Model):
             ),
             # SPEC M2: one `card_payment` entry per PaymentIntent (reference `stripe_pi:<id>`),
             # whichever path (the confirmation's answer, the return page, the webhook) grants.
+            # SPEC M4, S5: an auto top-up charged by card credits a `top_up` entry with the
+            # same reference, so one PaymentIntent credits once whatever its kind.
             models.UniqueConstraint(
                 fields=["reference"],
-                condition=models.Q(kind="card_payment"),
-                name="billing_one_card_payment_entry_per_reference",
+                condition=models.Q(kind__in=["card_payment", "top_up"]),
+                name="billing_one_card_credit_entry_per_reference",
+            ),
+            # SPEC M5: one `refund` and at most one `refund_reversed` entry per refund
+            # (reference `refund:<id>`).
+            models.UniqueConstraint(
+                fields=["kind", "reference"],
+                condition=models.Q(kind__in=["refund", "refund_reversed"]),
+                name="billing_one_refund_entry_per_reference",
             ),
         ]
 
@@ -89,13 +102,24 @@ class TopUpAttempt(models.Model):
         PENDING = "pending", "Pending"
         APPROVED = "approved", "Approved"
         DECLINED = "declined", "Declined"
+        # SPEC M4: the bank asks the customer to authenticate; `action_url` is where.
+        REQUIRES_ACTION = "requires_action", "Needs the customer's authentication"
 
     account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="top_ups")
     subscription_id = models.BigIntegerField()
     due_at = models.DateTimeField()
     amount_micros = models.BigIntegerField()
     backend = models.CharField(max_length=40)
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    decline_code = models.CharField(
+        max_length=100, blank=True, help_text="The processor's decline code (SPEC M4)."
+    )
+    reference = models.CharField(
+        max_length=100, blank=True, help_text="The processor's charge, e.g. stripe_pi:<id>."
+    )
+    action_url = models.CharField(
+        max_length=200, blank=True, help_text="Where the customer completes an authentication."
+    )
     ledger_entry = models.OneToOneField(
         LedgerEntry, null=True, blank=True, on_delete=models.PROTECT, related_name="top_up_attempt"
     )

@@ -16,3 +16,24 @@ def ledger_page(user, *, before_id: int | None = None, limit: int = 50) -> list[
     if before_id is not None:
         entries = entries.filter(id__lt=before_id)
     return list(entries[:limit])
+
+
+def top_up_for_term(*, subscription_id: int, due_at) -> dict | None:
+    """The auto top-up attempt of one due term, as the subscription page shows it (SPEC M4, U4):
+    status, amount, the decline reason in plain words, where to authenticate."""
+    from billing.models import TopUpAttempt
+    from billing.topup import decline_words
+
+    attempt = TopUpAttempt.objects.filter(subscription_id=subscription_id, due_at=due_at).first()
+    if attempt is None:
+        return None
+    return {
+        "status": attempt.status,
+        "amount_micros": attempt.amount_micros,
+        "decline_reason": decline_words(attempt.decline_code)
+        if attempt.status == TopUpAttempt.Status.DECLINED
+        else "",
+        "action_url": attempt.action_url
+        if attempt.status == TopUpAttempt.Status.REQUIRES_ACTION
+        else "",
+    }

@@ -6,15 +6,24 @@ an account even before the row lock is considered; the check constraint is the l
 
 from __future__ import annotations
 
+import inspect
 from datetime import datetime
 from typing import Any
 
 from django.db import transaction
 
 from adminops.audit import record_event
-from billing.errors import AutoTopUpUnavailable, InsufficientCredits, InvalidCreditAmount
+from billing.errors import (
+    AdjustmentTooLarge,
+    AutoTopUpNeedsCard,
+    AutoTopUpUnavailable,
+    InsufficientCredits,
+    InvalidCreditAmount,
+    ReasonRequired,
+)
 from billing.models import CreditAccount, LedgerEntry
 from codingplans import sql as sql_helpers
+from codingplans.money import display_usd
 
 MAX_GRANT_MICROS = 1_000_000 * 1_000_000  # $1,000,000: a typo guard for operators
 CENT_MICROS = 10_000  # customers see two decimals, so operators grant whole cents (SPEC 0, 11.1)
@@ -182,12 +191,92 @@ def grant_credits(
     return entry
 
 
+def adjust_credits(
+    *, user, amount_micros: int, reason: str, actor: str, now: datetime
+) -> LedgerEntry:
+    """Staff grant (positive) or remove (negative) credits with a reason (SPEC M6): one
+    `adjustment` entry and an audit event naming the staff member. A removal never takes the
+    balance below zero: it is refused (AdjustmentTooLarge, saying the most that can be
+    removed) and nothing changes."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ReasonRequired()
+    if amount_micros == 0 or abs(amount_micros) > MAX_GRANT_MICROS or amount_micros % CENT_MICROS:
+        raise InvalidCreditAmount()
+    with transaction.atomic(durable=True):
+        open_credit_account(user=user, now=now)
+        balance = lock_credit_account(user_id=user.pk) or 0
+        if amount_micros < 0 and -amount_micros > balance:
+            raise AdjustmentTooLarge(
+                f"A removal cannot take the balance below zero: at most "
+                f"{display_usd(balance)} can be removed."
+            )
+        entry = post_entry(
+            user=user,
+            amount_micros=amount_micros,
+            kind=LedgerEntry.Kind.ADJUSTMENT,
+            actor=actor,
+            now=now,
+            reason=reason,
+            reference=f"user:{user.pk}",
+        )
+        record_event(
+            actor=actor,
+            subject=("billing.creditaccount", entry.account_id),
+            event_type="credits.adjusted",
+            now=now,
+            old={"balance_micros": balance},
+            new={
+                "amount_micros": amount_micros,
+                "balance_micros": entry.balance_after_micros,
+                "reason": reason[:255],
+                "ledger_entry_id": entry.pk,
+            },
+        )
+    return entry
+
+
+def debit_refund(
+    *, user_id: int, amount_micros: int, refund_id: int, actor: str, now: datetime, reason: str
+) -> LedgerEntry:
+    """A card refund's debit (SPEC M5), inside the caller's transaction after it locked the
+    credit account: one negative `refund` entry (reference `refund:<id>`, unique). Raises
+    InsufficientCredits when the balance is short: credits already spent are not refunded."""
+    if amount_micros <= 0 or amount_micros % CENT_MICROS:
+        raise InvalidCreditAmount()
+    return post_entry(
+        user_id=user_id,
+        amount_micros=-amount_micros,
+        kind=LedgerEntry.Kind.REFUND,
+        actor=actor,
+        now=now,
+        reason=reason,
+        reference=f"refund:{refund_id}",
+    )
+
+
+def reverse_refund(
+    *, user_id: int, amount_micros: int, refund_id: int, actor: str, now: datetime
+) -> LedgerEntry:
+    """A refund the processor failed puts the credits back (SPEC M5): one `refund_reversed`
+    entry per refund (reference `refund:<id>`, unique), inside the caller's transaction."""
+    return post_entry(
+        user_id=user_id,
+        amount_micros=amount_micros,
+        kind=LedgerEntry.Kind.REFUND_REVERSED,
+        actor=actor,
+        now=now,
+        reason="Refund failed at the card processor; credits put back",
+        reference=f"refund:{refund_id}",
+    )
+
+
 def set_auto_top_up(
     *, user, enabled: bool, amount_micros: int, actor: str, now: datetime
 ) -> CreditAccount:
     if amount_micros <= 0 or amount_micros > 10_000 * 1_000_000 or amount_micros % CENT_MICROS:
         raise InvalidCreditAmount("The top-up amount must be between $0.01 and $10,000.00.")
-    from billing.topup import top_up_available
+    from billing.topup import can_charge, top_up_available
 
     if enabled and not top_up_available():
         # SPEC M7: no processor configured, so turning it on would promise what cannot happen
@@ -201,6 +290,10 @@ def set_auto_top_up(
             amount_micros,
         ):
             return account  # saving the same settings again is a no-op: no write, no audit event
+        if enabled and not can_charge(user.pk):
+            # SPEC M4: the stripe backend charges the saved card; without one, nothing could be
+            # charged. Checked under the account lock, which removing the card also takes.
+            raise AutoTopUpNeedsCard()
         old = {
             "enabled": account.auto_top_up_enabled,
             "amount_micros": account.auto_top_up_amount_micros,
@@ -222,28 +315,74 @@ def set_auto_top_up(
     return account
 
 
-def start_top_up(*, account: CreditAccount, subscription_id: int, due_at: datetime, now: datetime):
-    """Record a pending top-up attempt for one due term, inside the sweep's transaction; the
-    processor is called once that transaction has committed (`charge_top_up_after_commit`).
-    Returns None when this term already had one (L4) or no backend is configured (M7: no
-    attempt, never a free grant)."""
+def turn_off_auto_top_up(*, user_id: int, actor: str, now: datetime, why: str) -> bool:
+    """Inside the caller's transaction, after it locked the credit account (removing the saved
+    card, SPEC M4): auto top-up off, audited. Returns whether it was on."""
+    account = CreditAccount.objects.filter(user_id=user_id, auto_top_up_enabled=True).first()
+    if account is None:
+        return False
+    account.auto_top_up_enabled = False
+    account.updated_at = now
+    account.save(update_fields=["auto_top_up_enabled", "updated_at"])
+    record_event(
+        actor=actor,
+        subject=account,
+        event_type="credits.auto_top_up_changed",
+        now=now,
+        old={"enabled": True},
+        new={"enabled": False, "why": why},
+    )
+    return True
+
+
+def start_top_up(
+    *,
+    account: CreditAccount,
+    subscription_id: int,
+    due_at: datetime,
+    now: datetime,
+    price_micros: int = 0,
+):
+    """Record a pending top-up attempt for one due term, inside the sweep's transaction (the
+    credit account is locked, so `account.balance_micros` is current); the processor is called
+    once that transaction has committed (`charge_top_up_after_commit`). The amount is SPEC M4's:
+    the larger of the configured amount and the shortfall for the renewal (`price_micros`),
+    rounded up to whole dollars. Returns None when this term already had one (L4), no backend
+    is configured (M7: no attempt, never a free grant) or the backend cannot charge this
+    customer (M4: no saved card → no attempt)."""
     from billing.models import TopUpAttempt
-    from billing.topup import get_backend, top_up_available
+    from billing.topup import can_charge, get_backend, top_up_amount, top_up_available
 
     if not top_up_available():
         return None
     if TopUpAttempt.objects.filter(subscription_id=subscription_id, due_at=due_at).exists():
         return None
+    if not can_charge(account.user_id):
+        return None
     attempt = TopUpAttempt.objects.create(
         account=account,
         subscription_id=subscription_id,
         due_at=due_at,
-        amount_micros=account.auto_top_up_amount_micros,
+        amount_micros=top_up_amount(
+            configured_micros=account.auto_top_up_amount_micros,
+            price_micros=price_micros,
+            balance_micros=account.balance_micros,
+        ),
         backend=get_backend().name,
         created_at=now,
     )
     charge_top_up_after_commit(attempt_id=attempt.pk, now=now)
     return attempt
+
+
+def top_up_blocker(*, user_id: int) -> str:
+    """Why the sweep started no attempt for a customer with auto top-up on, for the past-due
+    e-mail: `unavailable` (no backend, M7) or `no_card` (M4), else ``."""
+    from billing.topup import can_charge, top_up_available
+
+    if not top_up_available():
+        return "unavailable"
+    return "" if can_charge(user_id) else "no_card"
 
 
 def charge_top_up_after_commit(*, attempt_id: int, now: datetime) -> None:
@@ -280,18 +419,17 @@ def execute_top_up(*, attempt_id: int, now: datetime) -> None:
     if row is None:
         return
     user_id, amount_micros = row
-    result = get_backend().charge(
-        attempt_id=attempt_id, user_id=user_id, amount_micros=amount_micros
-    )
+    charge = get_backend().charge
+    extra = {"now": now} if "now" in inspect.signature(charge).parameters else {}
+    # A backend that takes `now` gets the sweep's clock (the stripe backend dates its card
+    # payment with it and judges whether an earlier charge may still be in flight).
+    result = charge(attempt_id=attempt_id, user_id=user_id, amount_micros=amount_micros, **extra)
     record_top_up_outcome(attempt_id=attempt_id, result=result, now=now)
 
 
 def record_top_up_outcome(*, attempt_id: int, result, now: datetime) -> bool:
-    """Settle a pending attempt with the processor's answer, in one short transaction: approved
-    credits the account once (`top_up`); declined writes a zero-amount `top_up_declined` entry
-    and changes no balance (S5). An attempt already settled is left alone (returns False), so a
-    repeated or concurrent recording never grants twice. Lock order: credit account, then the
-    attempt."""
+    """Settle an attempt with the processor's answer, in one short transaction (see
+    `apply_top_up_outcome`). Lock order: credit account, then the attempt."""
     from billing.models import TopUpAttempt
 
     with transaction.atomic(durable=True):
@@ -303,49 +441,93 @@ def record_top_up_outcome(*, attempt_id: int, result, now: datetime) -> bool:
         if user_id is None:
             return False
         lock_credit_account(user_id=user_id)
-        attempt = (
-            TopUpAttempt.objects.select_for_update(of=("self",))
-            .filter(pk=attempt_id, status=TopUpAttempt.Status.PENDING)
-            .first()
+        return apply_top_up_outcome(
+            attempt_id=attempt_id, result=result, actor="system:sweep", now=now
         )
-        if attempt is None:
-            return False  # already settled by an earlier or concurrent recording
-        reference = f"top_up:{attempt.pk}"
-        if result.approved:
-            entry = post_entry(
-                user_id=user_id,
-                amount_micros=attempt.amount_micros,
-                kind=LedgerEntry.Kind.TOP_UP,
-                actor="system:sweep",
-                now=now,
-                reason="Automatic top-up for a plan renewal",
-                reference=reference,
-            )
-            attempt.status = TopUpAttempt.Status.APPROVED
-        else:
-            entry = post_entry(
-                user_id=user_id,
-                amount_micros=0,
-                kind=LedgerEntry.Kind.TOP_UP_DECLINED,
-                actor="system:sweep",
-                now=now,
-                reason=f"Automatic top-up declined ({result.decline_reason or 'declined'})",
-                reference=reference,
-            )
-            attempt.status = TopUpAttempt.Status.DECLINED
+
+
+def apply_top_up_outcome(*, attempt_id: int, result, actor: str, now: datetime) -> bool:
+    """Inside the caller's transaction, after it locked the credit account: move an open attempt
+    (pending, or waiting for the customer's authentication) to what the processor says.
+    Approved credits the account once (`top_up`, S5; reference `result.ledger_reference` — the
+    PaymentIntent for a card, unique among card credits — else `top_up:<id>`); declined writes
+    a zero-amount `top_up_declined` entry with the code and changes no balance; requires_action
+    records where the customer completes it; pending changes nothing. An attempt already
+    settled (or already in that state) is left alone (returns False), so a repeated or
+    concurrent recording never grants twice. Announces the change after commit
+    (`billing.signals.top_up_settled`)."""
+    from billing.models import TopUpAttempt
+    from billing.signals import top_up_settled
+
+    Status = TopUpAttempt.Status
+    attempt = (
+        TopUpAttempt.objects.select_for_update(of=("self",))
+        .filter(pk=attempt_id, status__in=[Status.PENDING, Status.REQUIRES_ACTION])
+        .select_related("account")
+        .first()
+    )
+    if attempt is None or result.pending:
+        return False  # settled by an earlier or concurrent recording, or nothing to record
+    if result.requires_action and attempt.status == Status.REQUIRES_ACTION:
+        return False
+    user_id = attempt.account.user_id
+    reference = f"top_up:{attempt.pk}"
+    old = attempt.status
+    fields = ["status", "reference", "decline_code", "action_url"]
+    if result.approved:
+        entry = post_entry(
+            user_id=user_id,
+            amount_micros=attempt.amount_micros,
+            kind=LedgerEntry.Kind.TOP_UP,
+            actor=actor,
+            now=now,
+            reason="Automatic top-up for a plan renewal",
+            reference=result.ledger_reference or reference,
+        )
+        attempt.status = Status.APPROVED
+        attempt.decline_code = ""
+    elif result.requires_action:
+        entry = None
+        attempt.status = Status.REQUIRES_ACTION
+        attempt.action_url = result.action_url[:200]
+    else:
+        code = (result.decline_reason or "card_declined")[:100]
+        entry = post_entry(
+            user_id=user_id,
+            amount_micros=0,
+            kind=LedgerEntry.Kind.TOP_UP_DECLINED,
+            actor=actor,
+            now=now,
+            reason=f"Automatic top-up declined ({code})",
+            reference=reference,
+        )
+        attempt.status = Status.DECLINED
+        attempt.decline_code = code
+    if result.reference:
+        attempt.reference = result.reference[:100]
+    if entry is not None:
         attempt.ledger_entry = entry
         attempt.resolved_at = now
-        attempt.save(update_fields=["status", "ledger_entry", "resolved_at"])
-        record_event(
-            actor="system:sweep",
-            subject=attempt,
-            event_type=f"top_up.{attempt.status}",
-            now=now,
-            new={
-                "amount_micros": attempt.amount_micros,
-                "subscription_id": attempt.subscription_id,
-            },
-        )
+        fields += ["ledger_entry", "resolved_at"]
+    attempt.save(update_fields=fields)
+    record_event(
+        actor=actor,
+        subject=attempt,
+        event_type=f"top_up.{attempt.status}",
+        now=now,
+        old={"status": old},
+        new={
+            "status": attempt.status,
+            "amount_micros": attempt.amount_micros,
+            "subscription_id": attempt.subscription_id,
+            **({"decline_code": attempt.decline_code} if attempt.decline_code else {}),
+        },
+    )
+    status = attempt.status
+    transaction.on_commit(
+        lambda: top_up_settled.send(sender=TopUpAttempt, attempt_id=attempt_id, status=status),
+        robust=True,
+    )
     return True
 
 

@@ -6,10 +6,10 @@ from django.views.decorators.http import require_POST
 
 from adminops.audit import actor_for
 from billing import selectors, services
-from billing.errors import AutoTopUpUnavailable, InvalidCreditAmount
+from billing.errors import AutoTopUpNeedsCard, AutoTopUpUnavailable, InvalidCreditAmount
 from billing.forms import AutoTopUpForm
 from billing.pages import credits_sections
-from billing.topup import top_up_available
+from billing.topup import can_charge, top_up_available
 from codingplans.money import format_usd
 
 
@@ -34,6 +34,8 @@ def _page(request, form=None, status=200):
             "next_before": entries[49].pk if len(entries) > 50 else None,
             "form": form,
             "auto_top_up_available": top_up_available(),
+            # SPEC M4: the stripe backend charges the saved card; without one, say so.
+            "auto_top_up_needs_card": top_up_available() and not can_charge(request.user.pk),
             "sections": credits_sections(request),
         },
         status=status,
@@ -62,7 +64,7 @@ def auto_top_up(request):
     except InvalidCreditAmount as exc:
         form.add_error("amount_usd", exc.message)
         return _page(request, form)
-    except AutoTopUpUnavailable as exc:  # SPEC M7: no processor configured
+    except (AutoTopUpUnavailable, AutoTopUpNeedsCard) as exc:  # SPEC M7; M4: no saved card
         form.add_error("enabled", exc.message)
         return _page(request, form, status=exc.status)
     messages.success(request, "Auto top-up settings saved.")

@@ -279,10 +279,11 @@ CODING_PLANS_TOP_UP_BACKEND = os.environ.get(
 ).strip()
 CODING_PLANS_ALLOW_SIMULATED_PAYMENTS = env_bool("CODING_PLANS_ALLOW_SIMULATED_PAYMENTS", False)
 _SIMULATED_TOP_UP_BACKENDS = {"simulated-approve", "simulated-decline"}
-if CODING_PLANS_TOP_UP_BACKEND and CODING_PLANS_TOP_UP_BACKEND not in {
-    "stripe",
-    *_SIMULATED_TOP_UP_BACKENDS,
-}:
+# `stripe` (SPEC M4): the saved card charged off-session, by the backend the payments app
+# registers (payments/topup.py); it needs the STRIPE_* keys below (checked after them).
+if CODING_PLANS_TOP_UP_BACKEND and CODING_PLANS_TOP_UP_BACKEND not in (
+    _SIMULATED_TOP_UP_BACKENDS | {"stripe"}
+):
     raise ImproperlyConfigured(
         "CODING_PLANS_TOP_UP_BACKEND must be unset, stripe, simulated-approve or simulated-decline."
     )
@@ -311,15 +312,22 @@ STRIPE_API_BASE = (
 ).rstrip("/")
 STRIPE_JS_URL = os.environ.get("STRIPE_JS_URL", "").strip() or "https://js.stripe.com/v3/"
 STRIPE_TIMEOUT_SECONDS = float(os.environ.get("STRIPE_TIMEOUT_SECONDS", "20"))
-_stripe_missing = [
-    name
-    for name in ("STRIPE_SECRET_KEY", "STRIPE_PUBLISHABLE_KEY", "STRIPE_WEBHOOK_SECRET")
-    if not globals()[name]
-]
-if CODING_PLANS_TOP_UP_BACKEND == "stripe" and _stripe_missing and not DEBUG:
-    raise ImproperlyConfigured(
-        f"CODING_PLANS_TOP_UP_BACKEND=stripe needs {', '.join(_stripe_missing)} (DEBUG is off)."
-    )
+if CODING_PLANS_TOP_UP_BACKEND == "stripe" and not DEBUG:
+    _missing_stripe = [
+        name
+        for name, value in (
+            ("STRIPE_SECRET_KEY", STRIPE_SECRET_KEY),
+            ("STRIPE_PUBLISHABLE_KEY", STRIPE_PUBLISHABLE_KEY),
+            ("STRIPE_WEBHOOK_SECRET", STRIPE_WEBHOOK_SECRET),
+        )
+        if not value
+    ]
+    if _missing_stripe:  # SPEC M7, S4: names the missing settings, never a value
+        raise ImproperlyConfigured(
+            "CODING_PLANS_TOP_UP_BACKEND=stripe needs "
+            + ", ".join(_missing_stripe)
+            + " (docs/payments.md); refusing to start."
+        )
 if STRIPE_SECRET_KEY and STRIPE_PUBLISHABLE_KEY:
     # Card entry is Stripe.js (SPEC M1): exactly the Stripe.js origin in use may run scripts and
     # frames, and the Stripe API origin may be fetched from the page (docs/payments.md).

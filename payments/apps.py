@@ -12,3 +12,9 @@ class PaymentsConfig(AppConfig):
         from payments.views import credits_section
 
         register_credits_section(credits_section)
+
+        # The `stripe` auto top-up backend (SPEC M4), plugged in from above the same way.
+        from billing.topup import BACKENDS
+        from payments.topup import StripeTopUp
+
+        BACKENDS[StripeTopUp.name] = StripeTopUp

@@ -58,3 +58,35 @@ class InvalidCursor(DomainError):
     code = "invalid_cursor"
     status = 400
     default_message = "The cursor is not valid; start again without it."
+
+
+class RefundReasonRequired(DomainError):
+    code = "reason_required"
+    status = 400
+    default_message = "Give a reason for the refund; it is kept in the ledger and the audit trail."
+
+
+class InvalidRefundAmount(DomainError):
+    code = "invalid_amount"
+    status = 400
+    default_message = "Enter a positive amount in US dollars, in whole cents."
+
+
+class PaymentNotRefundable(DomainError):
+    code = "payment_not_refundable"
+    status = 409
+    default_message = "Only a succeeded card payment can be refunded."
+
+
+class RefundExceedsPayment(DomainError):
+    code = "refund_exceeds_payment"
+    status = 409
+    default_message = "The refund is larger than what is left unrefunded of this payment."
+
+
+class RefundExceedsBalance(DomainError):
+    code = "refund_exceeds_balance"
+    status = 409
+    default_message = (
+        "The refund is larger than the customer's balance: credits already spent are not refunded."
+    )

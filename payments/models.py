@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models.functions import Mod
 
-from billing.models import LedgerEntry
+from billing.models import LedgerEntry, TopUpAttempt
 
 
 class StripeCustomer(models.Model):
@@ -63,6 +63,17 @@ class CardPayment(models.Model):
         on_delete=models.PROTECT,
         related_name="card_payment",
     )
+    top_up_attempt = models.OneToOneField(
+        TopUpAttempt,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="card_payment",
+        help_text="Set for an automatic top-up charged off-session (SPEC M4).",
+    )
+    charge_started_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the off-session charge was last sent to Stripe."
+    )
     card_settled_at = models.DateTimeField(
         null=True, blank=True, help_text="When the card was saved or detached after the outcome."
     )
@@ -75,10 +86,28 @@ class CardPayment(models.Model):
         ordering = ["-id"]
         indexes = [models.Index(fields=["user", "-id"])]
         constraints = [
+            # SPEC M1's limits for a payment the customer makes; an automatic top-up (M4) is
+            # whole dollars, from $1 up to the largest auto top-up setting ($10,000).
             models.CheckConstraint(
-                condition=models.Q(amount_micros__gte=5_000_000, amount_micros__lte=1_000_000_000)
+                condition=(
+                    models.Q(
+                        top_up_attempt__isnull=True,
+                        amount_micros__gte=5_000_000,
+                        amount_micros__lte=1_000_000_000,
+                    )
+                    | models.Q(
+                        top_up_attempt__isnull=False,
+                        amount_micros__gte=1_000_000,
+                        amount_micros__lte=10_000_000_000,
+                    )
+                )
                 & models.lookups.Exact(Mod("amount_micros", 10_000), 0),
                 name="payments_amount_within_limits_whole_cents",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(refunded_micros__gte=0)
+                & models.Q(refunded_micros__lte=models.F("amount_micros")),
+                name="payments_refunded_within_amount",
             ),
             models.CheckConstraint(
                 condition=~models.Q(status__in=["succeeded", "refunded", "partially_refunded"])
@@ -89,6 +118,56 @@ class CardPayment(models.Model):
 
     def __str__(self) -> str:
         return f"Card payment #{self.pk} ({self.status})"
+
+
+class Refund(models.Model):
+    """One refund of (part of) a card payment (SPEC M5). Written, with its `refund` ledger
+    entry, before Stripe is called; settled by Stripe's answer or its webhooks. A failed refund
+    puts the credits back (`reversal_entry`, kind `refund_reversed`)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending at Stripe"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed (credits put back)"
+
+    payment = models.ForeignKey(CardPayment, on_delete=models.PROTECT, related_name="refunds")
+    amount_micros = models.BigIntegerField()
+    reason = models.CharField(max_length=255)
+    actor = models.CharField(max_length=100, help_text="staff:<id> or system:<name>")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    stripe_refund_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    failure_reason = models.CharField(max_length=100, blank=True)
+    ledger_entry = models.OneToOneField(
+        LedgerEntry, on_delete=models.PROTECT, related_name="refund"
+    )
+    reversal_entry = models.OneToOneField(
+        LedgerEntry,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="reversed_refund",
+    )
+    email_sent_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField()
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        permissions = [("refund_cardpayment", "Can refund card payments")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(amount_micros__gt=0)
+                & models.lookups.Exact(Mod("amount_micros", 10_000), 0),
+                name="payments_refund_amount_positive_whole_cents",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(status="failed") | models.Q(reversal_entry__isnull=False),
+                name="payments_failed_refund_is_reversed",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Refund #{self.pk} ({self.status})"
 
 
 class WebhookEvent(models.Model):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.mail import send_mail
@@ -23,24 +23,37 @@ from django.template.loader import render_to_string
 
 from accounts.verification import require_verified
 from adminops.audit import record_event
+from billing.errors import InsufficientCredits
+from billing.models import TopUpAttempt
 from billing.services import (
     CARD_PAYMENT_MAX_MICROS,
     CARD_PAYMENT_MIN_MICROS,
     CENT_MICROS,
+    apply_top_up_outcome,
+    debit_refund,
     grant_card_payment,
     lock_credit_account,
+    reverse_refund,
+    turn_off_auto_top_up,
 )
+from billing.topup import ChargeResult, decline_words
+from codingplans import sql
 from codingplans.money import InvalidAmount, display_usd, usd_to_micros
 from payments import stripe_api
 from payments.errors import (
     CardDeclined,
     InvalidPaymentAmount,
     InvalidPaymentMethod,
+    InvalidRefundAmount,
     NoPaymentMethod,
+    PaymentNotRefundable,
     PaymentProcessorError,
     PaymentsUnavailable,
+    RefundExceedsBalance,
+    RefundExceedsPayment,
+    RefundReasonRequired,
 )
-from payments.models import CardPayment, StripeCustomer, WebhookEvent
+from payments.models import CardPayment, Refund, StripeCustomer, WebhookEvent
 from payments.selectors import payment_for
 
 log = logging.getLogger(__name__)
@@ -50,23 +63,16 @@ WEBHOOK_ACTOR = "system:stripe-webhook"
 _PAYMENT_METHOD_ID = re.compile(r"^pm_[A-Za-z0-9_]{1,200}$")
 _OPEN = (Status.PENDING, Status.REQUIRES_ACTION)
 
-# Stripe's decline codes in plain words (SPEC M1: "Stripe's reason in plain words").
-_DECLINE_WORDS = {
-    "insufficient_funds": "Your card has insufficient funds.",
-    "expired_card": "Your card has expired.",
-    "incorrect_cvc": "The card's security code is incorrect.",
-    "incorrect_number": "The card number is incorrect.",
-    "lost_card": "Your card was declined (reported lost).",
-    "stolen_card": "Your card was declined (reported stolen).",
-    "processing_error": "The card could not be processed. Try again in a moment.",
-    "payment_intent_authentication_failure": "The card's authentication was not completed.",
-    "authentication_required": "Your bank asks you to authenticate this payment.",
-}
+WEBHOOK_ACTOR_REFUNDS = WEBHOOK_ACTOR
+TOP_UP_ACTOR = "system:sweep"  # the off-session charge acts for the sweep that started it
+# A charge sent this recently and not found at Stripe may still be in flight: wait rather than
+# send another (on Stripe the idempotency key would make it one; localstripe ignores keys).
+CHARGE_IN_FLIGHT = timedelta(minutes=5)
 
 
 def decline_message(code: str) -> str:
-    words = _DECLINE_WORDS.get(code, "Your card was declined.")
-    return f"{words} No money was taken; try another card or contact your bank."
+    """Stripe's decline code in plain words (SPEC M1; the list is billing.topup's)."""
+    return f"{decline_words(code)} No money was taken; try another card or contact your bank."
 
 
 def parse_amount(value: object) -> int:
@@ -134,22 +140,25 @@ def create_setup_intent(*, user, now: datetime) -> dict:
     return {"client_secret": secret, "publishable_key": settings.STRIPE_PUBLISHABLE_KEY}
 
 
-def remove_saved_card(*, user, now: datetime) -> None:
+def remove_saved_card(*, user, now: datetime) -> bool:
     """Remove the saved card: detached at Stripe first (no lock held), then forgotten here.
-    Removing when there is none is a no-op."""
+    Removing when there is none is a no-op. With the stripe top-up backend, auto top-up needs
+    the card, so it is turned off in the same transaction (SPEC M4); returns whether it was."""
     customer = StripeCustomer.objects.filter(user=user).first()
     if customer is None or not customer.payment_method_id:
-        return
+        return False
     payment_method_id = customer.payment_method_id
     if stripe_api.configured():
         try:
             stripe_api.detach_card(payment_method_id)
         except stripe_api.StripeFailure as exc:
             raise PaymentProcessorError() from exc
+    turned_off = False
     with transaction.atomic(durable=True):
+        lock_credit_account(user_id=user.pk)  # first in the lock order; set_auto_top_up too
         customer = StripeCustomer.objects.select_for_update().get(pk=customer.pk)
         if customer.payment_method_id != payment_method_id:
-            return  # replaced meanwhile: the new card stays
+            return False  # replaced meanwhile: the new card stays
         old = {"brand": customer.card_brand, "last4": customer.card_last4}
         customer.payment_method_id = ""
         customer.card_brand = customer.card_last4 = ""
@@ -172,6 +181,11 @@ def remove_saved_card(*, user, now: datetime) -> None:
             now=now,
             old=old,
         )
+        if settings.CODING_PLANS_TOP_UP_BACKEND == "stripe":
+            turned_off = turn_off_auto_top_up(
+                user_id=user.pk, actor=f"user:{user.pk}", now=now, why="saved_card_removed"
+            )
+    return turned_off
 
 
 def _save_card(*, payment: CardPayment, now: datetime) -> None:
@@ -317,6 +331,8 @@ def _record_decline(
     *, payment_id: int, code: str, payment_intent_id: str | None, actor: str, now: datetime
 ) -> None:
     with transaction.atomic(durable=True):
+        user_id = CardPayment.objects.values_list("user_id", flat=True).get(pk=payment_id)
+        lock_credit_account(user_id=user_id)  # the lock order: a top-up's decline writes a record
         payment = CardPayment.objects.select_for_update().get(pk=payment_id)
         if payment.status in _OPEN:
             _mark_failed(payment, code=code, actor=actor, now=now)
@@ -339,7 +355,26 @@ def _mark_failed(payment: CardPayment, *, code: str, actor: str, now: datetime) 
         old={"status": old},
         new={"status": payment.status, "failure_code": payment.failure_code},
     )
+    if payment.top_up_attempt_id is not None:  # SPEC M4: the attempt is declined with the code
+        apply_top_up_outcome(
+            attempt_id=payment.top_up_attempt_id,
+            result=ChargeResult(
+                approved=False,
+                decline_reason=payment.failure_code,
+                reference=_intent_reference(payment.payment_intent_id),
+            ),
+            actor=actor,
+            now=now,
+        )
     transaction.on_commit(lambda: settle_card(payment_id=payment.pk, now=now), robust=True)
+
+
+def _intent_reference(intent_id: str | None) -> str:
+    return f"stripe_pi:{intent_id}" if intent_id else ""
+
+
+def _confirm_url(payment: CardPayment) -> str:
+    return f"/credits/payments/{payment.pk}/confirm/"
 
 
 def _record_intent(*, payment_id: int, intent: dict, actor: str, now: datetime) -> CardPayment:
@@ -347,6 +382,56 @@ def _record_intent(*, payment_id: int, intent: dict, actor: str, now: datetime) 
     with transaction.atomic(durable=True):
         _apply_intent(payment_id=payment_id, intent=intent, actor=actor, now=now)
     return CardPayment.objects.get(pk=payment_id)
+
+
+def _grant_payment(payment: CardPayment, *, intent_id: str, actor: str, now: datetime):
+    """A payment the customer made (SPEC M1, M2): one `card_payment` entry per PaymentIntent."""
+    return grant_card_payment(
+        user_id=payment.user_id,
+        amount_micros=payment.amount_micros,
+        reference=_intent_reference(intent_id),
+        actor=actor,
+        now=now,
+        reason=f"Card payment #{payment.pk}"
+        + (
+            f" ({payment.card_brand.title()} ending {payment.card_last4})"
+            if payment.card_last4
+            else ""
+        ),
+    )
+
+
+def _grant_top_up(payment: CardPayment, *, intent_id: str, actor: str, now: datetime):
+    """An automatic top-up charged off-session (SPEC M4, S5): the attempt is approved and
+    credits one `top_up` entry whose reference is the PaymentIntent — unique among card
+    credits, so this PaymentIntent can credit once whichever path reports it. Returns the
+    entry, or None when the attempt was already closed some other way (logged: an operator
+    looks; nothing is credited twice)."""
+    apply_top_up_outcome(
+        attempt_id=payment.top_up_attempt_id,
+        result=ChargeResult(
+            approved=True,
+            reference=_intent_reference(intent_id),
+            ledger_reference=_intent_reference(intent_id),
+        ),
+        actor=actor,
+        now=now,
+    )
+    attempt = TopUpAttempt.objects.select_related("ledger_entry").get(pk=payment.top_up_attempt_id)
+    entry = attempt.ledger_entry
+    if (
+        attempt.status != TopUpAttempt.Status.APPROVED
+        or entry is None
+        or entry.reference != _intent_reference(intent_id)
+    ):
+        log.error(
+            "Top-up payment %s succeeded but its attempt %s is %s; not credited",
+            payment.pk,
+            attempt.pk,
+            attempt.status,
+        )
+        return None
+    return entry
 
 
 def _apply_intent(*, payment_id: int, intent: dict, actor: str, now: datetime) -> str:
@@ -382,19 +467,12 @@ def _apply_intent(*, payment_id: int, intent: dict, actor: str, now: datetime) -
         if payment.ledger_entry_id is not None:
             return "already_granted"
         old = payment.status
-        entry = grant_card_payment(
-            user_id=payment.user_id,
-            amount_micros=payment.amount_micros,
-            reference=f"stripe_pi:{intent_id}",
-            actor=actor,
-            now=now,
-            reason=f"Card payment #{payment.pk}"
-            + (
-                f" ({payment.card_brand.title()} ending {payment.card_last4})"
-                if payment.card_last4
-                else ""
-            ),
-        )
+        if payment.top_up_attempt_id is not None:
+            entry = _grant_top_up(payment, intent_id=intent_id, actor=actor, now=now)
+            if entry is None:
+                return "attempt_closed"
+        else:
+            entry = _grant_payment(payment, intent_id=intent_id, actor=actor, now=now)
         payment.status = Status.SUCCEEDED
         payment.ledger_entry = entry
         payment.succeeded_at = now
@@ -421,7 +499,7 @@ def _apply_intent(*, payment_id: int, intent: dict, actor: str, now: datetime) -
         return "granted"
     if payment.status not in _OPEN:
         return "no_change"
-    if status == "requires_action":
+    if stripe_api.needs_authentication(intent):
         if payment.status != Status.REQUIRES_ACTION:
             payment.status = Status.REQUIRES_ACTION
             payment.updated_at = now
@@ -433,6 +511,18 @@ def _apply_intent(*, payment_id: int, intent: dict, actor: str, now: datetime) -
                 now=now,
                 new={"status": payment.status},
             )
+            if payment.top_up_attempt_id is not None:  # SPEC M4: the customer completes it
+                apply_top_up_outcome(
+                    attempt_id=payment.top_up_attempt_id,
+                    result=ChargeResult(
+                        approved=False,
+                        requires_action=True,
+                        action_url=_confirm_url(payment),
+                        reference=_intent_reference(intent_id),
+                    ),
+                    actor=actor,
+                    now=now,
+                )
             return "requires_action"
         return "no_change"
     if status in ("requires_payment_method", "canceled"):
@@ -465,13 +555,436 @@ def refresh_payment(*, user, payment_id: int, actor: str, now: datetime) -> Card
 def intent_client_secret(*, payment: CardPayment) -> str | None:
     """The client secret Stripe.js needs to finish authentication on the confirm page; read
     from Stripe when the page is shown, never stored."""
+    return intent_action(payment=payment)[0]
+
+
+def intent_action(*, payment: CardPayment) -> tuple[str | None, str | None]:
+    """(client secret, PaymentMethod) for Stripe.js `confirmCardPayment` on the confirm page:
+    the PaymentMethod is set only after Stripe's off-session `authentication_required` (SPEC
+    M4), where the saved card must be confirmed again on-session."""
     if payment.status != Status.REQUIRES_ACTION or not payment.payment_intent_id:
-        return None
+        return None, None
     try:
         intent = stripe_api.retrieve_intent(payment.payment_intent_id)
     except stripe_api.StripeFailure as exc:
         raise PaymentProcessorError() from exc
-    return intent.get("client_secret") if intent.get("status") == "requires_action" else None
+    return stripe_api.action_client_secret(intent)
+
+
+# --- automatic top-up by card, off-session (SPEC M4) ---------------------------------------
+
+
+def can_charge_top_up(*, user_id: int) -> bool:
+    """The stripe top-up backend can charge a customer with a saved card (a database read)."""
+    return (
+        stripe_api.configured()
+        and StripeCustomer.objects.filter(user_id=user_id).exclude(payment_method_id="").exists()
+    )
+
+
+def _top_up_result(payment: CardPayment) -> ChargeResult:
+    reference = _intent_reference(payment.payment_intent_id)
+    if payment.ledger_entry_id is not None:
+        return ChargeResult(approved=True, reference=reference, ledger_reference=reference)
+    if payment.status == Status.REQUIRES_ACTION:
+        return ChargeResult(
+            approved=False,
+            requires_action=True,
+            action_url=_confirm_url(payment),
+            reference=reference,
+        )
+    if payment.status == Status.FAILED:
+        return ChargeResult(
+            approved=False,
+            decline_reason=payment.failure_code or "card_declined",
+            reference=reference,
+        )
+    return ChargeResult(approved=False, pending=True, reference=reference)
+
+
+def charge_top_up(
+    *, attempt_id: int, user_id: int, amount_micros: int, now: datetime
+) -> ChargeResult:
+    """Charge an auto top-up attempt to the customer's saved card, off-session (SPEC M4).
+
+    1. The attempt's card payment (one per attempt: unique) is recorded and committed first,
+       so whatever happens next, the PaymentIntent's metadata finds it.
+    2. With no transaction open and no row lock held, Stripe is asked — unless a charge for it
+       was already sent: then its PaymentIntent is looked up by our id in its metadata first
+       (a crash or a timeout between the call and the record), and a charge sent moments ago
+       and not found yet is left to finish (never a second charge on localstripe, which ignores
+       the idempotency key `top-up-attempt-<id>`).
+    3. The outcome is recorded on the card payment and the attempt in one transaction
+       (`_apply_intent`: succeeded → one `top_up` entry per PaymentIntent; authentication
+       required → `requires_action` with the confirm page; declined → the decline code).
+    Safe to repeat: a settled payment only reports its outcome again."""
+    customer = StripeCustomer.objects.filter(user_id=user_id).first()
+    payment = CardPayment.objects.filter(top_up_attempt_id=attempt_id).first()
+    if payment is None:
+        if customer is None or not customer.payment_method_id or not stripe_api.configured():
+            return ChargeResult(approved=False, decline_reason="no_payment_method")
+        try:
+            with transaction.atomic(durable=True):
+                payment = CardPayment.objects.create(
+                    user_id=user_id,
+                    amount_micros=amount_micros,
+                    top_up_attempt_id=attempt_id,
+                    payment_method_id=customer.payment_method_id,
+                    card_brand=customer.card_brand,
+                    card_last4=customer.card_last4,
+                    card_settled_at=now,  # the saved card: never detached after a top-up
+                    created_at=now,
+                    updated_at=now,
+                )
+                record_event(
+                    actor=TOP_UP_ACTOR,
+                    subject=payment,
+                    event_type="card_payment.created",
+                    now=now,
+                    new={"amount_micros": amount_micros, "top_up_attempt_id": attempt_id},
+                )
+        except IntegrityError:  # a concurrent run made it
+            payment = CardPayment.objects.get(top_up_attempt_id=attempt_id)
+    if payment.status != Status.PENDING:
+        return _top_up_result(payment)
+    try:
+        intent = None
+        if payment.payment_intent_id:
+            intent = stripe_api.retrieve_intent(payment.payment_intent_id)
+        elif payment.charge_started_at is not None:
+            intent = stripe_api.find_intent_for_payment(
+                payment.pk, customer_id=customer.customer_id if customer else None
+            )
+            if intent is None and now - payment.charge_started_at < CHARGE_IN_FLIGHT:
+                return _top_up_result(payment)  # pending: maybe still in flight
+        if intent is None:
+            if customer is None or not customer.payment_method_id:
+                _record_decline(
+                    payment_id=payment.pk,
+                    code="no_payment_method",
+                    payment_intent_id=None,
+                    actor=TOP_UP_ACTOR,
+                    now=now,
+                )
+                return _top_up_result(CardPayment.objects.get(pk=payment.pk))
+            CardPayment.objects.filter(pk=payment.pk).update(charge_started_at=now)
+            intent = stripe_api.charge_off_session(
+                payment_id=payment.pk,
+                attempt_id=attempt_id,
+                user_id=user_id,
+                amount_cents=payment.amount_micros // CENT_MICROS,
+                customer_id=customer.customer_id,
+                payment_method_id=payment.payment_method_id,
+            )
+    except stripe_api.Declined as declined:
+        _record_decline(
+            payment_id=payment.pk,
+            code=declined.code,
+            payment_intent_id=declined.payment_intent_id,
+            actor=TOP_UP_ACTOR,
+            now=now,
+        )
+        return _top_up_result(CardPayment.objects.get(pk=payment.pk))
+    except stripe_api.StripeFailure:
+        # No answer: the attempt stays pending; the next sweep in grace (or the webhook)
+        # finds the PaymentIntent, if one was made, by its metadata.
+        return _top_up_result(payment)
+    return _top_up_result(
+        _record_intent(payment_id=payment.pk, intent=intent, actor=TOP_UP_ACTOR, now=now)
+    )
+
+
+# --- refunds (SPEC M5) ----------------------------------------------------------------------
+
+_REFUNDABLE = (Status.SUCCEEDED, Status.PARTIALLY_REFUNDED)
+
+
+def _refunded_status(payment: CardPayment) -> str:
+    if payment.refunded_micros <= 0:
+        return Status.SUCCEEDED
+    if payment.refunded_micros >= payment.amount_micros:
+        return Status.REFUNDED
+    return Status.PARTIALLY_REFUNDED
+
+
+def refund_card_payment(
+    *, payment_id: int, amount_micros: int, reason: str, actor: str, now: datetime
+) -> Refund:
+    """Refund (part of) a card payment (SPEC M5). The amount must fit both what is left
+    unrefunded of the payment and the customer's current balance (credits already spent are not
+    refunded). In one transaction, under the locks credit account → payment: the negative
+    `refund` ledger entry, the `Refund` record, the payment's refunded amount and status, and
+    the audit event naming the staff member. Then, with no transaction open, Stripe is asked
+    (idempotency key `refund-<id>`) and its answer settles the refund (`_settle_refund`); no
+    answer leaves it pending for the webhook or `sync_refund`. Returns the refund."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise RefundReasonRequired()
+    if amount_micros <= 0 or amount_micros % CENT_MICROS:
+        raise InvalidRefundAmount()
+    _require_payments()
+    with transaction.atomic(durable=True):
+        user_id = (
+            CardPayment.objects.filter(pk=payment_id).values_list("user_id", flat=True).first()
+        )
+        if user_id is None:
+            raise PaymentNotRefundable("No such card payment.")
+        balance = lock_credit_account(user_id=user_id) or 0
+        payment = CardPayment.objects.select_for_update().get(pk=payment_id)
+        if payment.status not in _REFUNDABLE or not payment.payment_intent_id:
+            raise PaymentNotRefundable()
+        unrefunded = payment.amount_micros - payment.refunded_micros
+        if amount_micros > unrefunded:
+            raise RefundExceedsPayment(
+                f"At most {display_usd(unrefunded)} of this payment is left to refund."
+            )
+        if amount_micros > balance:
+            raise RefundExceedsBalance(
+                f"The customer's balance is {display_usd(balance)}: credits already spent are "
+                f"not refunded, so at most {display_usd(min(balance, unrefunded))} can be refunded."
+            )
+        refund_id = sql.execute(f"SELECT {sql.next_id(Refund)}")[0]
+        try:
+            entry = debit_refund(
+                user_id=user_id,
+                amount_micros=amount_micros,
+                refund_id=refund_id,
+                actor=actor,
+                now=now,
+                reason=f"Refund of card payment #{payment.pk}: {reason}",
+            )
+        except InsufficientCredits as exc:  # the balance was read under the same lock
+            raise RefundExceedsBalance() from exc
+        refund = Refund.objects.create(
+            id=refund_id,
+            payment=payment,
+            amount_micros=amount_micros,
+            reason=reason[:255],
+            actor=actor[:100],
+            ledger_entry=entry,
+            created_at=now,
+        )
+        old = {"status": payment.status, "refunded_micros": payment.refunded_micros}
+        payment.refunded_micros += amount_micros
+        payment.status = _refunded_status(payment)
+        payment.updated_at = now
+        payment.save(update_fields=["refunded_micros", "status", "updated_at"])
+        record_event(
+            actor=actor,
+            subject=refund,
+            event_type="refund.created",
+            now=now,
+            old=old,
+            new={
+                "payment_id": payment.pk,
+                "amount_micros": amount_micros,
+                "reason": reason[:255],
+                "status": payment.status,
+                "refunded_micros": payment.refunded_micros,
+                "balance_after_micros": entry.balance_after_micros,
+            },
+        )
+    return _send_refund(refund_id=refund.pk, actor=actor, now=now)
+
+
+def _send_refund(*, refund_id: int, actor: str, now: datetime) -> Refund:
+    refund = Refund.objects.select_related("payment").get(pk=refund_id)
+    try:
+        answer = stripe_api.create_refund(
+            refund_id=refund.pk,
+            payment_id=refund.payment_id,
+            payment_intent_id=refund.payment.payment_intent_id,
+            amount_cents=refund.amount_micros // CENT_MICROS,
+        )
+    except stripe_api.RefundRefused as refused:
+        _settle_refund(
+            refund_id=refund.pk, status="failed", failure=refused.code, actor=actor, now=now
+        )
+    except stripe_api.StripeFailure:
+        pass  # no answer: pending until the webhook or `sync_refund` settles it
+    else:
+        _settle_refund(
+            refund_id=refund.pk,
+            status=str(answer.get("status") or ""),
+            stripe_refund_id=str(answer.get("id") or ""),
+            failure=str(answer.get("failure_reason") or ""),
+            actor=actor,
+            now=now,
+        )
+    return Refund.objects.get(pk=refund_id)
+
+
+def sync_refund(*, refund_id: int, actor: str, now: datetime) -> Refund:
+    """A refund Stripe never answered (still pending with no Stripe id): look it up at Stripe by
+    its metadata and settle it; if Stripe never got it, send it again (same idempotency key).
+    A refund with a Stripe id is re-read and settled from what Stripe says. Safe to repeat."""
+    refund = Refund.objects.select_related("payment").get(pk=refund_id)
+    if refund.status != Refund.Status.PENDING:
+        return refund
+    found = stripe_api.find_refund(
+        refund_id=refund.pk, payment_intent_id=refund.payment.payment_intent_id
+    )
+    if found is None:
+        return _send_refund(refund_id=refund.pk, actor=actor, now=now)
+    _settle_refund(
+        refund_id=refund.pk,
+        status=str(found.get("status") or ""),
+        stripe_refund_id=str(found.get("id") or ""),
+        failure=str(found.get("failure_reason") or ""),
+        actor=actor,
+        now=now,
+    )
+    return Refund.objects.get(pk=refund_id)
+
+
+def _settle_refund(
+    *,
+    refund_id: int,
+    status: str,
+    actor: str,
+    now: datetime,
+    stripe_refund_id: str = "",
+    failure: str = "",
+) -> str:
+    with transaction.atomic(durable=True):
+        return _apply_refund_status(
+            refund_id=refund_id,
+            status=status,
+            stripe_refund_id=stripe_refund_id,
+            failure=failure,
+            actor=actor,
+            now=now,
+        )
+
+
+def _apply_refund_status(
+    *, refund_id: int, status: str, stripe_refund_id: str, failure: str, actor: str, now: datetime
+) -> str:
+    """Apply Stripe's status of one of our refunds, inside the caller's transaction, under the
+    locks credit account → payment → refund; acts once: `succeeded` settles it (the e-mail
+    after commit), `failed` / `canceled` puts the credits back (`refund_reversed`) and lowers
+    the payment's refunded amount; anything else (`pending`, `requires_action`) waits."""
+    row = Refund.objects.filter(pk=refund_id).values_list("payment__user_id", "payment_id").first()
+    if row is None:
+        return "unknown_refund"
+    user_id, payment_id = row
+    lock_credit_account(user_id=user_id)
+    payment = CardPayment.objects.select_for_update().get(pk=payment_id)
+    refund = Refund.objects.select_for_update().get(pk=refund_id)
+    if stripe_refund_id and not refund.stripe_refund_id:
+        refund.stripe_refund_id = stripe_refund_id[:255]
+        refund.save(update_fields=["stripe_refund_id"])
+    if refund.status != Refund.Status.PENDING:
+        return "no_change"
+    if status == "succeeded":
+        refund.status = Refund.Status.SUCCEEDED
+        refund.settled_at = now
+        refund.save(update_fields=["status", "settled_at"])
+        record_event(
+            actor=actor,
+            subject=refund,
+            event_type="refund.succeeded",
+            now=now,
+            old={"status": Refund.Status.PENDING},
+            new={"status": refund.status, "stripe_refund_id": refund.stripe_refund_id},
+        )
+        transaction.on_commit(lambda: send_refund_email(refund_id=refund_id, now=now), robust=True)
+        return "refund_succeeded"
+    if status in ("failed", "canceled"):
+        entry = reverse_refund(
+            user_id=user_id,
+            amount_micros=refund.amount_micros,
+            refund_id=refund.pk,
+            actor=actor,
+            now=now,
+        )
+        refund.status = Refund.Status.FAILED
+        refund.failure_reason = (failure or status)[:100]
+        refund.reversal_entry = entry
+        refund.settled_at = now
+        refund.save(update_fields=["status", "failure_reason", "reversal_entry", "settled_at"])
+        old = {"status": payment.status, "refunded_micros": payment.refunded_micros}
+        payment.refunded_micros -= refund.amount_micros
+        payment.status = _refunded_status(payment)
+        payment.updated_at = now
+        payment.save(update_fields=["refunded_micros", "status", "updated_at"])
+        record_event(
+            actor=actor,
+            subject=refund,
+            event_type="refund.failed",
+            now=now,
+            old=old,
+            new={
+                "status": refund.status,
+                "failure_reason": refund.failure_reason,
+                "payment_status": payment.status,
+                "refunded_micros": payment.refunded_micros,
+                "balance_after_micros": entry.balance_after_micros,
+            },
+        )
+        return "refund_reversed"
+    return "no_change"
+
+
+def _our_refund(obj: dict) -> Refund | None:
+    """Our refund for a Stripe refund object: by its id, else by the id in its metadata."""
+    refund_id = str(obj.get("id") or "")
+    found = Refund.objects.filter(stripe_refund_id=refund_id).first() if refund_id else None
+    if found is not None:
+        return found
+    ours = str((obj.get("metadata") or {}).get("refund_id") or "")
+    if not ours.isdigit():
+        return None
+    return Refund.objects.filter(pk=int(ours), stripe_refund_id__isnull=True).first()
+
+
+def _apply_refund_objects(objects: list[dict], *, now: datetime) -> tuple[str, CardPayment | None]:
+    outcome, payment = "not_ours", None
+    for obj in objects:
+        refund = _our_refund(obj)
+        if refund is None:
+            # A refund made in the Stripe Dashboard: not reflected in the ledger (docs).
+            log.warning("Stripe refund event for a refund we did not make; not applied")
+            continue
+        payment = refund.payment
+        outcome = _apply_refund_status(
+            refund_id=refund.pk,
+            status=str(obj.get("status") or ""),
+            stripe_refund_id=str(obj.get("id") or ""),
+            failure=str(obj.get("failure_reason") or ""),
+            actor=WEBHOOK_ACTOR,
+            now=now,
+        )
+    return outcome, payment
+
+
+def send_refund_email(*, refund_id: int, now: datetime) -> bool:
+    """One e-mail per succeeded refund (SPEC M5, M9: amount, date, balance after), after commit;
+    a repeat sends nothing (`email_sent_at` is claimed first)."""
+    claimed = Refund.objects.filter(
+        pk=refund_id, status=Refund.Status.SUCCEEDED, email_sent_at__isnull=True
+    ).update(email_sent_at=now)
+    if not claimed:
+        return False
+    refund = Refund.objects.select_related("payment__user", "ledger_entry").get(pk=refund_id)
+    user = refund.payment.user
+    if user.deleted_at is not None:
+        return False
+    context = {
+        "amount": display_usd(refund.amount_micros),
+        "balance_after": display_usd(refund.ledger_entry.balance_after_micros),
+        "date": refund.settled_at or now,
+        "refund": refund,
+        "payment": refund.payment,
+    }
+    send_mail(
+        subject=f"Refund: {context['amount']} back to your card",
+        message=render_to_string("payments/email/refund.txt", context),
+        html_message=render_to_string("payments/email/refund.html", context),
+        from_email=None,
+        recipient_list=[user.email],
+    )
+    return True
 
 
 # --- the webhook (SPEC M2) ----------------------------------------------------------------
@@ -483,8 +996,8 @@ _INTENT_EVENTS = {
     "payment_intent.canceled",
     "payment_intent.processing",
 }
-# Recorded now; settled by the refunds work (SPEC M5, issue 16).
-_RECORDED_EVENTS = {"charge.refunded", "refund.updated", "refund.created", "refund.failed"}
+# SPEC M5: Stripe's refund events settle our refunds (localstripe sends none, SPEC M8).
+_REFUND_EVENTS = {"refund.updated", "refund.created", "refund.failed", "charge.refund.updated"}
 
 
 def _payment_for_intent(intent: dict) -> CardPayment | None:
@@ -531,8 +1044,13 @@ def handle_webhook(*, payload: bytes, signature: str | None, now: datetime) -> s
                 outcome = _apply_intent(
                     payment_id=payment.pk, intent=obj, actor=WEBHOOK_ACTOR, now=now
                 )
-        elif event_type in _RECORDED_EVENTS:
-            outcome = "recorded"
+        elif event_type in _REFUND_EVENTS and obj.get("object") == "refund":
+            outcome, record.payment = _apply_refund_objects([obj], now=now)
+        elif event_type == "charge.refunded" and obj.get("object") == "charge":
+            refunds = ((obj.get("refunds") or {}).get("data")) or []
+            outcome, record.payment = _apply_refund_objects(
+                [r for r in refunds if isinstance(r, dict)], now=now
+            )
         record.outcome = outcome
         record.save(update_fields=["payment", "outcome"])
     return outcome

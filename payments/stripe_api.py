@@ -220,17 +220,166 @@ def retrieve_intent(payment_intent_id: str) -> dict:
         raise _fail("payment intent retrieve", exc) from None
 
 
-def find_intent_for_payment(payment_id: int) -> dict | None:
+def find_intent_for_payment(payment_id: int, *, customer_id: str | None = None) -> dict | None:
     """The PaymentIntent made for one of our payments, by the metadata we set, for a payment
-    whose creation call gave no answer (a timeout) or no id (localstripe's declines)."""
+    whose creation call gave no answer (a timeout, a crash before the answer was recorded) or no
+    id (localstripe's declines). On Stripe the customer's PaymentIntents are listed (newest
+    first, a few); localstripe refuses that filter and lists everything oldest first, so there
+    every page is read (SPEC M8)."""
+    wanted = str(payment_id)
     try:
-        intents = client().v1.payment_intents.list(params={"limit": 100})
+        if customer_id:
+            try:
+                pages = client().v1.payment_intents.list(
+                    params={"customer": customer_id, "limit": 100}
+                )
+            except stripe.InvalidRequestError:  # localstripe: "Unexpected customer"
+                pages = client().v1.payment_intents.list(params={"limit": 100})
+        else:
+            pages = client().v1.payment_intents.list(params={"limit": 100})
+        for intent in pages.auto_paging_iter():
+            found = _plain(intent)
+            if (found.get("metadata") or {}).get("payment_id") == wanted:
+                return found
     except stripe.StripeError as exc:
         raise _fail("payment intent list", exc) from None
-    for intent in intents.data:
-        found = _plain(intent)
-        if (found.get("metadata") or {}).get("payment_id") == str(payment_id):
-            return found
+    return None
+
+
+def charge_off_session(
+    *,
+    payment_id: int,
+    attempt_id: int,
+    user_id: int,
+    amount_cents: int,
+    customer_id: str,
+    payment_method_id: str,
+) -> dict:
+    """An automatic top-up (SPEC M4): a PaymentIntent on the saved card with `off_session=true,
+    confirm=true`, the idempotency key `top-up-attempt-<id>` (a retry can never charge twice on
+    Stripe) and metadata naming our payment, the attempt and the user (nothing personal).
+
+    Returns the PaymentIntent as a dict. Authentication required comes back two ways: Stripe
+    raises a card error `authentication_required` carrying the PaymentIntent (status
+    `requires_payment_method`); localstripe answers the PaymentIntent in `requires_action`
+    (SPEC M8). Both return the PaymentIntent, and `needs_authentication` is true for both. A
+    decline raises Declined; anything else StripeFailure (the outcome is then unknown: the
+    caller looks the PaymentIntent up by its metadata before trying again)."""
+    try:
+        intent = client().v1.payment_intents.create(
+            params={
+                "amount": amount_cents,
+                "currency": "usd",
+                "customer": customer_id,
+                "payment_method": payment_method_id,
+                "payment_method_types": ["card"],
+                "off_session": True,
+                "confirm": True,
+                "metadata": {
+                    "payment_id": str(payment_id),
+                    "top_up_attempt_id": str(attempt_id),
+                    "user_id": str(user_id),
+                },
+            },
+            options={"idempotency_key": f"top-up-attempt-{attempt_id}"},
+        )
+    except stripe.CardError as exc:
+        error = (exc.json_body or {}).get("error") or {}
+        intent_obj = error.get("payment_intent")
+        code = _decline_code(exc)
+        if (
+            isinstance(intent_obj, dict)
+            and intent_obj.get("id")
+            and (code == "authentication_required" or needs_authentication(intent_obj))
+        ):
+            return intent_obj
+        raise Declined(
+            code=code,
+            payment_intent_id=intent_obj.get("id") if isinstance(intent_obj, dict) else None,
+        ) from None
+    except stripe.StripeError as exc:
+        raise _fail("off-session payment intent create", exc) from None
+    return _plain(intent)
+
+
+def needs_authentication(intent: dict) -> bool:
+    """The customer must authenticate the PaymentIntent in the browser: `requires_action`
+    (localstripe's off-session answer, and any on-session one), or Stripe's off-session
+    `authentication_required` (status `requires_payment_method` with that error)."""
+    status = intent.get("status")
+    if status == "requires_action":
+        return True
+    error = intent.get("last_payment_error") or {}
+    return status == "requires_payment_method" and "authentication_required" in (
+        error.get("code"),
+        error.get("decline_code"),
+    )
+
+
+def action_client_secret(intent: dict) -> tuple[str | None, str | None]:
+    """(client secret, PaymentMethod to confirm with) for Stripe.js's `confirmCardPayment` on
+    the confirm page; the PaymentMethod is only needed after Stripe's `authentication_required`,
+    where the PaymentIntent went back to `requires_payment_method`."""
+    if not needs_authentication(intent):
+        return None, None
+    if intent.get("status") == "requires_action":
+        return intent.get("client_secret"), None
+    payment_method = intent.get("payment_method")
+    if isinstance(payment_method, dict):
+        payment_method = payment_method.get("id")
+    return intent.get("client_secret"), payment_method
+
+
+class RefundRefused(Exception):
+    """Stripe answered that this refund cannot be made (an invalid request, a charge already
+    refunded or disputed): the refund failed for good."""
+
+    def __init__(self, code: str):
+        super().__init__(code)
+        self.code = code
+
+
+def create_refund(
+    *, refund_id: int, payment_id: int, payment_intent_id: str, amount_cents: int
+) -> dict:
+    """A refund of (part of) a PaymentIntent (SPEC M5), idempotency key `refund-<id>`, metadata
+    naming our refund and payment. The free-text reason stays with us (Stripe's `reason` takes
+    only its own three values, and localstripe refuses the parameter). Returns the refund as a
+    dict; raises RefundRefused when Stripe refuses it, StripeFailure when the outcome is
+    unknown (no answer)."""
+    try:
+        refund = client().v1.refunds.create(
+            params={
+                "payment_intent": payment_intent_id,
+                "amount": amount_cents,
+                "metadata": {"refund_id": str(refund_id), "payment_id": str(payment_id)},
+            },
+            options={"idempotency_key": f"refund-{refund_id}"},
+        )
+    except (stripe.InvalidRequestError, stripe.CardError, stripe.PermissionError) as exc:
+        error = (getattr(exc, "json_body", None) or {}).get("error") or {}
+        code = str(error.get("code") or type(exc).__name__)[:100]
+        log.warning("Stripe refused refund %s: %s", refund_id, code)
+        raise RefundRefused(code) from None
+    except stripe.StripeError as exc:
+        raise _fail("refund create", exc) from None
+    return _plain(refund)
+
+
+def find_refund(*, refund_id: int, payment_intent_id: str) -> dict | None:
+    """Our refund at Stripe, by its metadata, when the create call gave no answer."""
+    try:
+        refunds = client().v1.refunds.list(
+            params={"payment_intent": payment_intent_id, "limit": 100}
+        )
+        for refund in refunds.auto_paging_iter():
+            found = _plain(refund)
+            if (found.get("metadata") or {}).get("refund_id") == str(refund_id):
+                return found
+    except stripe.InvalidRequestError:
+        return None
+    except stripe.StripeError as exc:
+        raise _fail("refund list", exc) from None
     return None
 
 

@@ -104,11 +104,20 @@ def pay(request):
 @require_POST
 def remove_card(request):
     try:
-        services.remove_saved_card(user=request.user, now=timezone.now())
+        turned_off = services.remove_saved_card(user=request.user, now=timezone.now())
     except DomainError as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, "The saved card was removed.")
+        messages.success(
+            request,
+            "The saved card was removed."
+            + (
+                " Automatic top-up was turned off: it charges the saved card. Add a card and "
+                "turn it on again to keep it."
+                if turned_off
+                else ""
+            ),
+        )
     return redirect(CREDITS_URL)
 
 
@@ -130,10 +139,10 @@ def confirm(request, payment_id: int):
         if payment.status != CardPayment.Status.REQUIRES_ACTION:
             _result_message(request, payment)
             return redirect(CREDITS_URL)
-    secret = None
+    secret = payment_method = None
     error = None
     try:
-        secret = services.intent_client_secret(payment=payment)
+        secret, payment_method = services.intent_action(payment=payment)
     except DomainError as exc:
         error = exc.message
     return render(
@@ -142,6 +151,7 @@ def confirm(request, payment_id: int):
         {
             "payment": payment,
             "client_secret": secret,
+            "payment_method": payment_method,
             "error": error,
             "publishable_key": settings.STRIPE_PUBLISHABLE_KEY,
             "stripe_js_url": settings.STRIPE_JS_URL,

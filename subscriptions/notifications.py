@@ -36,8 +36,11 @@ def email_after_commit(user_id: int, subject: str, body: str) -> None:
     transaction.on_commit(send)
 
 
-def payment_needed(subscription: Subscription, *, top_up_attempted: bool) -> None:
-    """The sweep put a plan in grace until its grace deadline (L4)."""
+def payment_needed(
+    subscription: Subscription, *, top_up_attempted: bool, blocker: str = ""
+) -> None:
+    """The sweep put a plan in grace until its grace deadline (L4), with no top-up under way;
+    `blocker` says why none was made ("no_card": M4 asks for a card or credits)."""
     email_after_commit(
         subscription.user_id,
         f"Payment needed for your {subscription.plan_name}",
@@ -45,6 +48,10 @@ def payment_needed(subscription: Subscription, *, top_up_attempted: bool) -> Non
         + (
             "We attempted an automatic top-up. "
             if top_up_attempted
+            else "Automatic top-up could not charge you: there is no saved card. Add a card "
+            "(tick “Save this card for automatic top-up” when you add credits) or add credits "
+            "at /credits. "
+            if blocker == "no_card"
             else "Automatic top-up is not available at the moment. "
         )
         + "Add credits "

@@ -19,3 +19,69 @@ def queue_availability_notices(sender, *, plan_id: str, **kwargs) -> None:
     except Exception as exc:
         outages.record("task queue", exc)
         intents.notify_availability(plan_id=plan_id, now=timezone.now())
+
+
+def top_up_outcome(sender, *, attempt_id: int, status: str, **kwargs) -> None:
+    """An auto top-up attempt was settled (billing.signals.top_up_settled, after commit): when it
+    did not bring the money in, this is the past-due e-mail (SPEC L4, M4, U4), with the reason
+    in plain words and where to act — `/credits` after a decline, the confirm page when the bank
+    asks the customer to authenticate. An approved top-up sends none: the next sweep renews.
+    Sent once per outcome (each outcome is recorded once); only while the subscription still
+    waits in grace for that due term."""
+    import logging
+
+    from django.conf import settings
+    from django.core.mail import send_mail
+
+    from billing.models import TopUpAttempt
+    from billing.topup import decline_words
+    from codingplans.money import display_usd
+    from subscriptions.models import Subscription
+
+    if status not in (TopUpAttempt.Status.DECLINED, TopUpAttempt.Status.REQUIRES_ACTION):
+        return
+    attempt = TopUpAttempt.objects.filter(pk=attempt_id).first()
+    if attempt is None:
+        return
+    subscription = (
+        Subscription.objects.select_related("user")
+        .filter(
+            pk=attempt.subscription_id,
+            status=Subscription.Status.PAST_DUE,
+            current_period_end=attempt.due_at,
+        )
+        .first()
+    )
+    if subscription is None or not subscription.user.is_active:
+        return
+    deadline = f"{subscription.grace_deadline:%Y-%m-%d %H:%M} UTC"
+    amount = display_usd(attempt.amount_micros)
+    if attempt.status == TopUpAttempt.Status.REQUIRES_ACTION:
+        action = (
+            f"We tried to charge an automatic top-up of {amount} to your saved card, and your "
+            f"bank asks you to confirm it. Confirm the payment at {attempt.action_url} before "
+            f"{deadline} to keep the plan (or add credits at /credits)."
+        )
+    else:
+        action = (
+            f"We tried to charge an automatic top-up of {amount} to your saved card, and it was "
+            f"declined: {decline_words(attempt.decline_code)} No money was taken. Add credits or "
+            f"another card at /credits before {deadline} to keep the plan."
+        )
+    body = (
+        "Your credits did not cover this renewal. "
+        + action
+        + " Otherwise the plan ends and its installed MiniMax key is removed. Your own MiniMax "
+        "key is never deleted."
+    )
+    try:
+        send_mail(
+            f"Payment needed for your {subscription.plan_name}",
+            body,
+            settings.DEFAULT_FROM_EMAIL,
+            [subscription.user.email],
+        )
+    except Exception:  # e-mail is best effort; the outcome has committed
+        logging.getLogger(__name__).exception(
+            "could not send the past-due e-mail for subscription %s", subscription.pk
+        )

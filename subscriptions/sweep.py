@@ -19,7 +19,12 @@ from django.utils import timezone
 
 from adminops.audit import SYSTEM_SWEEP, event_values, events_insert
 from billing.models import CreditAccount, LedgerEntry, TopUpAttempt
-from billing.services import charge_top_up_after_commit, entry_ctes, start_top_up
+from billing.services import (
+    charge_top_up_after_commit,
+    entry_ctes,
+    start_top_up,
+    top_up_blocker,
+)
 from codingplans import sql
 from subscriptions import emails, notifications
 from subscriptions.actions import (
@@ -229,10 +234,19 @@ def _enter_grace(
     past_due until at most 24 hours after the due time."""
     due_at = subscription.current_period_end
     attempted = True
+    started = False
     if subscription.top_up_attempted_for != due_at:
-        # None when no backend is configured (M7): no attempt, and nothing granted for free.
-        if start_top_up(account=account, subscription_id=subscription.pk, due_at=due_at, now=now):
+        # None when no backend is configured (M7) or no saved card (M4): no attempt, and
+        # nothing granted for free. The amount covers at least the shortfall (M4).
+        if start_top_up(
+            account=account,
+            subscription_id=subscription.pk,
+            due_at=due_at,
+            now=now,
+            price_micros=subscription.price_micros,
+        ):
             counts.auto_top_up_triggered += 1
+            started = True
         else:
             attempted = TopUpAttempt.objects.filter(
                 subscription_id=subscription.pk, due_at=due_at
@@ -251,7 +265,10 @@ def _enter_grace(
         now=now,
     )
     counts.past_due += 1
-    notifications.payment_needed(subscription, top_up_attempted=attempted)
+    if started:
+        return  # the past-due e-mail follows the top-up's outcome (receivers.top_up_outcome)
+    blocker = "" if attempted else top_up_blocker(user_id=subscription.user_id)
+    notifications.payment_needed(subscription, top_up_attempted=attempted, blocker=blocker)
 
 
 def run_billing_sweep(

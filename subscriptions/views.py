@@ -12,7 +12,7 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from billing.selectors import credit_account_for
+from billing.selectors import credit_account_for, top_up_for_term
 from catalog import all_plans, get_plan
 from codingplans.errors import DomainError
 from codingplans.ratelimit import enforce
@@ -122,6 +122,12 @@ def detail(request, subscription_id: int):
             "terms": terms,
             "next_cursor": next_cursor,
             "paging": bool(request.GET.get("cursor")),
+            # SPEC M4, U4: what the auto top-up of the unpaid term came to.
+            "top_up": top_up_for_term(
+                subscription_id=subscription.pk, due_at=subscription.current_period_end
+            )
+            if subscription.status == "past_due"
+            else None,
         },
     )
 

@@ -88,7 +88,13 @@
     button.addEventListener("click", async () => {
       button.disabled = true;
       say(status, "Waiting for your bank…");
-      const result = await stripe.confirmCardPayment(box.dataset.clientSecret);
+      // After Stripe's off-session `authentication_required` the saved card is confirmed
+      // again on-session (SPEC M4); otherwise the PaymentIntent already has its card.
+      const result = box.dataset.paymentMethod
+        ? await stripe.confirmCardPayment(box.dataset.clientSecret, {
+            payment_method: box.dataset.paymentMethod,
+          })
+        : await stripe.confirmCardPayment(box.dataset.clientSecret);
       if (result.error) say(status, result.error.message || "Authentication failed.", true);
       else say(status, "Checking the payment…");
       check.submit(); // the server re-reads the payment at Stripe and shows the result

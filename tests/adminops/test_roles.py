@@ -8,7 +8,7 @@ from django.contrib.auth.models import Group, Permission
 from django.utils import timezone
 
 from accounts.models import User
-from adminops.roles import AUDITORS, INVENTORY_MANAGERS, SUPPORT
+from adminops.roles import AUDITORS, BILLING, INVENTORY_MANAGERS, SUPPORT
 from inventory import upload_jobs
 from inventory.models import Credential, InventoryUpload
 from subscriptions.models import Subscription
@@ -36,6 +36,28 @@ EXPECTED_PERMISSIONS = {
         "inventory.record_revocation",
         "subscriptions.terminate_subscription",
         "accounts.delete_account",
+        "adminops.view_auditevent",
+        # issue 16: card payments read-only (SPEC M5: refunds are the Billing role's)
+        "payments.view_cardpayment",
+        "payments.view_refund",
+        "payments.view_stripecustomer",
+        "payments.view_webhookevent",
+        "billing.view_creditaccount",
+        "billing.view_ledgerentry",
+        "billing.view_topupattempt",
+    },
+    BILLING: {
+        "payments.view_cardpayment",
+        "payments.view_refund",
+        "payments.view_stripecustomer",
+        "payments.view_webhookevent",
+        "billing.view_creditaccount",
+        "billing.view_ledgerentry",
+        "billing.view_topupattempt",
+        "accounts.view_user",
+        "subscriptions.view_subscription",
+        "payments.refund_cardpayment",
+        "billing.adjust_credits",
         "adminops.view_auditevent",
     },
 }
@@ -132,6 +154,10 @@ SUPPORT_PAGES = {
     "users",
     "user",
     "delete account",
+    # issue 16: payments and the ledger, read-only (SPEC M5: refunds are the Billing role's)
+    "ledger",
+    "credit accounts",
+    "top-ups",
 }
 ACTION_PAGES = {"upload", "revocation queue", "record revocation", "terminate", "delete account"}
 

@@ -16,15 +16,25 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from accounts.services import create_user
-from billing.errors import InsufficientCredits, InvalidCreditAmount
+from billing.errors import AdjustmentTooLarge, InsufficientCredits, InvalidCreditAmount
 from billing.models import CreditAccount, LedgerEntry
-from billing.services import forfeit_balance, grant_card_payment, grant_credits, post_entry
+from billing.services import (
+    adjust_credits,
+    debit_refund,
+    forfeit_balance,
+    grant_card_payment,
+    grant_credits,
+    lock_credit_account,
+    post_entry,
+    reverse_refund,
+)
 from tests.billing.helpers import ledger_state
 
 pytestmark = pytest.mark.django_db
 
 MICROS = 1_000_000
 _machine_users = itertools.count(1)
+_refund_ids = itertools.count(1_000_000)
 
 
 def debit(user, amount_micros: int) -> LedgerEntry:
@@ -46,7 +56,9 @@ cents = st.integers(min_value=1, max_value=50_000).map(lambda c: c * 10_000)
 
 class LedgerMachine(RuleBasedStateMachine):
     """SPEC P4: balance == Σ entries == last balance_after, balance >= 0, failed debits no-op;
-    with card payments (M2: one per PaymentIntent) and forfeiture (M10) in the mix."""
+    with card payments (M2: one per PaymentIntent), forfeiture (M10), refunds and their
+    reversals (M5: never above the balance, one reversal per refund) and adjustments (M6:
+    a removal never below zero) in the mix."""
 
     def __init__(self):
         super().__init__()
@@ -57,6 +69,8 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         self.expected = 0
         self.card_references: list[str] = []
+        self.refunds: list[tuple[int, int]] = []  # (refund id, amount) not yet reversed
+        self.reversed: list[int] = []
 
     @rule(amount=st.integers(min_value=500, max_value=100_000).map(lambda c: c * 10_000))
     def card_payment(self, amount):
@@ -142,6 +156,93 @@ class LedgerMachine(RuleBasedStateMachine):
         before = ledger_state(self.user)
         with pytest.raises(InsufficientCredits):
             debit(self.user, self.expected + 1)
+        assert ledger_state(self.user) == before
+
+    @rule(amount=cents, remove=st.booleans())
+    def adjust(self, amount, remove):
+        # SPEC M6: a grant or a removal with a reason; a removal never below zero.
+        signed = -amount if remove else amount
+        if remove and amount > self.expected:
+            before = ledger_state(self.user)
+            with pytest.raises(AdjustmentTooLarge):
+                adjust_credits(
+                    user=self.user,
+                    amount_micros=signed,
+                    reason="machine",
+                    actor="staff:1",
+                    now=timezone.now(),
+                )
+            assert ledger_state(self.user) == before
+            return
+        entry = adjust_credits(
+            user=self.user,
+            amount_micros=signed,
+            reason="machine",
+            actor="staff:1",
+            now=timezone.now(),
+        )
+        self.expected += signed
+        assert entry.kind == LedgerEntry.Kind.ADJUSTMENT
+        assert entry.balance_after_micros == self.expected
+
+    @rule(amount=cents)
+    def refund(self, amount):
+        # SPEC M5: a refund's debit, under the account lock; never above the balance.
+        refund_id = next(_refund_ids)
+        if amount > self.expected:
+            before = ledger_state(self.user)
+            with pytest.raises(InsufficientCredits), transaction.atomic():
+                lock_credit_account(user_id=self.user.pk)
+                debit_refund(
+                    user_id=self.user.pk,
+                    amount_micros=amount,
+                    refund_id=refund_id,
+                    actor="staff:1",
+                    now=timezone.now(),
+                    reason="machine",
+                )
+            assert ledger_state(self.user) == before
+            return
+        with transaction.atomic():
+            lock_credit_account(user_id=self.user.pk)
+            entry = debit_refund(
+                user_id=self.user.pk,
+                amount_micros=amount,
+                refund_id=refund_id,
+                actor="staff:1",
+                now=timezone.now(),
+                reason="machine",
+            )
+        self.expected -= amount
+        self.refunds.append((refund_id, amount))
+        assert entry.kind == LedgerEntry.Kind.REFUND and entry.amount_micros == -amount
+
+    @rule(data=st.data())
+    def refund_reversed(self, data):
+        # SPEC M5: a refund Stripe failed puts its credits back, once per refund.
+        if not self.refunds:
+            return
+        refund_id, amount = data.draw(st.sampled_from(self.refunds))
+        with transaction.atomic():
+            reverse_refund(
+                user_id=self.user.pk,
+                amount_micros=amount,
+                refund_id=refund_id,
+                actor="system:test",
+                now=timezone.now(),
+            )
+        self.expected += amount
+        self.refunds.remove((refund_id, amount))
+        self.reversed.append(refund_id)
+        before = ledger_state(self.user)
+        with pytest.raises(IntegrityError), transaction.atomic():
+            reverse_refund(
+                user_id=self.user.pk,
+                amount_micros=amount,
+                refund_id=refund_id,
+                actor="system:test",
+                now=timezone.now(),
+            )
         assert ledger_state(self.user) == before
 
     @invariant()

@@ -113,6 +113,17 @@ def build_world(make_user, stock) -> World:
     event = WebhookEvent.objects.create(
         event_id=f"evt_world{n}", type="customer.created", outcome="ignored", received_at=now
     )
+    from payments.models import Refund
+
+    # A refund record (SPEC M5), shown read-only in the admin.
+    refund = Refund.objects.create(
+        payment=payment,
+        amount_micros=1_000_000,
+        reason="world",
+        actor="staff:0",
+        ledger_entry=LedgerEntry.objects.filter(account=account).latest("id"),
+        created_at=now,
+    )
 
     ids = {
         "accounts.user": a.user.pk,
@@ -133,6 +144,7 @@ def build_world(make_user, stock) -> World:
         "payments.cardpayment": payment.pk,
         "payments.stripecustomer": customer.pk,
         "payments.webhookevent": event.pk,
+        "payments.refund": refund.pk,
     }
     return World(a=a, b=b, staff=staff, superuser=superuser, ids=ids)
 

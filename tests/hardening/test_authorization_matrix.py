@@ -407,6 +407,7 @@ ADMIN_MODELS: dict[str, dict[str, Any]] = {
     "payments.cardpayment": READ_ONLY,
     "payments.stripecustomer": READ_ONLY,
     "payments.webhookevent": READ_ONLY,
+    "payments.refund": READ_ONLY,
 }
 MODEL_SUFFIXES = ("", "add/", "<path:object_id>/", "change/", "delete/", "history/")
 
@@ -493,6 +494,15 @@ ADMIN_TABLE: dict[str, Entry] = {
     # Without a selection: back to the list with a message.
     "admin/subscriptions/subscription/terminate/": admin(
         "/admin/subscriptions/subscription/terminate/", Call("GET", admin_expect(403, 302))
+    ),
+    # Refunds (SPEC M5) and adjustments (M6): their own permissions (the Billing role).
+    "admin/payments/cardpayment/<int:payment_id>/refund/": admin(
+        lambda ids: f"/admin/payments/cardpayment/{ids['payments.cardpayment']}/refund/",
+        Call("GET", admin_expect(403, 200)),
+    ),
+    "admin/billing/creditaccount/<int:account_id>/adjust/": admin(
+        lambda ids: f"/admin/billing/creditaccount/{ids['billing.creditaccount']}/adjust/",
+        Call("GET", admin_expect(403, 200)),
     ),
     "admin/accounts/user/<id>/password/": admin(
         lambda ids: f"/admin/accounts/user/{ids['accounts.user']}/password/",

@@ -168,7 +168,9 @@ NOT_IN_LOGS = ("ciphertext-", "upstream-", "up-max-")
 
 @pytest.mark.django_db(transaction=True)
 def test_emails_and_task_logs_carry_no_secret(make_user, captured_logs, settings, standin):
-    settings.CODING_PLANS_TOP_UP_BACKEND = "simulated-approve"
+    # Declined, so the past-due e-mail is sent (issue 16: it follows the top-up's outcome, and
+    # an approved top-up sends none).
+    settings.CODING_PLANS_TOP_UP_BACKEND = "simulated-decline"
     c = Canaries()
     settings_canaries(c)
     now = timezone.now()

@@ -150,15 +150,33 @@ def test_credits_granted_during_grace_renew_at_next_sweep(
     assert (sub.status, sub.current_period_start) == ("active", due)
 
 
-def test_top_up_too_small_for_the_price_ends_at_deadline(
+def test_top_up_amount_covers_the_shortfall_rounded_up_to_whole_dollars(
     short_with_auto_top_up, settings, django_capture_on_commit_callbacks
 ):
-    # SPEC L4: one attempt per due term; an approved but insufficient top-up is not retried.
+    # SPEC M4: max(configured amount, shortfall for the due renewal), rounded up to whole
+    # dollars: a $50 Max renewal with $0 left and a $10 setting charges $50.
     settings.CODING_PLANS_TOP_UP_BACKEND = "simulated-approve"
     user, sub = short_with_auto_top_up(amount_usd=10, plan_id=MAX, credits_usd=50)
     due = sub.current_period_end
     with django_capture_on_commit_callbacks(execute=True):
         run_billing_sweep(now=due)
+    assert TopUpAttempt.objects.get().amount_micros == 50 * MICROS
+    assert balance(user) == 50 * MICROS == ledger_sum(user)
+
+
+def test_top_up_no_longer_enough_for_the_price_ends_at_deadline(
+    short_with_auto_top_up, settings, django_capture_on_commit_callbacks
+):
+    # SPEC L4: one attempt per due term; an approved top-up that no longer covers the price
+    # (the credits were taken away in between) is not retried.
+    from billing.services import adjust_credits
+
+    settings.CODING_PLANS_TOP_UP_BACKEND = "simulated-approve"
+    user, sub = short_with_auto_top_up(amount_usd=10, plan_id=MAX, credits_usd=50)
+    due = sub.current_period_end
+    with django_capture_on_commit_callbacks(execute=True):
+        run_billing_sweep(now=due)
+    adjust_credits(user=user, amount_micros=-40 * MICROS, reason="test", actor="staff:1", now=due)
     with django_capture_on_commit_callbacks(execute=True):
         run = run_billing_sweep(now=due + GRACE_PERIOD)
     assert run.counts["terminated"] == 1 and run.counts["auto_top_up_triggered"] == 0

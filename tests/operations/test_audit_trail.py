@@ -732,6 +732,96 @@ def handle_webhook(w: World) -> Expect:
     )
 
 
+def adjust_credits(w: World) -> Expect:
+    # SPEC M6: the audit event names the staff member.
+    user = w.customer(10)
+    return Expect(
+        lambda: billing.adjust_credits(
+            user=user, amount_micros=-4_000_000, reason="typo", actor=w.staff_actor, now=w.now
+        ),
+        {"credits.adjusted": w.staff_actor},
+    )
+
+
+def _paid(w: World, amount_micros: int = 25_000_000):
+    user = w.customer(0)
+    payment, _ = payments.pay_by_card(
+        user=user,
+        amount_micros=amount_micros,
+        payment_method_id=_card(w, user),
+        save_card=False,
+        actor=user_actor(user),
+        now=w.now - timedelta(minutes=1),
+    )
+    return user, payment
+
+
+def refund_card_payment(w: World) -> Expect:
+    # SPEC M5: a reason is required; the audit event names the staff member.
+    _user, payment = _paid(w)
+    return Expect(
+        lambda: payments.refund_card_payment(
+            payment_id=payment.pk,
+            amount_micros=10_000_000,
+            reason="goodwill",
+            actor=w.staff_actor,
+            now=w.now,
+        ),
+        {"refund.created": w.staff_actor, "refund.succeeded": w.staff_actor},
+    )
+
+
+def sync_refund(w: World) -> Expect:
+    _user, payment = _paid(w)
+    api_base = w.settings.STRIPE_API_BASE
+    w.settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # no answer: the refund stays pending
+    refund = payments.refund_card_payment(
+        payment_id=payment.pk,
+        amount_micros=5_000_000,
+        reason="pending",
+        actor=w.staff_actor,
+        now=w.now - timedelta(minutes=1),
+    )
+    w.settings.STRIPE_API_BASE = api_base
+    return Expect(
+        lambda: payments.sync_refund(refund_id=refund.pk, actor=w.staff_actor, now=w.now),
+        {"refund.succeeded": w.staff_actor},
+    )
+
+
+def charge_top_up(w: World) -> Expect:
+    # SPEC M4: the off-session charge acts for the sweep that recorded the attempt.
+    user = w.customer(0)
+    payment, _ = payments.pay_by_card(
+        user=user,
+        amount_micros=5_000_000,
+        payment_method_id=_card(w, user),
+        save_card=True,
+        actor=user_actor(user),
+        now=w.now - timedelta(minutes=1),
+    )
+    payments.settle_card(payment_id=payment.pk, now=w.now - timedelta(minutes=1))
+    w.settings.CODING_PLANS_TOP_UP_BACKEND = "stripe"
+    attempt = TopUpAttempt.objects.create(
+        account=CreditAccount.objects.get(user=user),
+        subscription_id=10**9,
+        due_at=w.now,
+        amount_micros=20_000_000,
+        backend="stripe",
+        created_at=w.now,
+    )
+    return Expect(
+        lambda: payments.charge_top_up(
+            attempt_id=attempt.pk, user_id=user.pk, amount_micros=20_000_000, now=w.now
+        ),
+        {
+            "card_payment.created": SYSTEM_SWEEP,
+            "card_payment.succeeded": SYSTEM_SWEEP,
+            "top_up.approved": SYSTEM_SWEEP,
+        },
+    )
+
+
 def forfeit_balance(w: World) -> Expect:
     user = w.customer(30)
 
@@ -769,6 +859,10 @@ AUDITED: dict[str, list[Callable[[World], Expect]]] = {
     "billing.services.set_auto_top_up": [set_auto_top_up],
     "billing.services.execute_top_up": [execute_top_up, execute_top_up_declined],
     "billing.services.record_top_up_outcome": [record_top_up_outcome],
+    "billing.services.adjust_credits": [adjust_credits],
+    "payments.services.refund_card_payment": [refund_card_payment],
+    "payments.services.sync_refund": [sync_refund],
+    "payments.services.charge_top_up": [charge_top_up],
     "byok.services.add_key": [add_key],
     "byok.services.update_key": [update_key_value, update_key_enabled],
     "byok.services.delete_key": [delete_key],
@@ -918,6 +1012,21 @@ NOT_STATE_CHANGES: dict[str, str] = {
         "saving one writes saved_card.set (proven by remove_saved_card's set-up)"
     ),
     "payments.services.send_receipt": "sends the receipt e-mail once; notes when it was sent",
+    # issue 16 (SPEC M4-M6)
+    "billing.services.turn_off_auto_top_up": INSIDE_A_CALLER.format("remove_saved_card")
+    + "; it also writes its own credits.auto_top_up_changed event",
+    "billing.services.top_up_blocker": "a read: why the sweep started no attempt",
+    "billing.services.apply_top_up_outcome": INSIDE_A_CALLER.format(
+        "record_top_up_outcome or a card payment's outcome"
+    )
+    + "; it writes its own top_up.<status> event (proven by execute_top_up, charge_top_up)",
+    "billing.services.debit_refund": INSIDE_A_CALLER.format("refund_card_payment (refund.created)"),
+    "billing.services.reverse_refund": INSIDE_A_CALLER.format(
+        "a refund Stripe failed (refund.failed)"
+    ),
+    "payments.services.intent_action": "a read at Stripe for the confirm page",
+    "payments.services.can_charge_top_up": "a read: whether a saved card exists",
+    "payments.services.send_refund_email": ("sends the refund e-mail once; notes when it was sent"),
 }
 
 CASES = [
