@@ -42,8 +42,8 @@ def ended_as_requested(subscription: Subscription) -> None:
         subscription.user_id,
         f"Your {subscription.plan_name} has ended",
         "Your Coding Plan ended at the end of its paid period, as you asked. Its "
-        "installed MiniMax key was removed from BYOK (if unchanged) and the plan's key "
-        "is being revoked.",
+        f"installed {subscription.provider_name} key was removed from BYOK (if unchanged) and "
+        "the plan's key is being revoked.",
     )
 
 
@@ -53,8 +53,9 @@ def ended_unpaid(subscription: Subscription) -> None:
         subscription.user_id,
         f"Your {subscription.plan_name} has ended",
         "Your Coding Plan could not be renewed because your credits did not cover it, so it "
-        "has ended. Its installed MiniMax key was removed from BYOK (if unchanged). Your own "
-        "MiniMax key, if you added one, was not touched.",
+        f"has ended. Its installed {subscription.provider_name} key was removed from BYOK (if "
+        f"unchanged). Your own {subscription.provider_name} key, if you added one, was not "
+        "touched.",
     )
 
 
@@ -71,7 +72,8 @@ def payment_needed(subscription: Subscription, *, top_up_attempted: bool) -> Non
         )
         + "Add credits "
         f"before {subscription.grace_deadline:%Y-%m-%d %H:%M} UTC to keep the plan; otherwise it "
-        "ends and its installed MiniMax key is removed. Your own MiniMax key is never deleted.",
+        f"ends and its installed {subscription.provider_name} key is removed. Your own "
+        f"{subscription.provider_name} key is never deleted.",
     )
 
 
@@ -80,6 +82,6 @@ def ended_by_operator(subscription: Subscription) -> None:
     email_after_commit(
         subscription.user_id,
         f"Your {subscription.plan_name} has ended",
-        "An operator ended your Coding Plan. Its installed MiniMax key was removed from BYOK "
-        "(if unchanged). Contact support if you have questions.",
+        f"An operator ended your Coding Plan. Its installed {subscription.provider_name} key was "
+        "removed from BYOK (if unchanged). Contact support if you have questions.",
     )
