@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 DEVENV := $(PY) -m codingplans.devenv --
 PORT ?= 8000
 STANDIN_PORT ?= 8090
+BYTEPLUS_STANDIN_PORT ?= 8091
 PYTEST_ARGS ?=
 
 .PHONY: install dev test lint format bench clean
@@ -23,8 +24,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 dev: install
-	DEBUG=1 PORT=$(PORT) STANDIN_PORT=$(STANDIN_PORT) \
+	DEBUG=1 PORT=$(PORT) STANDIN_PORT=$(STANDIN_PORT) BYTEPLUS_STANDIN_PORT=$(BYTEPLUS_STANDIN_PORT) \
 	MINIMAX_API_BASE_URL=$${MINIMAX_API_BASE_URL:-http://127.0.0.1:$(STANDIN_PORT)} \
+	BYTEPLUS_API_BASE_URL=$${BYTEPLUS_API_BASE_URL:-http://127.0.0.1:$(BYTEPLUS_STANDIN_PORT)/api/coding/v3} \
 	CODING_PLANS_PURCHASE_ENABLED=$${CODING_PLANS_PURCHASE_ENABLED:-true} \
 	CODING_PLANS_LOCAL_WEBHOOK_URL=http://127.0.0.1:$(PORT)/api/v1/payments/stripe/webhook \
 	$(DEVENV) sh -c '$(PY) manage.py migrate --noinput && $(PY) manage.py seed_demo --with-inventory && \

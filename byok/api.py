@@ -10,7 +10,6 @@ from pydantic import StrictBool, StrictStr
 
 from byok import selectors, services
 from byok.models import ByokKey
-from upstream.client import KEY_CHECK_MESSAGES
 
 router = Router(tags=["byok"])
 
@@ -104,5 +103,5 @@ def test_key(request, key_id: int):
         return {"ok": True, "error": None}
     return {
         "ok": False,
-        "error": {"code": result.error, "message": KEY_CHECK_MESSAGES[result.error]},
+        "error": {"code": result.error, "message": result.message},
     }

@@ -1,5 +1,6 @@
 from django import forms
-from django.conf import settings
+
+from upstream.providers import registry
 
 
 class AddKeyForm(forms.Form):
@@ -17,7 +18,9 @@ class AddKeyForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["provider_id"].choices = list(settings.PROVIDERS.items())
+        self.fields["provider_id"].choices = [
+            (p.provider_id, p.name) for p in registry.all_providers()
+        ]
 
 
 class ReplaceKeyForm(forms.Form):

@@ -8,7 +8,7 @@ from django.db import models
 
 class ByokKey(models.Model):
     class ManagedBy(models.TextChoices):
-        CODING_PLAN = "coding_plan", "MiniMax Coding Plan"
+        CODING_PLAN = "coding_plan", "Coding Plan"
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="byok_keys"
@@ -44,6 +44,6 @@ class ByokKey(models.Model):
 
     @property
     def provider_name(self) -> str:
-        from django.conf import settings
+        from catalog import provider_name
 
-        return settings.PROVIDERS.get(self.provider_id, self.provider_id)
+        return provider_name(self.provider_id)

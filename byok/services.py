@@ -13,21 +13,28 @@ from byok.errors import InvalidKey, KeyNotFound, ProviderSlotOccupied, UnknownPr
 from byok.models import ByokKey
 from codingplans import crypto, sql
 from codingplans.ratelimit import RateLimited, hit
-from upstream import client as minimax
+from upstream.providers import registry
+from upstream.providers.base import UNREADABLE_KEY_MESSAGE, KeyCheck
 
 KEY_BUDGET_MESSAGE = (
     "Too many key tests and replacements in the last minute. Wait a minute and try again."
 )
 
 
-def _clean_key(api_key: object) -> str:
-    if not isinstance(api_key, str) or not minimax.has_key_shape(api_key.strip()):
+def _clean_key(api_key: object, provider_id: str) -> str:
+    """The key, trimmed, when it has the shape of the provider's keys (SPEC V1)."""
+    provider = registry.get(provider_id)
+    if (
+        not isinstance(api_key, str)
+        or provider is None
+        or not provider.has_key_shape(api_key.strip())
+    ):
         raise InvalidKey()
     return api_key.strip()
 
 
 def _check_provider(provider_id: object) -> str:
-    if not isinstance(provider_id, str) or provider_id not in settings.PROVIDERS:
+    if registry.get(provider_id) is None:
         raise UnknownProvider()
     return provider_id
 
@@ -51,7 +58,7 @@ def _state(key: ByokKey) -> dict[str, object]:
 def add_key(*, user, provider_id: str, api_key: str, now: datetime) -> ByokKey:
     """Add the user's key for a provider; the slot holds one entry, enabled or disabled."""
     provider_id = _check_provider(provider_id)
-    api_key = _clean_key(api_key)
+    api_key = _clean_key(api_key, provider_id)
     with transaction.atomic(durable=True):
         if ByokKey.objects.filter(user=user, provider_id=provider_id).exists():
             raise ProviderSlotOccupied()
@@ -76,8 +83,8 @@ def add_key(*, user, provider_id: str, api_key: str, now: datetime) -> ByokKey:
 def spend_key_budget(user) -> None:
     """Count one key test or key replacement against the user's budget per minute
     (BYOK_KEY_RATE_LIMIT_PER_MINUTE); over it, RateLimited (429 `rate_limited`). A test sends the
-    stored key to MiniMax, and a replacement stores a new value to test: unlimited, the pair
-    would be a free oracle, run from our servers, for checking stolen MiniMax keys."""
+    stored key to its provider, and a replacement stores a new value to test: unlimited, the
+    pair would be a free oracle, run from our servers, for checking stolen provider keys."""
     if not hit("byok-key", str(user.pk), limit=settings.BYOK_KEY_RATE_LIMIT_PER_MINUTE):
         raise RateLimited(KEY_BUDGET_MESSAGE)
 
@@ -94,7 +101,8 @@ def update_key(
     from then on it is the customer's own key."""
     if api_key is not None:
         spend_key_budget(user)
-        api_key = _clean_key(api_key)
+        if not isinstance(api_key, str) or not api_key.strip():
+            raise InvalidKey()
     if enabled is not None and not isinstance(enabled, bool):
         raise InvalidKey("`enabled` must be true or false.")
     with transaction.atomic(durable=True):
@@ -102,6 +110,7 @@ def update_key(
         old = _state(key)
         fields = ["updated_at"]
         if api_key is not None:
+            api_key = _clean_key(api_key, key.provider_id)  # the shape of its provider's keys
             key.encrypted_key = crypto.encrypt(api_key)
             key.key_hint = crypto.key_hint(api_key)
             fields += ["encrypted_key", "key_hint"]
@@ -145,7 +154,7 @@ def decrypted_key(key: ByokKey) -> str:
     return crypto.decrypt(key.encrypted_key)
 
 
-def check_stored_key(*, user, key_id: int) -> minimax.KeyCheck:
+def check_stored_key(*, user, key_id: int) -> KeyCheck:
     """A non-mutating call to the provider with the stored key (SPEC B1), within the user's
     key budget (`spend_key_budget`)."""
     spend_key_budget(user)
@@ -155,8 +164,8 @@ def check_stored_key(*, user, key_id: int) -> minimax.KeyCheck:
     try:
         plaintext = decrypted_key(key)
     except crypto.SecretUnavailable:  # encrypted under a key that has since been retired
-        return minimax.KeyCheck(False, "unreadable")
-    return minimax.check_key(plaintext)
+        return KeyCheck(False, "unreadable", UNREADABLE_KEY_MESSAGE)
+    return registry.provider(key.provider_id).check_key(plaintext)
 
 
 # The installed entry a purchase creates (P4 step 4), as a fragment of the purchase's one

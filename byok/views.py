@@ -12,10 +12,9 @@ from byok.forms import AddKeyForm, ConfirmForm, ReplaceKeyForm, ToggleForm
 from codingplans.crypto import SecretUnavailable
 from codingplans.errors import DomainError
 from codingplans.ratelimit import RateLimited
-from upstream.client import KEY_CHECK_MESSAGES
 
 MANAGED_WARNING = (
-    "This key is managed by your MiniMax Coding Plan. Billing for the plan continues whatever you "
+    "This key is managed by your Coding Plan. Billing for the plan continues whatever you "
     "do here, and the plan's key cannot be recovered once you replace or delete it."
 )
 
@@ -133,7 +132,7 @@ def test_key(request, key_id: int):
         messages.error(request, exc.message)
         return redirect("byok")
     if result.ok:
-        messages.success(request, "The key works: MiniMax accepted a test call.")
+        messages.success(request, f"The key works: {result.message}")
     else:
-        messages.error(request, f"Key test failed: {KEY_CHECK_MESSAGES[result.error]}")
+        messages.error(request, f"Key test failed: {result.message}")
     return redirect("byok")

@@ -21,7 +21,7 @@ class Plan:
 
     @property
     def provider_name(self) -> str:
-        return settings.PROVIDERS.get(self.provider_id, self.provider_id)
+        return provider_name(self.provider_id)
 
     @property
     def price_usd(self) -> str:
@@ -31,6 +31,11 @@ class Plan:
     def cadence(self) -> str:
         """ "$20.00 / 30 days" (C2)."""
         return f"${self.price_usd} / {self.billing_period_days} days"
+
+
+def provider_name(provider_id: str) -> str:
+    """A provider's name as customers read it (SPEC C2); its id when the catalog has none."""
+    return settings.PROVIDERS.get(provider_id, provider_id)
 
 
 def all_plans() -> list[Plan]:
@@ -56,3 +61,9 @@ def get_plan(plan_id: object) -> Plan | None:
 
 def plan_ids() -> list[str]:
     return [plan.plan_id for plan in all_plans()]
+
+
+def providers_in_catalog() -> list[str]:
+    """The provider ids the catalog sells plans of, in catalog order (SPEC V2: the Subscription
+    Center groups plans by provider)."""
+    return list(dict.fromkeys(plan.provider_id for plan in all_plans()))

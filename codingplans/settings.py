@@ -263,6 +263,12 @@ EMAIL_LINK_RATE_LIMIT_PER_HOUR = int(os.environ.get("EMAIL_LINK_RATE_LIMIT_PER_H
 # Upstream and product flags.
 MINIMAX_API_BASE_URL = os.environ.get("MINIMAX_API_BASE_URL", "https://api.minimax.io").rstrip("/")
 MINIMAX_TIMEOUT_SECONDS = float(os.environ.get("MINIMAX_TIMEOUT_SECONDS", "10"))
+# BytePlus Coding Plan (SPEC 11.4): its OpenAI-compatible API and the model a key check asks for.
+BYTEPLUS_API_BASE_URL = os.environ.get(
+    "BYTEPLUS_API_BASE_URL", "https://ark.ap-southeast.bytepluses.com/api/coding/v3"
+).rstrip("/")
+BYTEPLUS_TIMEOUT_SECONDS = float(os.environ.get("BYTEPLUS_TIMEOUT_SECONDS", "10"))
+BYTEPLUS_VALIDATION_MODEL = os.environ.get("BYTEPLUS_VALIDATION_MODEL", "ark-code-latest")
 GATEWAY_TIMEOUT_SECONDS = float(os.environ.get("GATEWAY_TIMEOUT_SECONDS", "60"))
 GATEWAY_RATE_LIMIT_PER_MINUTE = int(os.environ.get("GATEWAY_RATE_LIMIT_PER_MINUTE", "600"))
 # One user's gateway calls per minute across all of their API tokens (and their session).
@@ -422,8 +428,14 @@ from codingplans.redaction import install_record_factory  # noqa: E402
 
 install_record_factory()
 
-# Providers whose keys customers can keep in BYOK (SPEC B1) and the gateway can route (SPEC G1).
-PROVIDERS = {"minimax": "MiniMax"}
+# Providers (SPEC V1): their names, as customers read them (SPEC C2), and the module that speaks
+# each one's API (`upstream.providers.registry`). A provider's keys can be kept in BYOK (B1) and
+# routed by the gateway (G1, V4); the catalog below names the provider of each plan.
+PROVIDERS = {"minimax": "MiniMax", "byteplus": "BytePlus"}
+CODING_PLANS_PROVIDER_MODULES = {
+    "minimax": "upstream.providers.minimax",
+    "byteplus": "upstream.providers.byteplus",
+}
 
 # Catalog (SPEC C1): reviewed code, not the database or the admin. Prices in microdollars.
 CODING_PLANS_CATALOG = [
@@ -452,6 +464,25 @@ CODING_PLANS_CATALOG = [
         "price_micros": 120_000_000,
         "billing_period_days": 30,
         "features": ["Everything in Max", "About 8x the Plus quota", "For heavy agent workloads"],
+        "low_stock_threshold": 3,
+    },
+    # SPEC V2: BytePlus Coding Plan.
+    {
+        "plan_id": "byteplus-coding-plan-lite",
+        "provider_id": "byteplus",
+        "name": "Coding Plan Lite",
+        "price_micros": 20_000_000,
+        "billing_period_days": 30,
+        "features": ["ark-code-latest for everyday coding", "OpenAI-compatible API"],
+        "low_stock_threshold": 5,
+    },
+    {
+        "plan_id": "byteplus-coding-plan-pro",
+        "provider_id": "byteplus",
+        "name": "Coding Plan Pro",
+        "price_micros": 100_000_000,
+        "billing_period_days": 30,
+        "features": ["Everything in Lite", "About 5x the Lite capacity", "For heavy agent work"],
         "low_stock_threshold": 3,
     },
 ]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from django.http import JsonResponse
 
 from codingplans.errors import DomainError
-from upstream.answers import DEFAULT_RETRY_AFTER_SECONDS
+from upstream.providers import registry
+from upstream.providers.base import DEFAULT_RETRY_AFTER_SECONDS
 
 
 class GatewayError(DomainError):
@@ -24,9 +25,14 @@ class NoProviderKey(GatewayError):
 class UnknownProvider(GatewayError):
     code = "unknown_provider"
     status = 400
-    default_message = (
-        "Unknown provider: name the model as <provider>/<model>, e.g. minimax/MiniMax-M2."
-    )
+
+    def __init__(self, message: str | None = None):
+        if message is None:  # the registered providers, each with an example model
+            examples = " or ".join(
+                f"{p.provider_id}/{p.example_model}" for p in registry.all_providers()
+            )
+            message = f"Unknown provider: name the model as <provider>/<model>, e.g. {examples}."
+        super().__init__(message)
 
 
 class InvalidRequest(GatewayError):

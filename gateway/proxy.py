@@ -1,8 +1,9 @@
-"""The gateway's proxy (SPEC G1–G3): an admitted request (`gateway/views.py`) sent on to MiniMax
-and its answer relayed back — the upstream transports (one per event loop under ASGI, one per
-process under WSGI), the upstream request, MiniMax's answer read by `upstream/answers.py` and
-mapped to our errors, the stream relay and key scrubbing (`gateway/relay.py`), and the usage
-metering after the last byte.
+"""The gateway's proxy (SPEC G1–G3, V4): an admitted request (`gateway/views.py`) sent on to the
+route's provider and its answer relayed back — the upstream transports (one per event loop under
+ASGI, one per process under WSGI), the upstream request (its URL and body shaped by the provider
+module), the provider's answer read by its module (`upstream/providers/`) and mapped to our
+errors, the stream relay and key scrubbing (`gateway/relay.py`), and the usage metering after
+the last byte.
 
 The customer's key is used only for the upstream call, and no upstream error text, header or
 key ever reaches the response or the logs (the key is also scrubbed from whatever a successful
@@ -44,14 +45,8 @@ from gateway.relay import (
     scrub_json,
     secret_forms,
 )
-from upstream.answers import (
-    DEFAULT_RETRY_AFTER_SECONDS,
-    Kind,
-    Reading,
-    read_chat_body,
-    read_status,
-)
-from upstream.client import ssl_context
+from upstream.providers.base import DEFAULT_RETRY_AFTER_SECONDS, Kind, Reading
+from upstream.providers.http import ssl_context
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +82,7 @@ class MeteredStreamingResponse(_MeteredResponse, StreamingHttpResponse):
 
 
 def _provider_error(reading: Reading) -> GatewayError:
-    """MiniMax's answer, as `upstream/answers.py` reads it, as our own error (SPEC G3)."""
+    """The provider's answer, as its module reads it, as our own error (SPEC G3)."""
     if reading.kind is Kind.KEY_REJECTED:
         return ProviderKeyRejected()
     if reading.kind is Kind.RATE_LIMITED:
@@ -96,12 +91,14 @@ def _provider_error(reading: Reading) -> GatewayError:
         return ProviderError(f"The provider returned an error (HTTP {reading.http_status}).")
     if reading.code is not None:
         return ProviderError(f"The provider returned an error (code {reading.code}).")
+    if reading.kind is Kind.PROVIDER_ERROR:
+        return ProviderError()
     return ProviderError("The provider sent an invalid response.")
 
 
-def _error_in_body(payload: dict) -> GatewayError | None:
-    """A 200 whose `base_resp` reports an error and that carries no choices."""
-    reading = read_chat_body(payload)
+def _error_in_body(route: services.Route, payload: dict) -> GatewayError | None:
+    """A 200 that reports an error (and carries no choices), as the provider's module reads it."""
+    reading = route.provider.read_chat_body(payload)
     return None if reading.kind is Kind.OK else _provider_error(reading)
 
 
@@ -162,11 +159,12 @@ def _timeout() -> httpx.Timeout:
 
 @sensitive_variables("route", "headers")
 def _upstream_request(route: services.Route, body: dict) -> httpx.Request:
-    upstream_body = {**body, "model": route.upstream_model}
+    provider = route.provider
+    upstream_body = provider.upstream_body(body, route.upstream_model)
     headers = {"Authorization": f"Bearer {route.api_key}", "Content-Type": "application/json"}
     return httpx.Request(
         "POST",
-        settings.MINIMAX_API_BASE_URL.rstrip("/") + "/v1/chat/completions",
+        provider.chat_url(),
         content=json.dumps(upstream_body),
         headers=headers,
         extensions={"timeout": _timeout().as_dict()},
@@ -184,7 +182,7 @@ def _unreachable(route: services.Route, exc: Exception) -> JsonResponse:
 def _refused(route: services.Route, upstream: httpx.Response) -> JsonResponse:
     """A non-200 upstream answer (its body already closed), as our own error; a rate limit
     with upstream's Retry-After when it has a usable one."""
-    error = _provider_error(read_status(upstream.status_code, upstream.headers))
+    error = _provider_error(route.provider.read_status(upstream.status_code, upstream.headers))
     logger.warning(
         "gateway: %s upstream answered HTTP %s (%s)",
         route.provider_id,
@@ -201,13 +199,13 @@ def _is_event_stream(upstream: httpx.Response) -> bool:
 
 def _not_a_stream(route: services.Route, raw: bytes | None) -> JsonResponse:
     """A 200 to a streaming request that is no event stream (the start of its body in `raw`):
-    MiniMax's JSON with an error in `base_resp` maps as in a non-streaming answer; anything
-    else (an error page, a plain answer) is a provider error. Upstream text is never relayed."""
+    a JSON answer reporting an error maps as in a non-streaming answer; anything else (an
+    error page, a plain answer) is a provider error. Upstream text is never relayed."""
     try:
         payload = json.loads(raw or b"null")
     except (ValueError, RecursionError):
         payload = None
-    error = _error_in_body(payload) if isinstance(payload, dict) else None
+    error = _error_in_body(route, payload) if isinstance(payload, dict) else None
     if error is not None:
         logger.warning("gateway: %s upstream answered 200 with %s", route.provider_id, error.code)
         return error_response(error)
@@ -248,7 +246,7 @@ def _answer(raw: bytes, *, user_id: int, route, started: float) -> HttpResponse:
     except (ValueError, RecursionError):
         logger.warning("gateway: %s upstream sent an invalid answer", route.provider_id)
         return error_response(ProviderError("The provider sent an invalid response."))
-    error = _error_in_body(payload)
+    error = _error_in_body(route, payload)
     if error is not None:
         logger.warning("gateway: %s upstream answered 200 with %s", route.provider_id, error.code)
         return error_response(error)
@@ -292,8 +290,8 @@ def _read_sync(upstream: httpx.Response, *, limit: int) -> bytes | None:
 
 @sensitive_variables("route")
 async def forward(user_id: int, body: dict, route: services.Route) -> HttpResponse:
-    """An admitted request (`gateway.views.chat_completions`) sent on to MiniMax on this event
-    loop's transport, and its answer (a stream relayed as it arrives) as our response."""
+    """An admitted request (`gateway.views.chat_completions`) sent on to its provider on this
+    event loop's transport, and its answer (a stream relayed as it arrives) as our response."""
     stream = body.get("stream") is True
     started = time.monotonic()
     try:

@@ -6,7 +6,6 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.conf import settings
 from django.db.models import Count, Sum
 
 from accounts.tokens import bearer_lookup
@@ -15,6 +14,8 @@ from codingplans import crypto
 from codingplans import sql as lean
 from gateway.errors import NoProviderKey, UnknownProvider
 from gateway.models import GatewayRequest
+from upstream.providers import registry
+from upstream.providers.base import Provider
 
 
 @dataclass(frozen=True)
@@ -25,13 +26,19 @@ class Route:
     api_key: str = field(repr=False)
     subscription_id: int | None
 
+    @property
+    def provider(self) -> Provider:
+        """The provider module that speaks this route's upstream API (SPEC V1)."""
+        return registry.provider(self.provider_id)
+
 
 def split_model(model: object) -> tuple[str, str] | None:
-    """`minimax/<model>` → ("minimax", "<model>") for a known provider; None otherwise."""
+    """`<provider id>/<model>` → (provider id, "<model>") for a registered provider (SPEC G1,
+    V4); None otherwise."""
     if not isinstance(model, str) or "/" not in model:
         return None
     provider_id, _, upstream_model = model.partition("/")
-    if provider_id not in settings.PROVIDERS or not upstream_model:
+    if registry.get(provider_id) is None or not upstream_model:
         return None
     return provider_id, upstream_model
 
@@ -56,7 +63,8 @@ def _route(provider_id: str, upstream_model: str, entry: tuple[str, int | None] 
 
 
 def resolve_route(*, user, model: object) -> Route:
-    """`minimax/<model>` → the caller's enabled MiniMax BYOK entry, whatever its origin (G1)."""
+    """`<provider id>/<model>` → the caller's enabled BYOK entry for that provider, whatever its
+    origin (G1, V4)."""
     parts = split_model(model)
     if parts is None:
         raise UnknownProvider()

@@ -104,7 +104,7 @@ class CredentialAdmin(ReadOnlyAdmin):
 
     @admin.display(description="upstream plan id")
     def upstream_plan(self, obj: Credential) -> str | None:
-        # Only for items support must deprovision at MiniMax (I6, R1).
+        # Only for items support must deprovision at the provider (I6, R1).
         return obj.upstream_plan_id if obj.state in REVOCABLE else None
 
     @admin.display(description="note")

@@ -81,7 +81,7 @@ class RevocationOutcomeForm(forms.Form):
         label="Outcome",
         widget=forms.RadioSelect,
         choices=[
-            (Credential.State.REVOKED.value, "Revoked at MiniMax"),
+            (Credential.State.REVOKED.value, "Revoked at the provider"),
             (Credential.State.REVOCATION_FAILED.value, "Revocation failed"),
         ],
     )

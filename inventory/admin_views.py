@@ -115,7 +115,7 @@ def _upload_view(model_admin, request):
 
 
 def revocation_queue_view(model_admin, request):
-    """R1: what support must deprovision at MiniMax, oldest first."""
+    """R1: what support must deprovision at the provider, oldest first."""
     if not request.user.has_perm(REVOCATION_PERMISSION):
         raise PermissionDenied
     rows = selectors.revocation_queue()

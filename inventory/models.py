@@ -18,7 +18,7 @@ class Credential(models.Model):
         REVOKED = "revoked", "Revoked"
         REVOCATION_FAILED = "revocation_failed", "Revocation failed"
 
-    # Waiting to be deprovisioned at MiniMax: the revocation queue, the states that take an
+    # Waiting to be deprovisioned at the provider: the revocation queue, the states that take an
     # outcome (R1, R2). The queue's partial index below names the same two states.
     REVOCABLE_STATES = (State.REVOCATION_PENDING, State.REVOCATION_FAILED)
 

@@ -1,10 +1,10 @@
 """Uploading credentials (SPEC I1–I3): parse, validate live, store — all or nothing.
 
 Parse and de-duplicate first (within the file and against every credential ever stored),
-validate every key live against MiniMax with bounded concurrency, then store everything in one
-transaction — or nothing. The report names lines and reasons, never keys. The admin's two-step
-upload (recorded, then processed in the background) is in `inventory.upload_jobs`; the command
-and the tests call `upload_credentials` directly.
+validate every key live against the plan's provider (SPEC V1) with bounded concurrency, then
+store everything in one transaction — or nothing. The report names lines and reasons, never
+keys. The admin's two-step upload (recorded, then processed in the background) is in
+`inventory.upload_jobs`; the command and the tests call `upload_credentials` directly.
 """
 
 from __future__ import annotations
@@ -24,18 +24,12 @@ from catalog import get_plan
 from codingplans import crypto
 from inventory.errors import UnknownPlan
 from inventory.models import Credential, InventoryUpload
-from upstream import client as minimax
+from upstream.providers import registry
+from upstream.providers.base import KeyCheck, Provider
 
 DEFAULT_VALIDATION_CONCURRENCY = 10
 MAX_LINES = 10_000
 _UPSTREAM_ID_SHAPE = re.compile(r"^[\x21-\x7e]{1,200}$")
-
-VALIDATION_REASONS = {
-    "invalid_key": "MiniMax rejected the key (invalid or already deactivated)",
-    "network": "MiniMax could not be reached or did not answer in time",
-    "http": "MiniMax returned an error status",
-    "invalid_response": "MiniMax sent a response that was not a valid completion",
-}
 
 
 @dataclass
@@ -60,7 +54,7 @@ class _Line:
     fingerprint: str
 
 
-def _parse(text: str) -> tuple[list[_Line], list[dict[str, object]]]:
+def _parse(text: str, provider: Provider) -> tuple[list[_Line], list[dict[str, object]]]:
     """One credential per line, `<api key>::<upstream plan id>`; blank lines ignored (I1)."""
     lines: list[_Line] = []
     errors: list[dict[str, object]] = []
@@ -76,12 +70,11 @@ def _parse(text: str) -> tuple[list[_Line], list[dict[str, object]]]:
                 {"line": number, "reason": "malformed: expected <api key>::<upstream plan id>"}
             )
             continue
-        if not minimax.has_key_shape(key):
+        if not provider.has_key_shape(key):
             errors.append(
                 {
                     "line": number,
-                    "reason": "malformed: the API key is empty or not a single token of "
-                    "8–512 characters",
+                    "reason": f"malformed: the API key is empty or not {provider.key_shape_text}",
                 }
             )
             continue
@@ -119,13 +112,14 @@ def line_limit_message(count: int) -> str:
 
 def _validate_live(
     lines: list[_Line],
+    provider: Provider,
     *,
     concurrency: int,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[list[dict[str, object]], int, bool]:
     """One minimal call per key (I3), at most `concurrency` at once, each with the client timeout.
 
-    Returns (errors, keys left unchecked, whether MiniMax was unreachable). Once MiniMax is
+    Returns (errors, keys left unchecked, whether the provider was unreachable). Once it is
     unreachable or times out, the upload is rejected whatever the other keys would say, so the
     keys not yet sent are not tried: a rejected upload then takes about one timeout, not one
     timeout per `concurrency` keys (a 10,000-line file would otherwise hang for hours).
@@ -137,15 +131,15 @@ def _validate_live(
     skipped = 0
     unreachable = threading.Event()
 
-    def check(line: _Line, http: httpx.Client) -> minimax.KeyCheck | None:
+    def check(line: _Line, http: httpx.Client) -> KeyCheck | None:
         if unreachable.is_set():  # set by whichever worker saw it first, before it takes more
             return None
-        result = minimax.check_key(line.api_key, client=http)
+        result = provider.check_key(line.api_key, client=http)
         if result.error == "network":
             unreachable.set()
         return result
 
-    with minimax.make_client(limits=limits) as http, ThreadPoolExecutor(concurrency) as pool:
+    with provider.make_client(limits=limits) as http, ThreadPoolExecutor(concurrency) as pool:
         futures = {pool.submit(check, line, http): line for line in lines}
         for future in as_completed(futures):
             result = future.result()
@@ -153,7 +147,7 @@ def _validate_live(
                 skipped += 1
                 continue
             if not result.ok:
-                reason = VALIDATION_REASONS.get(result.error or "", "validation failed")
+                reason = provider.validation_reason(result.error)
                 line = futures[future]
                 errors.append({"line": line.number, "reason": f"failed live validation: {reason}"})
             done += 1
@@ -174,10 +168,12 @@ def upload_credentials(
 ) -> UploadReport:
     """Parse, de-duplicate (within the file and against every credential ever stored), validate
     live, then store all or nothing (I1–I3). The report names lines and reasons, never keys."""
-    if get_plan(plan_id) is None:
+    plan = get_plan(plan_id)
+    if plan is None:
         raise UnknownPlan()
+    provider = registry.provider(plan.provider_id)
     report = UploadReport()
-    lines, report.errors = _parse(text)
+    lines, report.errors = _parse(text, provider)
     report.message = line_limit_message(len(lines) + len(report.errors))
     if report.message:
         return report
@@ -208,6 +204,7 @@ def upload_credentials(
     total = len(fresh)
     report.errors, unchecked, unreachable = _validate_live(
         fresh,
+        provider,
         concurrency=concurrency,
         progress=(lambda done: progress(done, total)) if progress else None,
     )
@@ -215,7 +212,8 @@ def upload_credentials(
         report.errors.sort(key=lambda e: e["line"])
         if unreachable:
             report.message = (
-                "Nothing was stored: MiniMax could not be reached or did not answer in time"
+                f"Nothing was stored: {provider.name} could not be reached or did not answer in "
+                "time"
                 + (f" ({unchecked} credential(s) were not checked)" if unchecked else "")
                 + ". Try the whole upload again later."
             )

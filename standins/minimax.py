@@ -315,6 +315,11 @@ class StandinState:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # What a provider's stand-in varies (standins/byteplus.py subclasses this handler).
+    NAME = "MiniMax"
+    DEFAULT_MODEL = "MiniMax-M2"
+    CHAT_PATHS: tuple[str, ...] = ("/v1/chat/completions",)
+    QUOTA_PATHS: tuple[str, ...] = ("/v1/token_plan/remains",)
     # TCP_NODELAY: headers and body go out as two writes; with Nagle on, the body of every
     # keep-alive response waited for the client's delayed ACK (~40 ms a call, `make bench`).
     disable_nagle_algorithm = True
@@ -371,6 +376,28 @@ class _Handler(BaseHTTPRequestHandler):
         header = self.headers.get("Authorization", "")
         return header[7:].strip() if header.lower().startswith("bearer ") else ""
 
+    def _error_body(self, message: str, code: str) -> dict[str, Any]:
+        """An error answer's body (MiniMax: a message only)."""
+        return {"error": {"message": message}}
+
+    def _prefix_failure(self, key: str) -> str | None:
+        """A failure chosen by the key's prefix (none for MiniMax: `key_failures` instead)."""
+        return None
+
+    def _reject(self) -> None:
+        """The answer to a key that is not accepted."""
+        self._json(401, {"base_resp": {"status_code": 1004, "status_msg": "invalid api key"}})
+
+    def _final_usage_events(self, base: dict[str, Any], usage: dict[str, Any], body: Any) -> list:
+        """The stream's last chunk(s): MiniMax puts `usage` on the chunk that finishes."""
+        return [
+            {
+                **base,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                "usage": usage,
+            }
+        ]
+
     def _fail(self, failure: str | None, path: str) -> bool:
         """Apply a configured failure; True when the response has been sent."""
         state = self.server.state
@@ -380,9 +407,11 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(state.timeout_sleep_s)
             self._json(504, {"error": "timeout"})
         elif failure == "500":
-            self._json(500, {"error": {"message": "internal error (stand-in)"}})
+            self._json(500, self._error_body("internal error (stand-in)", "InternalServiceError"))
         elif failure in ("401", "403"):
-            self._json(int(failure), {"error": {"message": "invalid api key (stand-in)"}})
+            self._json(
+                int(failure), self._error_body("invalid api key (stand-in)", "AuthenticationError")
+            )
         elif failure == "redirect":
             body = b'{"moved": true}'
             self.send_response(302)
@@ -396,7 +425,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif failure == "429":
             self.send_response(429)
             self.send_header("Retry-After", "7")
-            body = b'{"error": {"message": "rate limited (stand-in)"}}'
+            body = json.dumps(
+                self._error_body("rate limited (stand-in)", "RateLimitExceeded")
+            ).encode()
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -439,14 +470,18 @@ class _Handler(BaseHTTPRequestHandler):
             )
             self._take_off(state)
             latency = state.latency_ms
-            failure = (state.key_failures.get(key) or state.failure) if failures else None
+            failure = (
+                (state.key_failures.get(key) or self._prefix_failure(key) or state.failure)
+                if failures
+                else None
+            )
             accepted = state.key_accepted(key)
         if latency:
             time.sleep(latency / 1000)
         if self._fail(failure, path):
             return None
         if not accepted:
-            self._json(401, {"base_resp": {"status_code": 1004, "status_msg": "invalid api key"}})
+            self._reject()
             return None
         with state.lock:
             canned = copy.deepcopy(state.response)
@@ -494,7 +529,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, {"ok": True})
             return
         endpoint, failures = self._route(path)
-        if endpoint != "/v1/chat/completions":
+        if endpoint not in self.CHAT_PATHS:
             self._json(404, {"error": "not found"})
             return
         key = self._prelude(path, body, failures=failures)
@@ -509,7 +544,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, {"requests": calls})
             return
         endpoint, failures = self._route(path)
-        if endpoint != "/v1/token_plan/remains":
+        if endpoint not in self.QUOTA_PATHS:
             self._json(404, {"error": "not found"})
             return
         key = self._prelude(path, None, failures=failures)
@@ -522,7 +557,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _chat_completion(self, body: dict[str, Any], key: str = "") -> None:
         max_tokens = body.get("max_tokens")
-        text = "Hi" if max_tokens == 1 else "Hello from the stand-in MiniMax server."
+        text = "Hi" if max_tokens == 1 else f"Hello from the stand-in {self.NAME} server."
         finish = "length" if max_tokens == 1 else "stop"
         messages = body.get("messages")
         if not isinstance(messages, list):
@@ -539,7 +574,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "id": f"standin-{int(time.time() * 1000)}",
                 "object": "chat.completion",
                 "created": int(time.time()),
-                "model": body.get("model", "MiniMax-M2"),
+                "model": body.get("model", self.DEFAULT_MODEL),
                 "choices": [
                     {
                         "index": 0,
@@ -614,7 +649,7 @@ def _stream_chunks(
         handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
 
     created = int(time.time())
-    model = body.get("model", "MiniMax-M2")
+    model = body.get("model", handler.DEFAULT_MODEL)
     for index in range(chunks):
         if drop_after is not None and index >= int(drop_after):
             return "dropped"  # connection closes without [DONE]: a mid-stream disconnect
@@ -645,22 +680,19 @@ def _stream_chunks(
         event = first + b",\ndata: " + second + b"\n\n"
         write(event.replace(b"<KEY>", _escaped(key).encode()))
         handler.wfile.flush()
-    write(
-        _sse(
-            {
-                "id": f"standin-{created}",
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": chunks,
-                    "total_tokens": prompt_tokens + chunks,
-                },
-            }
-        )
-    )
+    base = {
+        "id": f"standin-{created}",
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+    }
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": chunks,
+        "total_tokens": prompt_tokens + chunks,
+    }
+    for event in handler._final_usage_events(base, usage, body):
+        write(_sse(event))
     write(b"data: [DONE]\n\n")
     handler.wfile.flush()
     if not chunked:
@@ -694,8 +726,12 @@ class _Server(ThreadingHTTPServer):
 class StandinServer:
     """Start on a free loopback port in a background thread: `with StandinServer() as s: s.url`."""
 
+    HANDLER: type[_Handler] = _Handler
+    # The API's base URL under the server's root (`api_url`): what the product's settings take.
+    API_PATH = ""
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
-        self._server = _Server((host, port), _Handler)
+        self._server = _Server((host, port), self.HANDLER)
         self._server.state = StandinState()
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._started = False
@@ -708,6 +744,11 @@ class StandinServer:
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
+
+    @property
+    def api_url(self) -> str:
+        """The base URL the product's settings point at (`url` plus the API's path)."""
+        return self.url + self.API_PATH
 
     def start(self) -> StandinServer:
         self._thread.start()
@@ -727,15 +768,15 @@ class StandinServer:
         self.stop()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, server_class: type[StandinServer] = StandinServer) -> None:
+    parser = argparse.ArgumentParser(description=f"Stand-in {server_class.HANDLER.NAME} server")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--latency-ms", type=int, default=0)
     args = parser.parse_args(argv)
-    server = StandinServer(args.host, args.port)
+    server = server_class(args.host, args.port)
     server.state.latency_ms = args.latency_ms
-    print(f"stand-in MiniMax listening on {server.url}", flush=True)
+    print(f"stand-in {server.HANDLER.NAME} listening on {server.api_url}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server._server.serve_forever()
     server._server.server_close()

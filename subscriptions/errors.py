@@ -1,5 +1,7 @@
 """Purchase, subscription and lifecycle errors, with the codes and statuses of SPEC P5 and 11.1."""
 
+from __future__ import annotations
+
 from codingplans.errors import DomainError, NotFound
 
 
@@ -39,9 +41,17 @@ class ProviderSlotOccupied(DomainError):
     code = "provider_slot_occupied"
     status = 409
     default_message = (
-        "You already have your own MiniMax key in BYOK. Delete it on the BYOK page first; the "
-        "plan installs its own MiniMax key there."
+        "You already have your own key for this provider in BYOK. Delete it on the BYOK page "
+        "first; the plan installs its own key there."
     )
+
+    @classmethod
+    def for_provider(cls, provider_name: str) -> ProviderSlotOccupied:
+        """P5: tells the user to delete their own key for the plan's provider first."""
+        return cls(
+            f"You already have your own {provider_name} key in BYOK. Delete it on the BYOK page "
+            f"first; the plan installs its own {provider_name} key there."
+        )
 
 
 class SoldOut(DomainError):

@@ -87,6 +87,13 @@ class Subscription(models.Model):
         plan = get_plan(self.plan_id)
         return plan.name if plan else self.plan_id
 
+    @property
+    def provider_name(self) -> str:
+        """The provider's name, from the catalog (SPEC C2, V1)."""
+        from catalog import provider_name
+
+        return provider_name(self.provider_id)
+
 
 class ChargedTerm(models.Model):
     """One paid billing period; unique per (subscription, period start) so a renewal can never

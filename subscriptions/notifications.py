@@ -56,5 +56,6 @@ def payment_needed(
         )
         + "Add credits "
         f"before {subscription.grace_deadline:%Y-%m-%d %H:%M} UTC to keep the plan; otherwise it "
-        "ends and its installed MiniMax key is removed. Your own MiniMax key is never deleted.",
+        f"ends and its installed {subscription.provider_name} key is removed. Your own "
+        f"{subscription.provider_name} key is never deleted.",
     )

@@ -166,7 +166,7 @@ def purchase_plan(
         if state.live:
             raise SubscriptionExists()
         if state.slot_taken:
-            raise ProviderSlotOccupied()
+            raise ProviderSlotOccupied.for_provider(plan.provider_name)
         if balance < plan.price_micros:
             raise InsufficientCredits()
         body = _activate(
@@ -310,7 +310,7 @@ def _activate(
         raise InsufficientCredits()
     if written.installed_id is None:
         # The customer added their own key after our slot check: the whole purchase rolls back.
-        raise ProviderSlotOccupied()
+        raise ProviderSlotOccupied.for_provider(plan.provider_name)
     return body
 
 

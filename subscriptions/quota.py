@@ -1,6 +1,7 @@
 """Current quota for a live subscription (SPEC Q1, Q2), fetched server-side with the
 subscription's *assigned credential* — not the BYOK entry, which the customer may have replaced
-or deleted — and cached briefly per subscription."""
+or deleted — and cached briefly per subscription. A provider that does not report quota
+answers `supported: false` without any upstream call (SPEC V3)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from subscriptions.errors import SubscriptionNotLive
 from subscriptions.models import Subscription
 from subscriptions.selectors import iso
 from upstream.errors import UpstreamError
-from upstream.quota import fetch_quota
+from upstream.providers import registry
 
 CACHE_SECONDS = 30  # ≤ 60 s (Q2)
 ERROR_CACHE_SECONDS = 10
@@ -44,11 +45,15 @@ class QuotaUnavailable(UpstreamError):
 
 @dataclass(frozen=True)
 class Quota:
-    fetched_at: str
+    fetched_at: str | None
     windows: list[dict[str, Any]]
+    supported: bool = True  # False: the provider does not report quota (SPEC V3)
 
     def as_json(self) -> dict[str, Any]:
-        return {"fetched_at": self.fetched_at, "windows": self.windows}
+        return {"fetched_at": self.fetched_at, "windows": self.windows, "supported": self.supported}
+
+
+NOT_REPORTED = Quota(fetched_at=None, windows=[], supported=False)
 
 
 def _cache_key(subscription: Subscription) -> str:
@@ -82,6 +87,9 @@ def quota_for(subscription: Subscription, *, now: datetime) -> Quota:
     SubscriptionNotLive without any upstream call."""
     if not subscription.is_live:
         raise SubscriptionNotLive()
+    provider = registry.provider(subscription.provider_id)
+    if not provider.reports_quota:
+        return NOT_REPORTED
     key = _cache_key(subscription)
     cached = _cache_get(key)
     if isinstance(cached, dict):
@@ -94,7 +102,7 @@ def quota_for(subscription: Subscription, *, now: datetime) -> Quota:
         # page or a 409 `subscription_not_live` for a subscription that is live.
         raise _fail(key, "subscription_inactive", KEY_INACTIVE_MESSAGE)
     try:
-        windows = fetch_quota(decrypted_key(credential))
+        windows = provider.fetch_quota(decrypted_key(credential))
     except UpstreamError as exc:
         raise _fail(key, exc.kind, exc.message) from None
     except SecretUnavailable:

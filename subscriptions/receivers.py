@@ -71,8 +71,8 @@ def top_up_outcome(sender, *, attempt_id: int, status: str, **kwargs) -> None:
     body = (
         "Your credits did not cover this renewal. "
         + action
-        + " Otherwise the plan ends and its installed MiniMax key is removed. Your own MiniMax "
-        "key is never deleted."
+        + f" Otherwise the plan ends and its installed {subscription.provider_name} key is "
+        f"removed. Your own {subscription.provider_name} key is never deleted."
     )
     try:
         send_mail(

@@ -122,9 +122,9 @@ def installed_entry_id(subscription: Subscription) -> int | None:
 
 
 def provider_name(provider_id: str) -> str:
-    from django.conf import settings
+    from catalog import provider_name
 
-    return settings.PROVIDERS.get(provider_id, provider_id)
+    return provider_name(provider_id)
 
 
 def subscriptions_json(user, *, include_terminal: bool = False) -> list[dict]:

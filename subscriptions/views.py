@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from billing.selectors import credit_account_for, top_up_for_term
-from catalog import all_plans, get_plan
+from catalog import all_plans, get_plan, provider_name
 from codingplans.errors import DomainError
 from codingplans.ratelimit import enforce
 from gateway.services import usage_in_period
@@ -22,6 +22,7 @@ from subscriptions.api import idempotency_key
 from subscriptions.errors import InvalidCursor
 from subscriptions.purchase import purchase_plan
 from subscriptions.quota import QuotaUnavailable, quota_for
+from upstream.providers import registry
 
 
 def _center(request, *, status: int = 200, error: str | None = None):
@@ -43,11 +44,26 @@ def _center(request, *, status: int = 200, error: str | None = None):
         }
         for plan in all_plans()
     ]
+    # SPEC V2: the catalog grouped by provider, in catalog order; one live plan per provider (P2).
+    groups: dict[str, dict] = {}
+    for item in plans:
+        plan = item["plan"]
+        group = groups.setdefault(
+            plan.provider_id,
+            {
+                "provider_id": plan.provider_id,
+                "provider_name": plan.provider_name,
+                "taken": plan.provider_id in live_providers,
+                "plans": [],
+            },
+        )
+        group["plans"].append(item)
     return render(
         request,
         "subscriptions/index.html",
         {
             "live": live,
+            "provider_groups": list(groups.values()),
             "terminal": terminal if show_all else [],
             "terminal_count": len(terminal),
             "show_all": show_all,
@@ -80,9 +96,10 @@ def purchase(request):
     except DomainError as exc:
         return _center(request, status=exc.status, error=exc.message)
     if not outcome.replayed:
+        name = provider_name(get_plan(request.POST.get("plan_id")).provider_id)
         messages.success(
             request,
-            "Your plan is active. It configured MiniMax in your BYOK settings, so your MiniMax "
+            f"Your plan is active. It configured {name} in your BYOK settings, so your {name} "
             "traffic now runs on the plan.",
         )
     return redirect("coding-plan-detail", subscription_id=outcome.subscription_id)
@@ -99,6 +116,7 @@ def detail(request, subscription_id: int):
         terms, next_cursor = selectors.charges_page(subscription)
     plan = get_plan(subscription.plan_id)
     entry = selectors.installed_entry(subscription)
+    provider = registry.get(subscription.provider_id)
     quota, quota_error = None, None
     if subscription.is_live:
         try:
@@ -112,8 +130,12 @@ def detail(request, subscription_id: int):
             "subscription": subscription,
             "plan": plan,
             "plan_name": selectors.plan_name(subscription.plan_id),
-            "provider_name": settings.PROVIDERS.get(
-                subscription.provider_id, subscription.provider_id
+            "provider_name": subscription.provider_name,
+            "quota_not_reported": provider.quota_not_reported_message() if provider else "",
+            # How to use the plan through the gateway (SPEC G1, V4): base URL and model prefix.
+            "gateway_base_url": request.build_absolute_uri("/api/v1/gateway"),
+            "model_example": (
+                f"{provider.provider_id}/{provider.example_model}" if provider else ""
             ),
             "installed_entry": entry,
             "quota": quota,

@@ -1,4 +1,5 @@
-"""Shared fixtures: real PostgreSQL (pytest-django), the stand-in MiniMax server on loopback."""
+"""Shared fixtures: real PostgreSQL (pytest-django), the stand-in provider servers on loopback
+(MiniMax, BytePlus)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from accounts.tokens import create_api_token
 from billing.services import grant_credits
 from codingplans.celery import app as celery_app
 from inventory.upload import upload_credentials
+from standins import byteplus as byteplus_standins
 from standins.minimax import StandinServer
 
 _emails = itertools.count(1)
@@ -30,17 +32,40 @@ def standin_server():
         yield server
 
 
+@pytest.fixture(scope="session")
+def byteplus_standin_server():
+    with byteplus_standins.StandinServer() as server:
+        yield server
+
+
 @pytest.fixture(autouse=True)
-def standin(standin_server, settings):
-    """Every test talks to a freshly reset stand-in MiniMax server, never the real one."""
+def standin(standin_server, byteplus_standin_server, settings):
+    """Every test talks to freshly reset stand-in provider servers, never the real ones. The
+    fixture's value is the MiniMax stand-in; `byteplus_standin` is the BytePlus one."""
     standin_server.state.reset()
+    byteplus_standin_server.state.reset()
     cache.clear()  # quota results and rate-limit counters are keyed by ids that tests reuse
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed only
     settings.MINIMAX_API_BASE_URL = standin_server.url
     settings.MINIMAX_TIMEOUT_SECONDS = 2
+    settings.BYTEPLUS_API_BASE_URL = byteplus_standin_server.api_url
+    settings.BYTEPLUS_TIMEOUT_SECONDS = 2
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     yield standin_server
     standin_server.state.reset()
+    byteplus_standin_server.state.reset()
+
+
+@pytest.fixture
+def byteplus_standin(standin, byteplus_standin_server):
+    """The BytePlus stand-in (reset for every test by `standin`)."""
+    return byteplus_standin_server
+
+
+@pytest.fixture
+def standins(standin, byteplus_standin):
+    """Each provider's stand-in by provider id (the parametrized provider suites)."""
+    return {"minimax": standin, "byteplus": byteplus_standin}
 
 
 @pytest.fixture

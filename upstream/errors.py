@@ -2,8 +2,9 @@ from codingplans.errors import DomainError
 
 
 class UpstreamError(DomainError):
-    """A failed MiniMax call. `kind` is one of network | http | invalid_response | application |
-    subscription_inactive | invalid_key; the message is ours, never the provider's text."""
+    """A failed call to a provider. `kind` is one of network | http | invalid_response |
+    application | subscription_inactive | invalid_key; the message is ours, never the provider's
+    text."""
 
     code = "upstream_error"
     status = 502

@@ -60,7 +60,9 @@ def test_recording_revoked_asks_for_confirmation_first(operator, queue_item, sup
     assert item.upstream_plan_id in form and 'value="revoked"' in form
     confirm = operator.post(record_url(item.pk), {"outcome": "revoked", "note": ""})
     assert confirm.status_code == 200
-    assert "Record <strong>revoked at minimax</strong> for credential" in confirm.content.decode()
+    assert (
+        "Record <strong>revoked at the provider</strong> for credential" in confirm.content.decode()
+    )
     item.refresh_from_db()
     assert item.state == "revocation_pending" and item.revocation_attempts == 0
 

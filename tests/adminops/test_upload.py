@@ -14,6 +14,7 @@ from inventory import tasks, upload_jobs
 from inventory import upload as inventory_upload
 from inventory.models import Credential, InventoryUpload
 from tests.adminops.conftest import MAX, PLUS, UPLOAD_URL, credential_for, status_url
+from upstream.providers import minimax
 
 pytestmark = pytest.mark.django_db
 
@@ -73,7 +74,7 @@ def test_rejected_validation_names_lines_and_stores_nothing(operator, admin_uplo
         {
             "line": 3,
             "reason": "failed live validation: "
-            + inventory_upload.VALIDATION_REASONS["invalid_key"],
+            + minimax.PROVIDER.validation_reason("invalid_key"),
         }
     ]
     assert "Rejected: nothing was stored" in html

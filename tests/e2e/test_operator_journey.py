@@ -95,7 +95,8 @@ def test_operator_uploads_terminates_records_revocation_and_audits(page, make_us
     with page.expect_navigation():
         page.click("input[type=submit][value=Continue]")
     assert (
-        "Record revoked at minimax for credential" in page.locator("#confirm-question").inner_text()
+        "Record revoked at the provider for credential"
+        in page.locator("#confirm-question").inner_text()
     )
     with page.expect_navigation():
         page.click("input[type=submit][value='Yes, record it']")

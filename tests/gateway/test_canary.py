@@ -166,7 +166,7 @@ def _broken_metering(**kwargs):
     raise RuntimeError("metering is down")
 
 
-def _broken_check(payload):
+def _broken_check(route, payload):
     raise RuntimeError("answer check is down")
 
 

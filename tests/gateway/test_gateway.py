@@ -26,7 +26,7 @@ from subscriptions.actions import terminate_subscription
 from subscriptions.models import Subscription
 from tests.conftest import api_client_for
 from tests.gateway.conftest import BODY, URL
-from upstream.answers import RATE_LIMIT_CODES
+from upstream.providers.minimax import RATE_LIMIT_CODES
 
 pytestmark = pytest.mark.django_db
 

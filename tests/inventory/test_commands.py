@@ -171,6 +171,8 @@ def test_report_json_has_every_catalog_plan_and_every_state_with_zeros():
 
     assert set(report) == {"plans"}
     assert set(report["plans"]) == set(plan_ids())
+    # Issue 18, SPEC V2: BytePlus's plans too.
+    assert {"byteplus-coding-plan-lite", "byteplus-coding-plan-pro"} <= set(report["plans"])
     for counts in report["plans"].values():
         assert counts == dict.fromkeys(STATES, 0)
 

@@ -700,10 +700,17 @@ def test_catalog_shape_and_sold_out_without_counts(api, stock, make_user):
         (PLUS, "Token Plan Plus", "20.00"),
         (MAX, "Token Plan Max", "50.00"),
         (ULTRA, "Token Plan Ultra", "120.00"),
+        # SPEC V2
+        ("byteplus-coding-plan-lite", "Coding Plan Lite", "20.00"),
+        ("byteplus-coding-plan-pro", "Coding Plan Pro", "100.00"),
     ]
     for p in plans:
         assert set(p) == PLAN_KEYS
-        assert p["provider_id"] == "minimax" and p["provider_name"] == "MiniMax"
+        assert (p["provider_id"], p["provider_name"]) == (
+            ("minimax", "MiniMax")
+            if p["plan_id"].startswith("minimax")
+            else ("byteplus", "BytePlus")
+        )
         assert p["billing_period_days"] == 30 and p["payment_source"] == "Credits"
         assert p["features"] and all(isinstance(f, str) and f for f in p["features"])
         assert p["sold_out"] is True
@@ -715,6 +722,8 @@ def test_catalog_shape_and_sold_out_without_counts(api, stock, make_user):
         PLUS: False,
         MAX: True,
         ULTRA: False,
+        "byteplus-coding-plan-lite": True,
+        "byteplus-coding-plan-pro": True,
     }
     for p in r.json()["plans"]:
         assert set(p) == PLAN_KEYS  # no counts, no credential metadata (C3)

@@ -127,7 +127,8 @@ def test_quota_success_shape_is_exact(api, customer, stock, standin):
     r = api.get(quota_url(sid))
     assert r.status_code == 200, r.content
     data = r.json()
-    assert set(data) == {"fetched_at", "windows"}
+    assert set(data) == {"fetched_at", "windows", "supported"}  # issue 18: supported
+    assert data["supported"] is True
     assert before <= iso_z(data["fetched_at"]) <= timezone.now()
     assert data["windows"] == [
         {
@@ -471,7 +472,7 @@ def test_current_lists_live_plans_with_routing_and_quota_only(api, customer, sto
         "byok_key_id": entry_id,
     }
     assert item["quota_error"] is None
-    assert set(item["quota"]) == {"fetched_at", "windows"}
+    assert set(item["quota"]) == {"fetched_at", "windows", "supported"}
     assert [w["remaining_percent"] for w in item["quota"]["windows"]] == [30, 60]
     text = r.content.decode()
     for word in ("charge", "amount", "canceled", "cancellation_reason", "history"):

@@ -1,4 +1,5 @@
-"""Reading MiniMax's answers (SPEC 11.3, G3, Q2; issue 14): `upstream/answers.py` as a unit —
+"""Reading MiniMax's answers (SPEC 11.3, G3, Q2; issues 14, 18): the generic readings of
+`upstream/providers/base.py` and MiniMax's in `upstream/providers/minimax.py` as units —
 every HTTP status class, every `base_resp` code it knows (and the ones it does not), Retry-After,
 and the shapes the key check and the quota need. The callers' behaviour over HTTP is tested in
 tests/upstream/test_client.py, test_quota_normalize.py and tests/gateway."""
@@ -11,20 +12,22 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from upstream.answers import (
+from upstream.providers.base import (
     DEFAULT_RETRY_AFTER_SECONDS,
-    KEY_REJECTED_CODES,
     MAX_RETRY_AFTER_SECONDS,
-    NO_ACTIVE_PLAN_CODE,
-    RATE_LIMIT_CODES,
     Kind,
     Reading,
+    read_status,
+    retry_after_seconds,
+)
+from upstream.providers.minimax import (
+    KEY_REJECTED_CODES,
+    NO_ACTIVE_PLAN_CODE,
+    RATE_LIMIT_CODES,
     base_resp_code,
     completion_finished,
     read_chat_body,
     read_quota_body,
-    read_status,
-    retry_after_seconds,
 )
 
 

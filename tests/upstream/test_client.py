@@ -11,9 +11,13 @@ import httpx
 import pytest
 
 from standins.minimax import REDIRECT_PREFIX
-from upstream import client
-from upstream.client import KEY_CHECK_MESSAGES, KeyCheck, check_key, request_json
 from upstream.errors import UpstreamError
+from upstream.providers import http as client_http
+from upstream.providers.base import KEY_CHECK_ERRORS, KeyCheck
+from upstream.providers.minimax import PROVIDER
+
+check_key = PROVIDER.check_key
+request_json = PROVIDER.request_json
 
 KEY = "sk-live-upstream0123456789abcdef"
 CHAT = "/v1/chat/completions"
@@ -22,7 +26,7 @@ PROVIDER_TEXT = ("stand-in", "internal error", "invalid api key", "rate limited"
 
 
 def assert_clean(result: KeyCheck) -> None:
-    text = f"{result!r} {result} {KEY_CHECK_MESSAGES.get(result.error or '', '')}"
+    text = f"{result!r} {result} {result.message}"
     assert KEY not in text
     assert KEY[8:] not in text
     for fragment in PROVIDER_TEXT:
@@ -92,7 +96,7 @@ def test_request_json_refuses_oversize_body(standin):
 
 
 def test_body_just_under_the_bound_is_read(standin):
-    pad = "x" * (client.MAX_BODY_BYTES - 200)
+    pad = "x" * (client_http.MAX_BODY_BYTES - 200)
     body = {"choices": [{"finish_reason": "stop"}], "pad": pad}
     standin.state.configure({"response": {"status": 200, "body": body}})
     assert check_key(KEY) == KeyCheck(True)
@@ -176,7 +180,7 @@ def test_slow_trickling_body_is_cut_off_at_the_deadline(standin, settings):
 
 def test_timeout_is_capped_at_ten_seconds(settings):
     settings.MINIMAX_TIMEOUT_SECONDS = 60
-    t = client.timeout()
+    t = client_http.client_timeout(PROVIDER.timeout_seconds())
     assert t.read == t.write == t.pool == 10.0
     assert t.connect <= 5.0
 
@@ -189,7 +193,7 @@ def test_redirect_is_not_followed(standin):
     # The redirect target would have accepted the key: following it would have passed the check.
     response = httpx.post(
         standin.url + REDIRECT_PREFIX + CHAT,
-        json=client.VALIDATION_BODY,
+        json=PROVIDER.validation_body(),
         headers={"Authorization": f"Bearer {KEY}"},
     )
     assert response.status_code == 200
@@ -222,7 +226,7 @@ def test_key_that_cannot_be_a_header_is_invalid_without_a_call(standin, bad):
 
 def test_shared_client_is_reused_and_left_open(standin):
     # Inventory validation passes one client to many checks (SPEC I3).
-    with client.make_client() as http:
+    with PROVIDER.make_client() as http:
         assert check_key(KEY, client=http) == KeyCheck(True)
         assert check_key("invalid-key-123456", client=http) == KeyCheck(False, "invalid_key")
         assert not http.is_closed
@@ -248,10 +252,10 @@ def test_no_failure_mode_message_carries_the_key_or_provider_text(standin, setti
     standin.state.configure({"failure": mode, "timeout_sleep_s": 0.8, "trickle_interval_s": 0.05})
     result = check_key(KEY)
     assert not result.ok
-    assert result.error in KEY_CHECK_MESSAGES
+    assert result.error in KEY_CHECK_ERRORS
     assert_clean(result)
     try:
-        request_json("POST", CHAT, KEY, body=client.VALIDATION_BODY)
+        request_json("POST", CHAT, KEY, body=PROVIDER.validation_body())
     except UpstreamError as exc:
         assert KEY not in str(exc) and KEY not in repr(exc)
         assert exc.__cause__ is None

@@ -11,7 +11,9 @@ import pytest
 
 from standins.minimax import quota_body
 from upstream.errors import UpstreamError
-from upstream.quota import fetch_quota, normalize
+from upstream.providers.minimax import PROVIDER, normalize
+
+fetch_quota = PROVIDER.fetch_quota
 
 KEY = "sk-quota-normalize-0123456789"
 REMAINS = "/v1/token_plan/remains"

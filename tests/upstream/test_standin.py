@@ -13,7 +13,10 @@ import httpx
 import pytest
 
 from standins.minimax import StandinServer
-from upstream.client import KeyCheck, check_key
+from upstream.providers.base import KeyCheck
+from upstream.providers.minimax import PROVIDER
+
+check_key = PROVIDER.check_key
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-live-standin0123456789"

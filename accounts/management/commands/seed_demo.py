@@ -19,7 +19,7 @@ class Command(BaseCommand):
             "--with-inventory",
             action="store_true",
             help="Also stock 5 demo credentials per plan that has none (through the real upload, "
-            "validated against a temporary stand-in MiniMax server).",
+            "validated against a temporary stand-in of the plan's provider).",
         )
 
     def handle(self, *args, with_inventory=False, **options):
@@ -64,29 +64,34 @@ class Command(BaseCommand):
         from catalog import all_plans
         from inventory.models import Credential
         from inventory.upload import upload_credentials
-        from standins.minimax import StandinServer
+        from standins import server_class
+        from upstream.providers import registry
 
         empty = [
             plan
             for plan in all_plans()
             if not Credential.objects.filter(plan_id=plan.plan_id).exists()
         ]
-        if not empty:
-            return
-        configured = settings.MINIMAX_API_BASE_URL
-        with StandinServer() as standin:
-            settings.MINIMAX_API_BASE_URL = standin.url
-            try:
-                for plan in empty:
-                    text = "\n".join(
-                        f"sk-demo-{plan.plan_id}-{n}-{now:%Y%m%d%H%M%S}::demo-{plan.plan_id}-{n}"
-                        for n in range(1, 6)
-                    )
-                    report = upload_credentials(
-                        plan_id=plan.plan_id, text=text, actor="system:seed", now=now
-                    )
-                    self.stdout.write(
-                        f"Stocked {report.stored} demo credential(s) for {plan.plan_id}."
-                    )
-            finally:
-                settings.MINIMAX_API_BASE_URL = configured
+        for provider in registry.all_providers():
+            plans = [plan for plan in empty if plan.provider_id == provider.provider_id]
+            server = server_class(provider.provider_id)
+            if not plans or server is None:
+                continue
+            # Each provider's demo keys are validated by a temporary stand-in of its own.
+            configured = getattr(settings, provider.base_url_setting)
+            with server() as standin:
+                setattr(settings, provider.base_url_setting, standin.api_url)
+                try:
+                    for plan in plans:
+                        text = "\n".join(
+                            f"sk-demo-{plan.plan_id}-{n}-{now:%Y%m%d%H%M%S}::demo-{plan.plan_id}-{n}"
+                            for n in range(1, 6)
+                        )
+                        report = upload_credentials(
+                            plan_id=plan.plan_id, text=text, actor="system:seed", now=now
+                        )
+                        self.stdout.write(
+                            f"Stocked {report.stored} demo credential(s) for {plan.plan_id}."
+                        )
+                finally:
+                    setattr(settings, provider.base_url_setting, configured)

@@ -8,7 +8,8 @@ from inventory.services import record_revocation_outcome
 
 class Command(BaseCommand):
     help = (
-        "Record the outcome of deprovisioning a credential at MiniMax (SPEC R2): --revoked, or "
+        "Record the outcome of deprovisioning a credential at its provider (SPEC R2): --revoked, "
+        "or "
         "--failed NOTE (the note is stored sanitized, at most 500 characters)."
     )
 

@@ -14,7 +14,7 @@ def _iso(value) -> str | None:
 
 class Command(BaseCommand):
     help = (
-        "Credentials to deprovision at MiniMax (revocation_pending and revocation_failed), "
+        "Credentials to deprovision at their provider (revocation_pending and revocation_failed), "
         "oldest first, with their upstream plan ids (SPEC R1)."
     )
 
