@@ -26,6 +26,20 @@ celery_app.conf.task_always_eager = True
 celery_app.conf.task_eager_propagates = True
 
 
+@pytest.fixture(autouse=True)
+def _celery_join_flag():
+    """Eager tasks run under Celery's process-wide "a task is running" flag (`Task.apply` saves
+    it, sets it, restores it). Two threads running eager tasks at once (the concurrency tests'
+    on-commit tasks) can restore it in the wrong order and leave it set, and every later
+    `.delay().get()` in this process would then refuse with "Never call result.get() within a
+    task". A worker process never shares the flag between requests like this; reset it so one
+    test's threads cannot fail another test."""
+    yield
+    from celery._state import _set_task_join_will_block
+
+    _set_task_join_will_block(False)
+
+
 @pytest.fixture(scope="session")
 def standin_server():
     with StandinServer() as server:
