@@ -17,4 +17,6 @@ def test_seed_demo_with_inventory_is_idempotent():
         "minimax-token-plan-plus": 5,
         "minimax-token-plan-max": 5,
         "minimax-token-plan-ultra": 5,
+        "byteplus-coding-plan-lite": 5,  # SPEC V2: demo stock for every provider
+        "byteplus-coding-plan-pro": 5,
     }
