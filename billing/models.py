@@ -45,6 +45,7 @@ class LedgerEntry(models.Model):
         ADJUSTMENT = "adjustment", "Adjustment"
         CARD_PAYMENT = "card_payment", "Card payment"
         FORFEITED = "forfeited", "Forfeited at account deletion"
+        SERVICE_CREDIT = "service_credit", "Service credit"
 
     account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="entries")
     kind = models.CharField(max_length=20, choices=Kind.choices)
@@ -71,6 +72,13 @@ class LedgerEntry(models.Model):
                 fields=["reference"],
                 condition=models.Q(kind="card_payment"),
                 name="billing_one_card_payment_entry_per_reference",
+            ),
+            # SPEC H4: one service credit per credential problem (reference
+            # `credential_problem:<subscription id>:<problem start>`).
+            models.UniqueConstraint(
+                fields=["reference"],
+                condition=models.Q(kind="service_credit"),
+                name="billing_one_service_credit_per_reference",
             ),
         ]
 
