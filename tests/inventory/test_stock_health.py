@@ -276,7 +276,9 @@ def test_retest_returns_a_quarantined_credential_only_when_it_passes(stock, stan
     assert credential.state == Credential.State.AVAILABLE
     assert credential.quarantined_at is None
     types = list(
-        AuditEvent.objects.filter(actor="staff:2").order_by("id").values_list("event_type", flat=True)
+        AuditEvent.objects.filter(actor="staff:2")
+        .order_by("id")
+        .values_list("event_type", flat=True)
     )
     assert types == ["credential.retest_failed", "credential.returned_to_stock"]
     with pytest.raises(InvalidCredentialState):  # only a quarantined one is re-tested
