@@ -711,6 +711,8 @@ def _stream_chunks(
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # Dozens of clients connecting at once (concurrency tests) must queue, not be refused.
+    request_queue_size = 128
     state: StandinState
 
     def handle_error(self, request: Any, client_address: Any) -> None:
