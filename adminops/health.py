@@ -69,3 +69,52 @@ def sweep_health(*, now: datetime) -> SweepHealth:
     if error_count:
         health.warnings.append(f"The last billing sweep (#{last.pk}) had {error_count} error(s).")
     return health
+
+
+# --- Stock health (SPEC H1, H3) -----------------------------------------------------------------
+
+HEALTH_STALE_AFTER = timedelta(hours=26)  # a daily run, with slack
+
+
+@dataclass
+class StockHealth:
+    now: datetime
+    last: object | None  # the last StockHealthRun that finished
+    running: object | None  # an unfinished run (running, or cut off: the next one continues it)
+    quarantined: int  # credentials quarantined now
+    credential_problems: int  # live subscriptions whose key died, waiting for a replacement
+    warnings: list[str] = field(default_factory=list)
+
+
+def stock_health(*, now: datetime) -> StockHealth:
+    from inventory.models import Credential, StockHealthRun
+
+    last = (
+        StockHealthRun.objects.filter(finished_at__isnull=False)
+        .order_by("-finished_at", "-id")
+        .first()
+    )
+    running = (
+        StockHealthRun.objects.filter(finished_at__isnull=True).order_by("-started_at").first()
+    )
+    health = StockHealth(
+        now=now,
+        last=last,
+        running=running,
+        quarantined=Credential.objects.filter(state=Credential.State.QUARANTINED).count(),
+        credential_problems=Subscription.objects.filter(
+            status__in=("active", "past_due"), credential_problem_at__isnull=False
+        ).count(),
+    )
+    if last is None or last.finished_at < now - HEALTH_STALE_AFTER:
+        health.warnings.append(
+            "No stock health run has finished in the last day"
+            + (f" (last: {last.finished_at:%Y-%m-%d %H:%M} UTC)." if last else ".")
+            + " Check Celery beat, or run check_stock_health."
+        )
+    if health.credential_problems:
+        health.warnings.append(
+            f"{health.credential_problems} subscription(s) have a plan key the provider rejects "
+            "and wait for a replacement."
+        )
+    return health

@@ -41,6 +41,7 @@ ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "inventory.view_credential",
         "inventory.upload_credentials",
         "inventory.view_inventoryupload",
+        "inventory.manage_stock_health",
         "adminops.view_auditevent",
     ),
     SUPPORT: (
@@ -50,6 +51,8 @@ ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "inventory.view_credential",
         "inventory.record_revocation",
         "subscriptions.terminate_subscription",
+        "subscriptions.replace_credential",
+        "inventory.manage_stock_health",
         "accounts.delete_account",
         "adminops.view_auditevent",
         *_PAYMENTS_READ,

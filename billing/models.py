@@ -49,6 +49,7 @@ class LedgerEntry(models.Model):
         FORFEITED = "forfeited", "Forfeited at account deletion"
         REFUND = "refund", "Refund to card"
         REFUND_REVERSED = "refund_reversed", "Refund reversed"
+        SERVICE_CREDIT = "service_credit", "Service credit"
 
     account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="entries")
     kind = models.CharField(max_length=20, choices=Kind.choices)
@@ -84,6 +85,13 @@ class LedgerEntry(models.Model):
                 fields=["kind", "reference"],
                 condition=models.Q(kind__in=["refund", "refund_reversed"]),
                 name="billing_one_refund_entry_per_reference",
+            ),
+            # SPEC H4: one service credit per credential problem (reference
+            # `credential_problem:<subscription id>:<problem start>`).
+            models.UniqueConstraint(
+                fields=["reference"],
+                condition=models.Q(kind="service_credit"),
+                name="billing_one_service_credit_per_reference",
             ),
         ]
 

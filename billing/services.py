@@ -592,3 +592,26 @@ def forfeit_balance(*, user_id: int, actor: str, now: datetime) -> LedgerEntry |
         new={"balance_micros": 0},
     )
     return entry
+
+
+def grant_service_credit(
+    *, user_id: int, amount_micros: int, reference: str, actor: str, now: datetime, reason: str
+) -> LedgerEntry | None:
+    """A service credit (SPEC H4): the days a plan's dead key cost the customer, inside the
+    caller's transaction (after its credit account lock), at most once per `reference` (one
+    credential problem; a partial unique index holds it too). Returns None when that problem
+    was already credited or there is nothing to credit. Audited by the caller."""
+    if amount_micros <= 0:
+        return None
+    credited = LedgerEntry.objects.filter(kind=LedgerEntry.Kind.SERVICE_CREDIT, reference=reference)
+    if credited.exists():
+        return None
+    return post_entry(
+        user_id=user_id,
+        amount_micros=amount_micros,
+        kind=LedgerEntry.Kind.SERVICE_CREDIT,
+        actor=actor,
+        now=now,
+        reason=reason,
+        reference=reference,
+    )

@@ -11,6 +11,7 @@ from django.db import IntegrityError, transaction
 from adminops.audit import actor_for, record_event
 from byok.errors import InvalidKey, KeyNotFound, ProviderSlotOccupied, UnknownProvider
 from byok.models import ByokKey
+from byok.signals import announce_installed_key_rejected
 from codingplans import crypto, sql
 from codingplans.ratelimit import RateLimited, hit
 from upstream.providers import registry
@@ -165,7 +166,13 @@ def check_stored_key(*, user, key_id: int) -> KeyCheck:
         plaintext = decrypted_key(key)
     except crypto.SecretUnavailable:  # encrypted under a key that has since been retired
         return KeyCheck(False, "unreadable", UNREADABLE_KEY_MESSAGE)
-    return registry.provider(key.provider_id).check_key(plaintext)
+    result = registry.provider(key.provider_id).check_key(plaintext)
+    if result.error == "invalid_key" and key.subscription_id is not None:
+        # A plan's installed entry whose key the provider rejects: the plan's key died (H3).
+        announce_installed_key_rejected(
+            subscription_id=key.subscription_id, api_key=plaintext, source="byok_test"
+        )
+    return result
 
 
 # The installed entry a purchase creates (P4 step 4), as a fragment of the purchase's one
@@ -204,6 +211,25 @@ def installed_entry_params(encrypted_credential: str) -> dict[str, str]:
         }
     finally:
         del plaintext
+
+
+def rekey_installed_entry(
+    *, subscription_id: int, encrypted_credential: str, now: datetime
+) -> int | None:
+    """A replaced credential (SPEC H3): the installed entry keeps its id, its link and its
+    enabled flag, and gets the new key, re-encrypted from the credential's stored value. Only
+    while it is still linked: an entry the customer replaced or deleted is theirs, and nothing
+    is written (returns None). Caller holds the subscription and credential locks in its
+    transaction (the lock order: … → credential → BYOK entry) and audits the replacement."""
+    entry = ByokKey.objects.select_for_update().filter(subscription_id=subscription_id).first()
+    if entry is None:
+        return None
+    params = installed_entry_params(encrypted_credential)
+    entry.encrypted_key = params["byok_encrypted_key"]
+    entry.key_hint = params["byok_key_hint"]
+    entry.updated_at = now
+    entry.save(update_fields=["encrypted_key", "key_hint", "updated_at"])
+    return entry.pk
 
 
 def remove_installed_entry(*, subscription_id: int, actor: str, now: datetime) -> int | None:

@@ -276,6 +276,8 @@ GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE = int(
     os.environ.get("GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE", "1200")
 )
 CODING_PLANS_PURCHASE_ENABLED = env_bool("CODING_PLANS_PURCHASE_ENABLED", False)
+# SPEC H1: the daily re-validation of the stock sends at most this many requests per second.
+CODING_PLANS_HEALTH_MAX_RPS = float(os.environ.get("CODING_PLANS_HEALTH_MAX_RPS", "5"))
 # Auto top-up processor (SPEC M7). Development (DEBUG on) defaults to `simulated-approve` so
 # `make dev` and the tests work; production has no default: unset, auto top-up is unavailable
 # (customers cannot turn it on and the sweep never starts an attempt). A simulated backend
@@ -385,6 +387,14 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "inventory-report-daily": {  # SPEC O3: 12:00 UTC (CELERY_TIMEZONE)
         "task": "inventory.tasks.send_daily_inventory_report",
         "schedule": crontab(hour=12, minute=0),
+    },
+    "stock-health-daily": {  # SPEC H1: re-validate the available stock
+        "task": "inventory.tasks.check_stock_health",
+        "schedule": crontab(hour=3, minute=15),
+    },
+    "credential-problems-hourly": {  # SPEC H3, H4: retry replacements, service credits
+        "task": "subscriptions.tasks.review_credential_problems",
+        "schedule": crontab(minute=45),
     },
 }
 

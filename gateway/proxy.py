@@ -22,11 +22,13 @@ import weakref
 from functools import partial
 
 import httpx
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
+from byok.signals import announce_installed_key_rejected
 from gateway import services
 from gateway.errors import (
     GatewayError,
@@ -94,6 +96,28 @@ def _provider_error(reading: Reading) -> GatewayError:
     if reading.kind is Kind.PROVIDER_ERROR:
         return ProviderError()
     return ProviderError("The provider sent an invalid response.")
+
+
+def _provider_failure(error: GatewayError) -> JsonResponse:
+    """The error response for the provider's answer, marked when the provider rejected the key
+    (G3 `provider_key_rejected`): `forward` then reports it (SPEC H3) — on the error path only,
+    so a successful call pays nothing for it."""
+    response = error_response(error)
+    response.key_rejected = isinstance(error, ProviderKeyRejected)
+    return response
+
+
+def _report_rejected_key(route: services.Route) -> None:
+    """The provider rejected a plan's installed key (SPEC H3): announced upward through byok's
+    signal, which flags the subscription once. Never turns the answer into another error."""
+    if route.subscription_id is None:
+        return
+    try:
+        announce_installed_key_rejected(
+            subscription_id=route.subscription_id, api_key=route.api_key, source="gateway"
+        )
+    except Exception:
+        logger.exception("gateway: could not report a rejected plan key")
 
 
 def _error_in_body(route: services.Route, payload: dict) -> GatewayError | None:
@@ -189,7 +213,7 @@ def _refused(route: services.Route, upstream: httpx.Response) -> JsonResponse:
         upstream.status_code,
         error.code,
     )
-    return error_response(error)
+    return _provider_failure(error)
 
 
 def _is_event_stream(upstream: httpx.Response) -> bool:
@@ -208,7 +232,7 @@ def _not_a_stream(route: services.Route, raw: bytes | None) -> JsonResponse:
     error = _error_in_body(route, payload) if isinstance(payload, dict) else None
     if error is not None:
         logger.warning("gateway: %s upstream answered 200 with %s", route.provider_id, error.code)
-        return error_response(error)
+        return _provider_failure(error)
     logger.warning("gateway: %s upstream answered a stream with no SSE", route.provider_id)
     return error_response(ProviderError("The provider sent an invalid response."))
 
@@ -249,7 +273,7 @@ def _answer(raw: bytes, *, user_id: int, route, started: float) -> HttpResponse:
     error = _error_in_body(route, payload)
     if error is not None:
         logger.warning("gateway: %s upstream answered 200 with %s", route.provider_id, error.code)
-        return error_response(error)
+        return _provider_failure(error)
     payload = scrub_json(payload, secret_forms(route.api_key))
     latency_ms = int((time.monotonic() - started) * 1000)
     usage = payload.get("usage")
@@ -292,6 +316,14 @@ def _read_sync(upstream: httpx.Response, *, limit: int) -> bytes | None:
 async def forward(user_id: int, body: dict, route: services.Route) -> HttpResponse:
     """An admitted request (`gateway.views.chat_completions`) sent on to its provider on this
     event loop's transport, and its answer (a stream relayed as it arrives) as our response."""
+    response = await _forward(user_id, body, route)
+    if getattr(response, "key_rejected", False):
+        await sync_to_async(_report_rejected_key)(route)
+    return response
+
+
+@sensitive_variables("route")
+async def _forward(user_id: int, body: dict, route: services.Route) -> HttpResponse:
     stream = body.get("stream") is True
     started = time.monotonic()
     try:
@@ -341,6 +373,14 @@ def forward_sync(user_id: int, body: dict, route: services.Route) -> HttpRespons
     """`forward` under WSGI (`gateway.views.chat_completions_sync`): the same steps on the
     process's synchronous transport, with a synchronous generator relaying the stream (which
     gunicorn's workers send as it arrives)."""
+    response = _forward_sync(user_id, body, route)
+    if getattr(response, "key_rejected", False):
+        _report_rejected_key(route)
+    return response
+
+
+@sensitive_variables("route")
+def _forward_sync(user_id: int, body: dict, route: services.Route) -> HttpResponse:
     stream = body.get("stream") is True
     started = time.monotonic()
     try:

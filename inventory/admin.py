@@ -21,6 +21,7 @@ from inventory.admin_views import (
     CREDENTIAL_SECRETS,
     REVOCABLE,
     REVOCATION_PERMISSION,
+    STOCK_HEALTH_PERMISSION,
     UPLOAD_PERMISSION,
     admin_page,
     plan_label,
@@ -59,6 +60,8 @@ class CredentialAdmin(ReadOnlyAdmin):
         "revoked_at",
         "revocation_attempts",
         "note",
+        "quarantined_at",
+        "health_note",
     )
     list_filter = (PlanFilter, "state")
     list_select_related = ()
@@ -81,6 +84,9 @@ class CredentialAdmin(ReadOnlyAdmin):
         "last_attempt_at",
         "revocation_attempts",
         "note",
+        "health_checked_at",
+        "quarantined_at",
+        "health_note",
     )
     readonly_fields = fields
 
@@ -139,6 +145,12 @@ class CredentialAdmin(ReadOnlyAdmin):
                 else []
             )
             extra["audit_links"] = audit_links(request, credential, *more)
+            if credential.state in Credential.RETIRABLE_STATES and request.user.has_perm(
+                STOCK_HEALTH_PERMISSION
+            ):
+                extra["stock_health_url"] = reverse(
+                    "admin:inventory_credential_stock_health", args=[credential.pk]
+                )
             if credential.state in REVOCABLE and request.user.has_perm(REVOCATION_PERMISSION):
                 extra["record_revocation_url"] = reverse(
                     "admin:inventory_credential_record_revocation", args=[credential.pk]
@@ -160,6 +172,11 @@ class CredentialAdmin(ReadOnlyAdmin):
                 "revocation-queue/",
                 admin_page(self, admin_views.revocation_queue_view),
                 name="inventory_credential_revocation_queue",
+            ),
+            path(
+                "<int:credential_id>/stock-health/",
+                admin_page(self, admin_views.stock_health_view),
+                name="inventory_credential_stock_health",
             ),
             path(
                 "<int:credential_id>/record-revocation/",

@@ -31,6 +31,7 @@ from inventory.models import Credential, InventoryUpload
 
 UPLOAD_PERMISSION = "inventory.upload_credentials"
 REVOCATION_PERMISSION = "inventory.record_revocation"
+STOCK_HEALTH_PERMISSION = "inventory.manage_stock_health"
 STATUS_REFRESH_SECONDS = 2
 STALE_UPLOAD_AFTER = timedelta(minutes=10)
 QUEUE_PAGE_SIZE = 100
@@ -219,3 +220,57 @@ def status_view(model_admin, request, upload_id: int):
         audit_links=audit_links(request, upload),
     )
     return TemplateResponse(request, "admin/inventory/inventoryupload/status.html", context)
+
+
+def stock_health_view(model_admin, request, credential_id: int):
+    """H2: retire an available or quarantined credential (with a note), or re-test a
+    quarantined one and return it to stock when its provider accepts it again."""
+    from inventory.health import retest_credential
+
+    if not request.user.has_perm(STOCK_HEALTH_PERMISSION):
+        raise PermissionDenied
+    credential = get_object_or_404(Credential.objects.defer(*CREDENTIAL_SECRETS), pk=credential_id)
+    change_url = reverse("admin:inventory_credential_change", args=[credential.pk])
+    if request.method == "POST":
+        action = request.POST.get("action")
+        actor = actor_for(request.user)
+        try:
+            if action == "retire":
+                services.retire_credential(
+                    credential_id=credential.pk,
+                    note=request.POST.get("note", ""),
+                    actor=actor,
+                    now=timezone.now(),
+                )
+                messages.success(
+                    request,
+                    f"Credential #{credential.pk} retired: it is in the revocation queue.",
+                )
+            elif action == "retest":
+                verdict = retest_credential(
+                    credential_id=credential.pk, actor=actor, now=timezone.now()
+                )
+                if verdict.ok:
+                    messages.success(
+                        request, f"Credential #{credential.pk} passed and is available again."
+                    )
+                else:
+                    messages.error(
+                        request,
+                        f"Credential #{credential.pk} failed the re-test and stays quarantined.",
+                    )
+        except DomainError as exc:
+            messages.error(request, exc.message)
+        return HttpResponseRedirect(change_url)
+    context = _context(
+        model_admin,
+        request,
+        f"Stock health of credential #{credential.pk}",
+        credential=credential,
+        plan=plan_label(credential.plan_id),
+        can_retire=credential.state in Credential.RETIRABLE_STATES,
+        can_retest=credential.state == Credential.State.QUARANTINED,
+        change_url=change_url,
+        note=clean_text(credential.health_note),
+    )
+    return TemplateResponse(request, "admin/inventory/credential/stock_health.html", context)

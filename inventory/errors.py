@@ -53,3 +53,27 @@ class UploadExpired(DomainError):
         "This upload waited more than 24 hours without being processed, so its pasted "
         "credentials were erased and it can no longer be stored. Upload the file again."
     )
+
+
+class CredentialNotFound(DomainError):
+    code = "not_found"
+    status = 404
+    default_message = "There is no credential with this id."
+
+
+class InvalidCredentialState(DomainError):
+    code = "invalid_state"
+    status = 409
+    default_message = "The credential is not in a state that allows this action."
+
+
+class RetireNoteRequired(DomainError):
+    code = "note_required"
+    status = 400
+    default_message = "Retiring a credential needs a note saying why."
+
+
+class HealthRunInProgress(DomainError):
+    code = "health_run_in_progress"
+    status = 409
+    default_message = "Another stock health run is in progress; try again when it has finished."

@@ -17,6 +17,22 @@ class Credential(models.Model):
         REVOCATION_PENDING = "revocation_pending", "Revocation pending"
         REVOKED = "revoked", "Revoked"
         REVOCATION_FAILED = "revocation_failed", "Revocation failed"
+        # Rejected by the provider (401/403) at the daily re-validation (SPEC H1): never sold; staff
+        # retire it or, after a successful re-test, return it to `available` (H2).
+        QUARANTINED = "quarantined", "Quarantined"
+
+    # The state machine (SPEC I4, H1, H2): every state a credential may move to from each state.
+    # `assigned` never returns to `available` (I4); `quarantined` does only after a re-test.
+    TRANSITIONS = {
+        State.AVAILABLE: (State.ASSIGNED, State.QUARANTINED, State.REVOCATION_PENDING),
+        State.QUARANTINED: (State.AVAILABLE, State.REVOCATION_PENDING),
+        State.ASSIGNED: (State.REVOCATION_PENDING,),
+        State.REVOCATION_PENDING: (State.REVOKED, State.REVOCATION_FAILED),
+        State.REVOCATION_FAILED: (State.REVOKED, State.REVOCATION_FAILED),
+        State.REVOKED: (),
+    }
+    # What staff may retire (H2): stock that was never sold.
+    RETIRABLE_STATES = (State.AVAILABLE, State.QUARANTINED)
 
     # Waiting to be deprovisioned at the provider: the revocation queue, the states that take an
     # outcome (R1, R2). The queue's partial index below names the same two states.
@@ -46,6 +62,12 @@ class Credential(models.Model):
     last_attempt_at = models.DateTimeField(null=True, blank=True)
     revocation_attempts = models.PositiveIntegerField(default=0)
     failure_note = models.CharField(max_length=500, blank=True)
+    # Stock health (SPEC H1): when the daily re-validation last checked this credential (a run
+    # cut off half-way resumes with those not checked since it started), when it was
+    # quarantined and why (our own wording, never the provider's text).
+    health_checked_at = models.DateTimeField(null=True, blank=True)
+    quarantined_at = models.DateTimeField(null=True, blank=True)
+    health_note = models.CharField(max_length=200, blank=True)
 
     class Meta:
         indexes = [
@@ -64,6 +86,7 @@ class Credential(models.Model):
         permissions = [
             ("upload_credentials", "Can upload inventory credentials"),
             ("record_revocation", "Can record revocation outcomes"),
+            ("manage_stock_health", "Can retire and re-test credentials"),
         ]
 
     def __str__(self) -> str:
@@ -118,3 +141,35 @@ class LowStockAlert(models.Model):
 
     def __str__(self) -> str:
         return f"Low-stock alert state for {self.plan_id}"
+
+
+class StockHealthRun(models.Model):
+    """One re-validation of the available stock (SPEC H1), shown on the admin home beside the
+    billing sweep. A run cut off half-way (a deploy, a killed worker) is left unfinished and the
+    next run continues it: the same record, with the credentials not yet checked since it
+    started."""
+
+    class Trigger(models.TextChoices):
+        BEAT = "beat", "Celery beat"
+        COMMAND = "command", "Management command"
+        OTHER = "other", "Other"
+
+    COUNT_KEYS = ("checked", "quarantined", "errors")
+
+    trigger = models.CharField(max_length=10, choices=Trigger.choices)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Times it was continued after being cut off.
+    resumed = models.PositiveIntegerField(default=0)
+    checked = models.PositiveIntegerField(default=0)
+    quarantined = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Stock health run #{self.pk} ({self.trigger})"
+
+    def counts(self) -> dict[str, int]:
+        return {key: getattr(self, key) for key in self.COUNT_KEYS}

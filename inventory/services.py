@@ -16,8 +16,11 @@ from adminops.audit import record_event
 from codingplans import crypto, sql
 from codingplans.redaction import redact
 from inventory.errors import (
+    CredentialNotFound,
+    InvalidCredentialState,
     InvalidRevocationOutcome,
     InvalidRevocationState,
+    RetireNoteRequired,
     RevocationItemNotFound,
     RevocationNoteRequired,
 )
@@ -61,9 +64,12 @@ def claim_credential(*, plan_id: str, user, now: datetime) -> ClaimedCredential 
     return None if row is None else ClaimedCredential(id=row.id, encrypted_key=row.encrypted_key)
 
 
-def request_revocation(*, credential: Credential, actor: str, now: datetime) -> None:
+def request_revocation(
+    *, credential: Credential, actor: str, now: datetime, audit: bool = True
+) -> None:
     """assigned → revocation_pending, erasing the encrypted key (I4, I5). Caller holds the lock
-    on the credential's subscription, inside its transaction."""
+    on the credential's subscription, inside its transaction. `audit=False`: the caller's one
+    audit event records it (a credential replacement, SPEC H3)."""
     if credential.state != Credential.State.ASSIGNED:
         return
     old = credential.state
@@ -71,6 +77,8 @@ def request_revocation(*, credential: Credential, actor: str, now: datetime) -> 
     credential.encrypted_key = ""
     credential.revocation_requested_at = now
     credential.save(update_fields=["state", "encrypted_key", "revocation_requested_at"])
+    if not audit:
+        return
     record_event(
         actor=actor,
         subject=credential,
@@ -160,3 +168,52 @@ def forget_holder(*, user_id: int) -> int:
     """An account is deleted (D1): its credentials keep only the anonymous holder reference they
     were given at the claim. Inside delete_account's transaction, audited there."""
     return Credential.objects.filter(assigned_to_id=user_id).update(assigned_to=None)
+
+
+# --- Retiring stock (SPEC H2) -------------------------------------------------------------------
+
+
+def lock_credential(credential_id: object) -> Credential:
+    """The credential, locked in the caller's transaction; CredentialNotFound otherwise."""
+    try:
+        pk = int(str(credential_id))
+    except ValueError:
+        raise CredentialNotFound() from None
+    credential = Credential.objects.select_for_update().filter(pk=pk).first()
+    if credential is None:
+        raise CredentialNotFound(f"There is no credential #{pk}.")
+    return credential
+
+
+def retire_credential(*, credential_id: object, note: str, actor: str, now: datetime) -> Credential:
+    """Staff retire stock that was never sold (H2): `available` or `quarantined` →
+    `revocation_pending` with a note (stored sanitized), the key erased (I5), so support
+    deprovisions it at the provider through the revocation queue (R1)."""
+    cleaned = sanitize_note(note or "")
+    if not cleaned:
+        raise RetireNoteRequired()
+    with transaction.atomic(durable=True):
+        credential = lock_credential(credential_id)
+        if credential.state not in Credential.RETIRABLE_STATES:
+            raise InvalidCredentialState(
+                f"Credential #{credential.pk} is {credential.state}: only available or "
+                "quarantined credentials can be retired (a sold one is revoked when its "
+                "subscription ends or its key is replaced)."
+            )
+        old = {"state": credential.state}
+        credential.state = Credential.State.REVOCATION_PENDING
+        credential.encrypted_key = ""
+        credential.revocation_requested_at = now
+        credential.failure_note = cleaned
+        credential.save(
+            update_fields=["state", "encrypted_key", "revocation_requested_at", "failure_note"]
+        )
+        record_event(
+            actor=actor,
+            subject=credential,
+            event_type="credential.retired",
+            now=now,
+            old=old,
+            new={"state": credential.state, "note": cleaned},
+        )
+    return credential

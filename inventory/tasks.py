@@ -49,3 +49,18 @@ def send_low_stock_email(plan_id: str, alerted_at: str) -> bool:
     from inventory.alerts import send_low_stock_email as send
 
     return send(plan_id=plan_id, alerted_at=datetime.fromisoformat(alerted_at))
+
+
+@shared_task(name="inventory.tasks.check_stock_health")
+def check_stock_health() -> dict:
+    """Daily from beat (SPEC H1): re-validate the available stock; continues a run cut off
+    half-way. Another run in progress: nothing to do."""
+    from inventory.errors import HealthRunInProgress
+    from inventory.health import run_stock_health
+    from inventory.models import StockHealthRun
+
+    try:
+        run = run_stock_health(now=timezone.now(), trigger=StockHealthRun.Trigger.BEAT)
+    except HealthRunInProgress:
+        return {}
+    return run.counts()

@@ -36,8 +36,14 @@ chunks, each after `stream_chunk_delay_ms`, then a chunk with `usage` and `data:
 each stream ended ("completed", "dropped", or "aborted" when the client went away) is appended
 to `state.stream_outcomes`.
 
+Revoked keys (SPEC H1, H3): a key can be switched to "revoked" at run time — from then on every
+endpoint answers it 401, as MiniMax does for a plan that was revoked, expired or banned — with
+`state.revoke(key)` / `state.restore(key)` in-process, or `POST /_standin/revoke {"keys": [...],
+"revoked": true | false}` (also the `revoked_keys` setting of `/_standin/config`).
+
 Control endpoints: `POST /_standin/config` (a JSON object of the settings above; unknown names
-or failure modes → 400), `POST /_standin/reset`, `GET /_standin/requests`.
+or failure modes → 400), `POST /_standin/reset`, `POST /_standin/revoke`,
+`GET /_standin/requests`.
 
 Run: python -m standins.minimax --port 8090 [--latency-ms 0]   (`--port 0`: any free port; the
 first line printed names the URL)
@@ -64,6 +70,7 @@ REDIRECT_PREFIX = "/_standin/redirected"
 _CONFIG_NAMES = frozenset(
     {
         "accepted_keys",
+        "revoked_keys",
         "latency_ms",
         "failure",
         "key_failures",
@@ -200,6 +207,8 @@ def _quota_profiles(value: Any) -> dict[str, dict[str, Any] | None]:
 @dataclass
 class StandinState:
     accepted_keys: set[str] | None = None
+    # Keys switched to "revoked" at run time: answered 401 on every endpoint.
+    revoked_keys: set[str] = field(default_factory=set)
     latency_ms: int = 0
     failure: str | None = None
     key_failures: dict[str, str] = field(default_factory=dict)
@@ -231,6 +240,7 @@ class StandinState:
     def reset(self) -> None:
         with self.lock:
             self.accepted_keys = None
+            self.revoked_keys = set()
             self.latency_ms = 0
             self.failure = None
             self.key_failures = {}
@@ -264,6 +274,8 @@ class StandinState:
             if "accepted_keys" in config:
                 keys = config["accepted_keys"]
                 self.accepted_keys = None if keys is None else set(keys)
+            if "revoked_keys" in config:
+                self.revoked_keys = {str(key) for key in config["revoked_keys"] or ()}
             for name in (
                 "latency_ms",
                 "timeout_sleep_s",
@@ -291,7 +303,20 @@ class StandinState:
             if "response" in config:
                 self.response = config["response"]
 
+    def revoke(self, *keys: str, revoked: bool = True) -> None:
+        """Switch keys to "revoked" (401 from now on), or back."""
+        with self.lock:
+            if revoked:
+                self.revoked_keys.update(keys)
+            else:
+                self.revoked_keys.difference_update(keys)
+
+    def restore(self, *keys: str) -> None:
+        self.revoke(*keys, revoked=False)
+
     def key_accepted(self, key: str) -> bool:
+        if key in self.revoked_keys:
+            return False
         if self.accepted_keys is not None:
             return key in self.accepted_keys
         return bool(key) and not key.startswith(REJECTED_PREFIXES)
@@ -528,6 +553,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.state.reset()
             self._json(200, {"ok": True})
             return
+        if path == "/_standin/revoke":
+            keys = body.get("keys") if isinstance(body, dict) else None
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                self._json(400, {"ok": False, "error": "keys must be a list of strings"})
+                return
+            self.server.state.revoke(*keys, revoked=body.get("revoked", True) is not False)
+            self._json(200, {"ok": True})
+            return
         endpoint, failures = self._route(path)
         if endpoint not in self.CHAT_PATHS:
             self._json(404, {"error": "not found"})
@@ -710,6 +743,8 @@ def _stream_chunks(
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # Dozens of clients connecting at once (concurrency tests) must queue, not be refused.
+    request_queue_size = 128
     state: StandinState
 
     def handle_error(self, request: Any, client_address: Any) -> None:

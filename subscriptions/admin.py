@@ -29,10 +29,13 @@ from billing.admin import ledger_entry_link
 from byok.models import ByokKey
 from codingplans.errors import DomainError
 from subscriptions.actions import terminate_subscription
-from subscriptions.models import ChargedTerm, Subscription, SweepRun
+from subscriptions.errors import NoStockForReplacement
+from subscriptions.models import LIVE_STATUSES, ChargedTerm, Subscription, SweepRun
+from subscriptions.replacement import alert_staff_no_stock, replace_credential
 from subscriptions.selectors import due_subscriptions
 
 TERMINATE_PERMISSION = "subscriptions.terminate_subscription"
+REPLACE_PERMISSION = "subscriptions.replace_credential"
 MAX_TERMINATE_AT_ONCE = 100
 
 
@@ -64,6 +67,49 @@ class DueFilter(admin.SimpleListFilter):
         return queryset
 
 
+class CredentialProblemFilter(admin.SimpleListFilter):
+    """Live subscriptions whose plan key the provider rejects (SPEC H3): waiting for a replacement,
+    usually for want of stock. The admin home links here."""
+
+    title = "credential problem"
+    parameter_name = "credential_problem"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Key rejected, waiting for replacement")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(
+                status__in=LIVE_STATUSES, credential_problem_at__isnull=False
+            ).order_by("credential_problem_at", "id")
+        return queryset
+
+
+@admin.action(
+    description="Replace the credential of selected subscriptions now", permissions=["replace"]
+)
+def replace_selected(modeladmin, request, queryset):
+    """SPEC H3 as a staff action: a fresh credential of the plan for each selected live
+    subscription (no charge); with no stock, staff are e-mailed once and it stays listed."""
+    actor = f"staff:{request.user.pk}"
+    for pk in queryset.order_by("id").values_list("id", flat=True)[:MAX_TERMINATE_AT_ONCE]:
+        now = timezone.now()
+        try:
+            outcome = replace_credential(subscription_id=pk, actor=actor, now=now)
+        except NoStockForReplacement as exc:
+            alert_staff_no_stock(subscription_id=pk, now=now)
+            modeladmin.message_user(request, f"Subscription #{pk}: {exc.message}", messages.ERROR)
+        except DomainError as exc:
+            modeladmin.message_user(request, f"Subscription #{pk}: {exc.message}", messages.ERROR)
+        else:
+            modeladmin.message_user(
+                request,
+                f"Subscription #{pk}: credential #{outcome.old_credential_id} replaced by "
+                f"#{outcome.new_credential_id}; the old one is queued for revocation.",
+                messages.SUCCESS,
+            )
+
+
 @admin.action(description="Terminate selected subscriptions now…", permissions=["terminate"])
 def terminate_selected(modeladmin, request, queryset):
     ids = list(queryset.order_by("id").values_list("id", flat=True)[: MAX_TERMINATE_AT_ONCE + 1])
@@ -88,11 +134,12 @@ class SubscriptionAdmin(ReadOnlyAdmin):
         "current_period_end",
         "grace_deadline",
         "cancel_at_period_end",
+        "credential_problem_at",
     )
     list_select_related = ("user",)
-    list_filter = ("status", PlanFilter, "cancel_at_period_end", DueFilter)
+    list_filter = ("status", PlanFilter, "cancel_at_period_end", DueFilter, CredentialProblemFilter)
     search_fields = ("user__email", "id__exact")
-    actions = [terminate_selected]
+    actions = [terminate_selected, replace_selected]
     ordering = ("-id",)
     fields = (
         "id",
@@ -108,6 +155,9 @@ class SubscriptionAdmin(ReadOnlyAdmin):
         "cancel_at_period_end",
         "grace_deadline",
         "top_up_attempted_for",
+        "credential_problem_at",
+        "credential_problem_staff_emailed_at",
+        "service_credit_for",
         "canceled_at",
         "cancellation_reason",
         "created_at",
@@ -141,6 +191,9 @@ class SubscriptionAdmin(ReadOnlyAdmin):
 
     def has_terminate_permission(self, request, obj=None) -> bool:
         return request.user.has_perm(TERMINATE_PERMISSION)
+
+    def has_replace_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm(REPLACE_PERMISSION)
 
     def get_urls(self):
         wrap = self.admin_site.admin_view

@@ -97,3 +97,12 @@ class ResumeTooLate(DomainError):
     default_message = (
         "The paid period has already ended, so the cancellation can no longer be undone."
     )
+
+
+class NoStockForReplacement(DomainError):
+    code = "sold_out"
+    status = 409
+    default_message = (
+        "There is no available credential for this plan to replace the subscription's key; "
+        "staff were told. Replacement runs when stock arrives."
+    )

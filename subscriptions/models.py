@@ -45,6 +45,14 @@ class Subscription(models.Model):
     cancellation_reason = models.CharField(
         max_length=32, choices=Reason.choices, null=True, blank=True
     )
+    # SPEC H3: set when the provider rejects the plan's key (a gateway call, a quota fetch or the
+    # BYOK key test of the installed entry answered 401/403), cleared when the credential is
+    # replaced. `credential_problem_staff_emailed_at`: staff were told there was no stock to
+    # replace it (once per problem). `service_credit_for`: the problem (its start) already
+    # credited for the days lost (H4, once per problem).
+    credential_problem_at = models.DateTimeField(null=True, blank=True)
+    credential_problem_staff_emailed_at = models.DateTimeField(null=True, blank=True)
+    service_credit_for = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
 
@@ -70,8 +78,16 @@ class Subscription(models.Model):
                 condition=models.Q(status__in=LIVE_STATUSES),
             ),
             models.Index(fields=["user", "status"]),
+            models.Index(
+                fields=["credential_problem_at", "id"],
+                name="subs_credential_problem_idx",
+                condition=models.Q(credential_problem_at__isnull=False),
+            ),
         ]
-        permissions = [("terminate_subscription", "Can terminate subscriptions immediately")]
+        permissions = [
+            ("terminate_subscription", "Can terminate subscriptions immediately"),
+            ("replace_credential", "Can replace a subscription's credential"),
+        ]
 
     def __str__(self) -> str:
         return f"Subscription #{self.pk} ({self.plan_id}, {self.status})"

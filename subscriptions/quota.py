@@ -17,6 +17,7 @@ from inventory.models import Credential
 from inventory.services import decrypted_key
 from subscriptions.errors import SubscriptionNotLive
 from subscriptions.models import Subscription
+from subscriptions.replacement import KEY_REJECTED_HTTP_STATUSES, flag_credential_problem
 from subscriptions.selectors import iso
 from upstream.errors import UpstreamError
 from upstream.providers import registry
@@ -104,6 +105,14 @@ def quota_for(subscription: Subscription, *, now: datetime) -> Quota:
     try:
         windows = provider.fetch_quota(decrypted_key(credential))
     except UpstreamError as exc:
+        if exc.http_status in KEY_REJECTED_HTTP_STATUSES:
+            # The provider rejects the plan's own key: it died (SPEC H3).
+            flag_credential_problem(
+                subscription_id=subscription.pk,
+                key_fingerprint=credential.fingerprint,
+                source="quota",
+                now=now,
+            )
         raise _fail(key, exc.kind, exc.message) from None
     except SecretUnavailable:
         raise _fail(key, "application", UNAVAILABLE_MESSAGE) from None

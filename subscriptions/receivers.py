@@ -85,3 +85,31 @@ def top_up_outcome(sender, *, attempt_id: int, status: str, **kwargs) -> None:
         logging.getLogger(__name__).exception(
             "could not send the past-due e-mail for subscription %s", subscription.pk
         )
+
+
+def flag_rejected_installed_key(
+    sender, *, subscription_id: int, key_fingerprint: str, source: str, **kwargs
+) -> None:
+    """byok announced a plan's installed key rejected by the provider (the gateway, the BYOK
+    key test): flag the subscription's credential problem once (SPEC H3)."""
+    from subscriptions.replacement import flag_credential_problem
+
+    flag_credential_problem(
+        subscription_id=subscription_id,
+        key_fingerprint=key_fingerprint,
+        source=source,
+        now=timezone.now(),
+    )
+
+
+def replace_on_restock(sender, *, plan_id: str, **kwargs) -> None:
+    """Stock came back: replace the dead keys of the plan's flagged subscriptions (SPEC H3),
+    from the worker; with the broker down, from here."""
+    from subscriptions import replacement
+    from subscriptions.tasks import replace_flagged
+
+    try:
+        replace_flagged.delay(plan_id)
+    except Exception as exc:
+        outages.record("task queue", exc)
+        replacement.replace_flagged(plan_id=plan_id, now=timezone.now())

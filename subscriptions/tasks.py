@@ -46,3 +46,29 @@ def send_customer_email(email_id: int) -> str:
     from subscriptions.emails import send_customer_email as send
 
     return send(email_id=email_id, now=timezone.now())
+
+
+@shared_task(name="subscriptions.tasks.replace_credential")
+def replace_credential(subscription_id: int) -> str:
+    """Queued when a subscription's credential problem is raised (SPEC H3): replace its key, or
+    tell staff once that there is no stock."""
+    from subscriptions.replacement import replace_or_alert
+
+    return replace_or_alert(subscription_id=subscription_id, now=timezone.now())
+
+
+@shared_task(name="subscriptions.tasks.replace_flagged")
+def replace_flagged(plan_id: str) -> dict:
+    """A plan was restocked: replace the dead keys of its flagged subscriptions (SPEC H3)."""
+    from subscriptions.replacement import replace_flagged as replace
+
+    return replace(plan_id=plan_id, now=timezone.now())
+
+
+@shared_task(name="subscriptions.tasks.review_credential_problems")
+def review_credential_problems() -> dict:
+    """Hourly from beat: retry replacements, and the service credit of problems open for more
+    than 24 hours (SPEC H3, H4)."""
+    from subscriptions.replacement import review_credential_problems as review
+
+    return review(now=timezone.now())

@@ -20,6 +20,7 @@ from gateway.services import usage_in_period
 from subscriptions import actions, intents, selectors
 from subscriptions.api import idempotency_key
 from subscriptions.errors import InvalidCursor
+from subscriptions.models import Subscription
 from subscriptions.purchase import purchase_plan
 from subscriptions.quota import QuotaUnavailable, quota_for
 from upstream.providers import registry
@@ -123,6 +124,12 @@ def detail(request, subscription_id: int):
             quota = quota_for(subscription, now=timezone.now())
         except QuotaUnavailable as exc:  # never breaks the page (Q2)
             quota_error = exc.message
+    credential_problem = subscription.is_live and subscription.credential_problem_at is not None
+    if quota_error is not None and subscription.is_live:
+        # The quota fetch may have just met a dead key (H3), and its replacement run.
+        credential_problem = Subscription.objects.filter(
+            pk=subscription.pk, credential_problem_at__isnull=False
+        ).exists()
     return render(
         request,
         "subscriptions/detail.html",
@@ -140,6 +147,7 @@ def detail(request, subscription_id: int):
             "installed_entry": entry,
             "quota": quota,
             "quota_error": quota_error,
+            "credential_problem": credential_problem,
             "usage": usage_in_period(subscription) if subscription.is_live else None,
             "terms": terms,
             "next_cursor": next_cursor,

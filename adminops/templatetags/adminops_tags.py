@@ -67,3 +67,18 @@ def redis_outages(context) -> list[dict] | None:
         return None
     rows = outages.snapshot()
     return [{"kind": kind, "count": n, "last": last} for kind, n, last in rows] or None
+
+
+@register.simple_tag(takes_context=True)
+def stock_health(context):
+    """SPEC H1, H3: the last stock health run, quarantined stock and the subscriptions whose key
+    died, for staff who may see credentials."""
+    from django.utils import timezone
+
+    from adminops.health import stock_health as health
+
+    request = context.get("request")
+    user = getattr(request, "user", None)
+    if user is None or not user.is_staff or not user.has_perm("inventory.view_credential"):
+        return None
+    return health(now=timezone.now())

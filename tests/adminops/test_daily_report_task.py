@@ -53,8 +53,9 @@ def test_the_task_sends_one_email_with_the_counts(make_user, stock):
     assert sorted(message.to) == ["ops1@example.com", "ops2@example.com"]
     assert message.subject == f"Coding Plans inventory report {timezone.now():%Y-%m-%d}"
     rows = {line.split()[0]: line.split()[1:] for line in message.body.splitlines() if line}
-    # available, assigned, revocation_pending, revoked, revocation_failed (+ LOW flag)
-    assert rows[PLUS][:5] == ["2", "1", "1", "0", "0"] and rows[PLUS][5:] == ["LOW"]
+    # available, assigned, revocation_pending, revoked, revocation_failed, quarantined (H1)
+    # (+ LOW flag)
+    assert rows[PLUS][:6] == ["2", "1", "1", "0", "0", "0"] and rows[PLUS][6:] == ["LOW"]
     assert rows[MAX][:5] == ["2", "0", "0", "0", "0"]
     assert rows[ULTRA][:5] == ["0", "0", "0", "0", "0"]
     assert "Revocation backlog: 1 credential(s), oldest requested" in message.body

@@ -28,9 +28,10 @@ def test_dashboard_counts_per_plan_and_state(operator, stock, queue_item):
         for plan, row in re.findall(r"\((minimax-token-plan-\w+)\)</a></th>(.*?)</tr>", table, re.S)
     }
     # available, assigned, revocation_pending, revoked, revocation_failed, total
-    assert rows[PLUS] == [2, 0, 0, 0, 0, 2]
-    assert rows[MAX] == [6, 0, 1, 0, 0, 7]
-    assert rows[ULTRA] == [0, 0, 0, 0, 0, 0]
+    # The states' columns (quarantined last, SPEC H1), then the total.
+    assert rows[PLUS] == [2, 0, 0, 0, 0, 0, 2]
+    assert rows[MAX] == [6, 0, 1, 0, 0, 0, 7]
+    assert rows[ULTRA] == [0, 0, 0, 0, 0, 0, 0]
 
 
 def test_low_stock_warning_for_plans_at_or_below_threshold(operator, stock):

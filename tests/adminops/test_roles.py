@@ -26,6 +26,7 @@ EXPECTED_PERMISSIONS = {
         "inventory.view_credential",
         "inventory.upload_credentials",
         "inventory.view_inventoryupload",
+        "inventory.manage_stock_health",  # SPEC H2: retire and re-test
         "adminops.view_auditevent",
     },
     SUPPORT: {
@@ -35,6 +36,8 @@ EXPECTED_PERMISSIONS = {
         "inventory.view_credential",
         "inventory.record_revocation",
         "subscriptions.terminate_subscription",
+        "subscriptions.replace_credential",  # SPEC H3
+        "inventory.manage_stock_health",  # SPEC H2
         "accounts.delete_account",
         "adminops.view_auditevent",
         # issue 16: card payments read-only (SPEC M5: refunds are the Billing role's)

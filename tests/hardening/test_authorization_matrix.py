@@ -519,6 +519,10 @@ ADMIN_TABLE: dict[str, Entry] = {
         lambda ids: f"/admin/inventory/credential/{ids['inventory.credential']}/record-revocation/",
         Call("GET", admin_expect(403, 200)),
     ),
+    "admin/inventory/credential/<int:credential_id>/stock-health/": admin(
+        lambda ids: f"/admin/inventory/credential/{ids['inventory.credential']}/stock-health/",
+        Call("GET", admin_expect(403, 200)),
+    ),
     "admin/inventory/inventoryupload/<int:upload_id>/status/": admin(
         lambda ids: f"/admin/inventory/inventoryupload/{ids['inventory.inventoryupload']}/status/",
         Call("GET", admin_expect(403, 200)),

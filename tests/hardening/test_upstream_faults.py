@@ -235,5 +235,12 @@ def test_quota_under_upstream_fault(mode, world, faulty, logs):
     assert page.status_code == 200  # Q2: never breaks the page
     assert_clean(page.content.decode(), [secret], "the detail page")
 
-    assert list(Subscription.objects.filter(pk=sub).values()) == before
+    after = list(Subscription.objects.filter(pk=sub).values())
+    # SPEC H3: a 401/403 on the plan's own key flags the subscription's credential problem;
+    # nothing else changes (the replacement runs after commit, not in this test's transaction).
+    flagged = {"credential_problem_at", "credential_problem_staff_emailed_at", "updated_at"}
+    assert (after[0]["credential_problem_at"] is not None) == (mode in ("401", "403", ECHO))
+    assert [{k: v for k, v in row.items() if k not in flagged} for row in after] == [
+        {k: v for k, v in row.items() if k not in flagged} for row in before
+    ]
     assert_clean(log_text(logs), [secret], "the logs")

@@ -24,7 +24,15 @@ from tests.inventory.helpers import OTHER_PLAN, PLAN, assert_no_key, lines_for, 
 
 pytestmark = pytest.mark.django_db
 
-STATES = ["available", "assigned", "revocation_pending", "revoked", "revocation_failed"]
+# SPEC 11.2 and H1: inventory_report counts `quarantined` too.
+STATES = [
+    "available",
+    "assigned",
+    "revocation_pending",
+    "revoked",
+    "revocation_failed",
+    "quarantined",
+]
 
 
 def run(*args: str) -> str:
@@ -195,6 +203,7 @@ def test_report_json_counts_per_plan_and_state(stock):
         "revocation_pending": 1,
         "revoked": 2,
         "revocation_failed": 1,
+        "quarantined": 0,
     }
     assert plans[OTHER_PLAN] == {**dict.fromkeys(STATES, 0), "available": 2}
     assert plans["minimax-token-plan-ultra"] == dict.fromkeys(STATES, 0)
@@ -209,7 +218,7 @@ def test_report_text_lists_every_plan_and_state(stock):
     for plan_id in plan_ids():
         assert any(line.startswith(plan_id) for line in lines[1:])
     plus = next(line for line in lines if line.startswith(PLAN))
-    assert plus.split()[1:] == ["2", "0", "0", "0", "0"]
+    assert plus.split()[1:] == ["2", "0", "0", "0", "0", "0"]
 
 
 # --- as real processes: exit status, stdout, stdin ----------------------------------------------

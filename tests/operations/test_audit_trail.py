@@ -36,12 +36,12 @@ from billing.models import CreditAccount, TopUpAttempt
 from billing.topup import ChargeResult
 from byok import services as byok
 from byok.models import ByokKey
-from inventory import alerts, upload_jobs
+from inventory import alerts, health, upload_jobs
 from inventory import services as inventory
 from inventory import upload as inventory_upload
 from inventory.models import Credential
 from payments import services as payments
-from subscriptions import actions, intents
+from subscriptions import actions, intents, replacement
 from subscriptions import purchase as purchases
 from subscriptions import sweep as billing_sweep
 from subscriptions.models import Subscription
@@ -61,6 +61,8 @@ SERVICE_MODULES = (
     "upload",
     "upload_jobs",
     "emails",
+    "health",
+    "replacement",
 )
 PLUS = "minimax-token-plan-plus"
 ROOT = Path(__file__).resolve().parents[2]
@@ -832,7 +834,154 @@ def forfeit_balance(w: World) -> Expect:
     return Expect(act, {"credits.forfeited": w.staff_actor})
 
 
+# Stock health and dead sold keys (SPEC H1-H4), against the stand-in.
+
+HEALTH = "system:stock-health"
+
+
+def _fresh_stock(w: World, n: int = 1) -> list[str]:
+    keys = w.stock(PLUS, n)
+    w.now = timezone.now().replace(microsecond=0) + timedelta(seconds=1)  # after the upload
+    return keys
+
+
+def _quarantined(w: World) -> tuple[str, Credential]:
+    (key,) = _fresh_stock(w)
+    w.standin.state.revoke(key)
+    health.run_stock_health(now=w.now, rps=1000)
+    w.standin.state.restore(key)
+    return key, Credential.objects.get(state="quarantined")
+
+
+def run_stock_health(w: World) -> Expect:
+    (key,) = _fresh_stock(w)
+    w.standin.state.revoke(key)
+    return Expect(
+        lambda: health.run_stock_health(now=w.now, rps=1000),
+        {"credential.quarantined": HEALTH},
+    )
+
+
+def retest_passes(w: World) -> Expect:
+    _key, credential = _quarantined(w)
+    return Expect(
+        lambda: health.retest_credential(
+            credential_id=credential.pk, actor=w.staff_actor, now=w.now
+        ),
+        {"credential.returned_to_stock": w.staff_actor},
+    )
+
+
+def retest_fails(w: World) -> Expect:
+    key, credential = _quarantined(w)
+    w.standin.state.revoke(key)
+    return Expect(
+        lambda: health.retest_credential(
+            credential_id=credential.pk, actor=w.staff_actor, now=w.now
+        ),
+        {"credential.retest_failed": w.staff_actor},
+    )
+
+
+def retire_credential(w: World) -> Expect:
+    _fresh_stock(w)
+    credential = Credential.objects.get(state="available")
+    return Expect(
+        lambda: inventory.retire_credential(
+            credential_id=credential.pk, note="bad batch", actor=w.staff_actor, now=w.now
+        ),
+        {"credential.retired": w.staff_actor},
+    )
+
+
+def _flagged(w: World, *, at=None) -> Subscription:
+    subscription = w.subscription()
+    assert replacement.flag_credential_problem(
+        subscription_id=subscription.pk,
+        key_fingerprint=subscription.credential.fingerprint,
+        source="gateway",
+        now=at or w.now,
+    )
+    return subscription
+
+
+def flag_credential_problem(w: World) -> Expect:
+    subscription = w.subscription()
+    return Expect(
+        lambda: replacement.flag_credential_problem(
+            subscription_id=subscription.pk,
+            key_fingerprint=subscription.credential.fingerprint,
+            source="gateway",
+            now=w.now,
+        ),
+        {"subscription.credential_problem": HEALTH},
+    )
+
+
+def replace_by_staff(w: World) -> Expect:
+    subscription = w.subscription()
+    w.stock(PLUS, 1)
+    return Expect(
+        lambda: replacement.replace_credential(
+            subscription_id=subscription.pk, actor=w.staff_actor, now=w.now
+        ),
+        {"subscription.credential_replaced": w.staff_actor},
+    )
+
+
+def replace_automatically(w: World) -> Expect:
+    subscription = _flagged(w)
+    w.stock(PLUS, 1)
+    return Expect(
+        lambda: replacement.replace_or_alert(subscription_id=subscription.pk, now=w.now),
+        {"subscription.credential_replaced": HEALTH},
+    )
+
+
+def replace_on_restock(w: World) -> Expect:
+    _flagged(w)
+    w.stock(PLUS, 1)
+    return Expect(
+        lambda: replacement.replace_flagged(plan_id=PLUS, now=w.now),
+        {"subscription.credential_replaced": HEALTH},
+    )
+
+
+def alert_staff_no_stock(w: World) -> Expect:
+    subscription = _flagged(w)
+    return Expect(
+        lambda: replacement.alert_staff_no_stock(subscription_id=subscription.pk, now=w.now),
+        {"subscription.credential_problem_no_stock": HEALTH},
+    )
+
+
+def service_credit(w: World) -> Expect:
+    subscription = _flagged(w, at=w.now - timedelta(hours=25))
+    return Expect(
+        lambda: replacement.grant_service_credit(subscription_id=subscription.pk, now=w.now),
+        {"subscription.service_credit": HEALTH},
+    )
+
+
+def review_credential_problems(w: World) -> Expect:
+    _flagged(w, at=w.now - timedelta(hours=25))
+    return Expect(
+        lambda: replacement.review_credential_problems(now=w.now),
+        {"subscription.credential_problem_no_stock": HEALTH, "subscription.service_credit": HEALTH},
+    )
+
+
 AUDITED: dict[str, list[Callable[[World], Expect]]] = {
+    "inventory.health.run_stock_health": [run_stock_health],
+    "inventory.health.retest_credential": [retest_passes, retest_fails],
+    "inventory.services.retire_credential": [retire_credential],
+    "subscriptions.replacement.flag_credential_problem": [flag_credential_problem],
+    "subscriptions.replacement.replace_credential": [replace_by_staff],
+    "subscriptions.replacement.replace_or_alert": [replace_automatically],
+    "subscriptions.replacement.replace_flagged": [replace_on_restock],
+    "subscriptions.replacement.alert_staff_no_stock": [alert_staff_no_stock],
+    "subscriptions.replacement.grant_service_credit": [service_credit],
+    "subscriptions.replacement.review_credential_problems": [review_credential_problems],
     "subscriptions.purchase.purchase_plan": [purchase],
     "subscriptions.intents.save_intent": [save_intent],
     "subscriptions.intents.withdraw_intent": [withdraw_intent],
@@ -921,7 +1070,22 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "inventory.upload.line_limit_message": "pure function",
     "inventory.services.revocation_note_missing": "pure function",
     "byok.services.decrypted_key": "a read, at the moment of an upstream call",
-    "byok.services.check_stored_key": "a read: one non-mutating upstream call",
+    "byok.services.check_stored_key": (
+        "a read: one non-mutating upstream call; a rejected installed key is announced, and "
+        "flag_credential_problem audits the flag"
+    ),
+    "inventory.health.max_rps": "a setting read",
+    "adminops.health.sweep_health": "a read",
+    "adminops.health.stock_health": "a read",
+    "inventory.services.lock_credential": "a row lock and read inside a caller's transaction",
+    "byok.services.rekey_installed_entry": INSIDE_A_CALLER.format(
+        "replace_credential (subscription.credential_replaced)"
+    ),
+    "billing.services.grant_service_credit": INSIDE_A_CALLER.format(
+        "replace_credential or grant_service_credit (subscription.service_credit)"
+    )
+    + "; the ledger entry carries the actor too",
+    "subscriptions.replacement.service_credit_amount": "pure function",
     "byok.services.spend_key_budget": "a rate-limit counter in the cache; no data changes",
     "byok.services.installed_entry_cte": (
         "an SQL fragment: purchase_plan writes it in its activation (subscription.purchased)"
@@ -1052,9 +1216,11 @@ def test_every_service_is_classified():
 
 
 @pytest.fixture
-def world(make_user, stock, settings):
+def world(make_user, stock, settings, standin):
     settings.CODING_PLANS_TOP_UP_BACKEND = "simulated-approve"
-    return World(make_user, stock, settings)
+    w = World(make_user, stock, settings)
+    w.standin = standin
+    return w
 
 
 @pytest.mark.parametrize(("name", "scenario"), CASES)
