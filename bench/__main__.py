@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-FIGURES = ("pages", "purchase", "http", "upload", "gateway", "sweep", "scaleout")
+FIGURES = ("pages", "purchase", "http", "upload", "gateway", "streams", "sweep", "scaleout")
 # Rough seconds each figure needs at least, for the time budget (the sweep and the scale-out
 # size themselves to what is left of it).
 ESTIMATES = {
@@ -27,6 +27,7 @@ ESTIMATES = {
     "http": 40,
     "upload": 30,
     "gateway": 40,
+    "streams": 45,  # per provider: the 20 s hold, the ramp, seeding and the two servers
     "sweep": 60,
     "scaleout": 40,
 }

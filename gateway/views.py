@@ -18,6 +18,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.core.handlers.asgi import ASGIRequest
+from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -74,6 +75,17 @@ def _admit(request: HttpRequest) -> tuple[int, dict, services.Route]:
     if body_error is not None:
         raise body_error
     return caller.user_id, body, caller.route(model)
+
+
+def _admit_and_release(request: HttpRequest) -> tuple[int, dict, services.Route]:
+    """`_admit`, then its database connection handed back (to the pool, under ASGI) before the
+    answer is relayed: a stream may last minutes, and held its connection until the request
+    finished, so a pool of 20 admitted 20 streams and timed the 21st out (issue 20). Metering
+    takes one from the pool again after the last byte."""
+    try:
+        return _admit(request)
+    finally:
+        close_old_connections()
 
 
 def _rate_limit(who: str, *, user_id: int) -> None:
@@ -142,7 +154,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         return _method_not_allowed()
     try:
-        user_id, body, route = await sync_to_async(_admit)(request)
+        user_id, body, route = await sync_to_async(_admit_and_release)(request)
     except DomainError as exc:
         return error_response(exc)
     except _Unauthenticated:
