@@ -27,7 +27,7 @@ ESTIMATES = {
     "http": 40,
     "upload": 30,
     "gateway": 40,
-    "streams": 45,  # per provider: the 20 s hold, the ramp, seeding and the two servers
+    "streams": 65,  # per provider: two 20 s holds (direct, gateway), the ramps, the servers
     "sweep": 60,
     "scaleout": 40,
 }

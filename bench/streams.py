@@ -34,6 +34,7 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -63,7 +64,7 @@ RAMP_SECONDS = 5.0  # the streams are opened evenly over this long (an agent fle
 WARM_STREAMS = 20
 TARGET_ADDED_P99_MS = 5.0
 TARGET_RSS_PER_STREAM_KB = 64.0
-STAMP = re.compile(rb'"x_sent_at": ([0-9.]+)')
+STAMP = re.compile(rb'"x_sent_at": +([0-9.]+)')
 MESSAGES = [{"role": "user", "content": "Stream me a long answer."}]
 
 
@@ -94,9 +95,14 @@ PROVIDERS = [
 # -- the stand-in process ----------------------------------------------------------------------
 
 
+MARK = "S" * 17  # the stamp's place in an event: f"{time:19.6f}" once quoted, same width
+
+
 def _standin_main(argv: list[str]) -> None:
     """`python -m bench.streams standin <module> <port>`: the provider's stand-in, able to hold
-    thousands of connections, stamping each event with the time it was built."""
+    thousands of connections, each event stamped with the wall-clock time its bytes were
+    handed to the socket (a placeholder the event is built with, overwritten at the write, so
+    time a thread spends waiting for the GIL in between is not counted as delivery)."""
     import importlib
     import socketserver
     import threading
@@ -105,16 +111,36 @@ def _standin_main(argv: list[str]) -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     socketserver.TCPServer.request_queue_size = 4096  # the listen backlog (5 by default)
-    threading.stack_size(256 * 1024)  # a thread per connection: 2,000+ of them
+    threading.stack_size(256 * 1024)  # a thread per connection: thousands of them
     module = importlib.import_module(module_name)
-    original = module._sse
+    original_sse = module._sse
+    mark = b'"' + MARK.encode() + b'"'
 
-    def stamped(payload: Any) -> bytes:
+    def marked(payload: Any) -> bytes:
         if isinstance(payload, dict):
-            payload = {**payload, "x_sent_at": time.time()}
-        return original(payload)
+            payload = {**payload, "x_sent_at": MARK}
+        return original_sse(payload)
 
-    module._sse = stamped
+    class StampingWriter:
+        def __init__(self, raw) -> None:
+            self._raw = raw
+
+        def write(self, data: bytes) -> int:
+            if mark in data:
+                data = data.replace(mark, b"%19.6f" % time.time())
+            return self._raw.write(data)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._raw, name)
+
+    original_setup = socketserver.StreamRequestHandler.setup
+
+    def setup(handler) -> None:
+        original_setup(handler)
+        handler.wfile = StampingWriter(handler.wfile)
+
+    module._sse = marked
+    socketserver.StreamRequestHandler.setup = setup
     module.main(["--port", port])
 
 
@@ -340,11 +366,59 @@ def _run_provider(provider: Provider, n: int, hold: float, ramp: float) -> Figur
                 raise RuntimeError(f"warm-up streams failed: {[r.errors for r in warmed.values()]}")
             time.sleep(1.0)
             _configure(upstream_url, chunks, CHUNK_INTERVAL_MS)
+            # The two paths one after the other, through the same stand-in: the direct streams
+            # measure what the stand-in and this client add at this many streams (the floor),
+            # the gateway's the same plus the gateway. At once, the two would double the
+            # stand-in's thousands of threads and starve the 2-core machine.
+            direct_plan = [
+                ("direct", "127.0.0.1", standin_port, direct_path, keys[i], provider.upstream_model)
+                for i in range(n)
+            ]
+            gateway_plan = [
+                ("gateway", "127.0.0.1", web_port, gateway_path, tokens[i], provider.model)
+                for i in range(n)
+            ]
+            log(
+                f"streams {provider.key}: {n} direct, then {n} via the gateway, {hold:g} s each "
+                f"({chunks} chunks at {CHUNK_INTERVAL_MS} ms), opened over {ramp:g} s"
+            )
+            standin_pid = SERVER_PIDS[standin_port]
+            standin_cpu_start = _cpu_seconds(standin_pid)
+            results = asyncio.run(
+                _run_streams(direct_plan, expected_events, ramp, hold, lambda _: None)
+            )
+            direct_standin_cpu = _cpu_seconds(standin_pid) - standin_cpu_start
+            time.sleep(1.0)
             rss_idle = _rss_kb(pid)
             cpu_start = _cpu_seconds(pid)
+            standin_cpu_start, client_cpu_start = _cpu_seconds(standin_pid), time.process_time()
             samples: dict[str, dict[str, Any]] = {}
 
+            profile = os.environ.get("BENCH_STREAMS_PYSPY")  # a file: py-spy's collapsed stacks
+
             def on_steady(moment: str) -> None:
+                if profile and moment == "start":
+                    import subprocess
+
+                    subprocess.Popen(
+                        [
+                            str(Path(PY).parent / "py-spy"),
+                            "record",
+                            "-p",
+                            str(pid),
+                            "-r",
+                            "200",
+                            "-d",
+                            str(max(1, int(hold - ramp - 3))),
+                            "-f",
+                            "raw",
+                            "-o",
+                            profile,
+                            "--nonblocking",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
                 samples[moment] = {
                     "cpu": _cpu_seconds(pid),
                     "rss_kb": _rss_kb(pid),
@@ -353,30 +427,14 @@ def _run_provider(provider: Provider, n: int, hold: float, ramp: float) -> Figur
                     "at": time.time(),
                 }
 
-            # Both paths interleaved: gateway, direct, gateway, direct, …
-            plan = []
-            for i in range(n):
-                plan.append(
-                    ("gateway", "127.0.0.1", web_port, gateway_path, tokens[i], provider.model)
-                )
-                plan.append(
-                    (
-                        "direct",
-                        "127.0.0.1",
-                        standin_port,
-                        direct_path,
-                        keys[i],
-                        provider.upstream_model,
-                    )
-                )
-            log(
-                f"streams {provider.key}: {n} via the gateway + {n} direct, {hold:g} s each "
-                f"({chunks} chunks at {CHUNK_INTERVAL_MS} ms), opened over {ramp:g} s"
-            )
             started = time.monotonic()
-            results = asyncio.run(_run_streams(plan, expected_events, ramp, hold, on_steady))
+            results.update(
+                asyncio.run(_run_streams(gateway_plan, expected_events, ramp, hold, on_steady))
+            )
             wall = time.monotonic() - started
             cpu_total = _cpu_seconds(pid) - cpu_start
+            standin_cpu = _cpu_seconds(standin_pid) - standin_cpu_start
+            client_cpu = time.process_time() - client_cpu_start
             rss_end = _rss_kb(pid)
             nofile = _nofile(pid)
             # Metering happens after each stream's last byte: give the last ones a moment.
@@ -450,6 +508,9 @@ def _run_provider(provider: Provider, n: int, hold: float, ramp: float) -> Figur
         "cpu_us_per_chunk_relaying": round(cpu_relay_us, 1),
         "cpu_us_per_chunk_all": round(cpu_all_us, 1),
         "cpu_s_total": round(cpu_total, 2),
+        "standin_cpu_s": round(standin_cpu, 2),
+        "client_cpu_s": round(client_cpu, 2),
+        "standin_cpu_s_direct_phase": round(direct_standin_cpu, 2),
         "rss_idle_kb": rss_idle,
         "rss_open_kb": rss_peak,
         "rss_end_kb": rss_end,
@@ -493,7 +554,7 @@ def run(scale: float, standin=None) -> list[Figure]:
         log(f"streams: the file limit ({hard}) is low for {n} streams per path")
     figures = [_run_provider(p, n, hold, ramp) for p in PROVIDERS]
     figures[0].notes.append(
-        f"streams: {n} via one uvicorn process and {n} straight to the stand-in at once, "
+        f"streams: {n} straight to the stand-in, then {n} via one uvicorn process, "
         f"{hold:g} s each, a chunk every {CHUNK_INTERVAL_MS} ms, opened over {ramp:g} s; "
         "per-chunk latency is arrival minus the stand-in's send stamp; CPU from /proc over the "
         "window all streams were open; RSS idle (after a warm-up) vs all open"

@@ -18,7 +18,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.core.handlers.asgi import ASGIRequest
-from django.db import close_old_connections
+from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -85,7 +85,9 @@ def _admit_and_release(request: HttpRequest) -> tuple[int, dict, services.Route]
     try:
         return _admit(request)
     finally:
-        close_old_connections()
+        for connection in connections.all(initialized_only=True):
+            if not connection.in_atomic_block:  # a test's transaction around the request
+                connection.close_if_unusable_or_obsolete()
 
 
 def _rate_limit(who: str, *, user_id: int) -> None:
