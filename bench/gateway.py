@@ -5,11 +5,15 @@ one client at a time, gateway minus direct)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import httpx
 
 from bench.common import (
+    BIN,
     PY,
+    SERVER_PIDS,
     Figure,
     analyze,
     connect,
@@ -103,6 +107,29 @@ def run(scale: float, standin=None) -> list[Figure]:
                     drive(call, threads=2, count=20, make_client=_client)
             with connect(autocommit=True) as conn:
                 refresh_tokens(conn, "gateway")
+            profile = os.environ.get("BENCH_GATEWAY_PYSPY")  # a file: py-spy's collapsed stacks
+            if profile:  # the uvicorn process while one client calls the gateway in a loop
+                spy = subprocess.Popen(
+                    [
+                        str(BIN / "py-spy"),
+                        "record",
+                        "-p",
+                        str(SERVER_PIDS[web_port]),
+                        "-r",
+                        "500",
+                        "-d",
+                        "8",
+                        "-f",
+                        "raw",
+                        "-o",
+                        profile,
+                        "--nonblocking",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                drive(modes["non-streaming"]["gateway"], threads=1, duration=9, make_client=_client)
+                spy.wait()
             for kind, calls in modes.items():
                 entry: dict[str, dict] = {}
                 # Latency: one request at a time, the two paths interleaved in two halves.
