@@ -46,3 +46,12 @@ def send_customer_email(email_id: int) -> str:
     from subscriptions.emails import send_customer_email as send
 
     return send(email_id=email_id, now=timezone.now())
+
+
+@shared_task(name="subscriptions.tasks.send_customer_emails")
+def send_customer_emails(email_ids: list[int]) -> dict:
+    """A batch of recorded e-mails (the sweep's renewal receipts, issue 20); each is claimed and
+    sent as `send_customer_email` does, and one that fails is queued again on its own."""
+    from subscriptions.emails import send_customer_emails as send
+
+    return send(email_ids=list(email_ids), now=timezone.now())
