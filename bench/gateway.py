@@ -34,7 +34,8 @@ USERS = 8
 LATENCY_REQUESTS = 150
 THROUGHPUT_THREADS = 8
 THROUGHPUT_SECONDS = 4.0
-TARGET_ADDED_P50_MS = 5.0
+TARGET_ADDED_P50_MS = 2.0  # issue 20 (was 5 ms)
+TARGET_ADDED_P99_MS = 5.0
 MESSAGES = [{"role": "user", "content": "Write a haiku about row locks."}]
 
 
@@ -180,8 +181,14 @@ def run(scale: float, standin=None) -> list[Figure]:
                     f"{direct['p50_ms']:.1f} / p99 {direct['p99_ms']:.1f} ms"
                 ),
                 value=f"+{added_p50:.1f} ms p50, +{added_p99:.1f} ms p99",
-                target=f"added p50 <= {TARGET_ADDED_P50_MS:g} ms",
-                met=added_p50 <= TARGET_ADDED_P50_MS and errors == 0,
+                target=(
+                    f"added p50 <= {TARGET_ADDED_P50_MS:g} ms, p99 <= {TARGET_ADDED_P99_MS:g} ms"
+                ),
+                met=(
+                    added_p50 <= TARGET_ADDED_P50_MS
+                    and added_p99 <= TARGET_ADDED_P99_MS
+                    and errors == 0
+                ),
                 details={
                     **entry,
                     "added_p50_ms": round(added_p50, 2),
