@@ -95,10 +95,13 @@ def _rate_limit(who: str, *, user_id: int) -> None:
     never the header's spelling — or a session user), then the user's cap across all of their
     tokens and their session, so making more tokens buys no more (issue 13). A request the
     token's own limit refuses does not count against the user's cap."""
-    if not ratelimit.hit("gateway", who, limit=int(settings.GATEWAY_RATE_LIMIT_PER_MINUTE)):
+    refused = ratelimit.hit_pair(  # both in one Redis round trip (issue 20)
+        ("gateway", who, int(settings.GATEWAY_RATE_LIMIT_PER_MINUTE)),
+        ("gateway-user", str(user_id), int(settings.GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE)),
+    )
+    if refused == 1:
         raise RateLimited()
-    per_user = int(settings.GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE)
-    if not ratelimit.hit("gateway-user", str(user_id), limit=per_user):
+    if refused == 2:
         raise RateLimited(
             "Too many requests from your account (all your API tokens together); "
             "slow down and retry in a minute."
