@@ -7,7 +7,9 @@ How one gets sent, exactly once per event:
    `emails.after_commit(kind, subscription_id, event_at)`: nothing happens unless it commits.
 2. After the commit, `queue` records a `CustomerEmail` row, unique on (kind, event key) — a
    second hook for the same event (a re-run sweep, a retried request) finds the row and stops —
-   and hands its id to the Celery task `subscriptions.tasks.send_customer_email`.
+   and hands its id to the Celery task `subscriptions.tasks.send_customer_email` (the sweep's
+   renewal receipts a hundred at a time to `send_customer_emails`: `batched_delivery`). The row
+   is one prepared INSERT ... ON CONFLICT DO NOTHING (issue 20).
 3. The task claims the row (`pending` → `sending`, one UPDATE; a duplicate delivery finds it
    claimed or `sent` and sends nothing), renders the message from the database as it is now
    (amounts in USD, times in UTC with the date spelled out, never a key), sends it with no
