@@ -113,13 +113,15 @@ def _standin_main(argv: list[str]) -> None:
     socketserver.TCPServer.request_queue_size = 4096  # the listen backlog (5 by default)
     threading.stack_size(256 * 1024)  # a thread per connection: thousands of them
     module = importlib.import_module(module_name)
-    original_sse = module._sse
     mark = b'"' + MARK.encode() + b'"'
 
-    def marked(payload: Any) -> bytes:
-        if isinstance(payload, dict):
-            payload = {**payload, "x_sent_at": MARK}
-        return original_sse(payload)
+    def marking(original):
+        def marked(payload: Any) -> bytes:
+            if isinstance(payload, dict):
+                payload = {**payload, "x_sent_at": MARK}
+            return original(payload)
+
+        return marked
 
     class StampingWriter:
         def __init__(self, raw) -> None:
@@ -139,7 +141,11 @@ def _standin_main(argv: list[str]) -> None:
         original_setup(handler)
         handler.wfile = StampingWriter(handler.wfile)
 
-    module._sse = marked
+    # The provider's stand-in builds its events with `_sse`, its own or one it shares with
+    # another stand-in (a subclassed handler): mark them all.
+    for loaded in [m for name, m in sys.modules.items() if name.startswith("standins.")]:
+        if callable(getattr(loaded, "_sse", None)):
+            loaded._sse = marking(loaded._sse)
     socketserver.StreamRequestHandler.setup = setup
     module.main(["--port", port])
 
