@@ -27,7 +27,8 @@ ESTIMATES = {
     "http": 40,
     "upload": 30,
     "gateway": 40,
-    "streams": 65,  # per provider: two 20 s holds (direct, gateway), the ramps, the servers
+    # Per provider ~60 s: two 20 s holds (direct, gateway), the ramps, the servers.
+    "streams": 130,
     "sweep": 60,
     "scaleout": 40,
 }

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -79,6 +80,7 @@ class Provider:
     url_setting: str
     model: str  # as the gateway's callers name it
     upstream_model: str  # as the stand-in is called directly
+    base_path: str = ""  # the API's base under the stand-in's root (the URL setting's path)
 
 
 PROVIDERS = [
@@ -90,6 +92,17 @@ PROVIDERS = [
         upstream_model="MiniMax-M2",
     ),
 ]
+if importlib.util.find_spec("standins.byteplus") is not None:  # issue 18
+    PROVIDERS.append(
+        Provider(
+            key="byteplus",
+            standin_module="standins.byteplus",
+            url_setting="BYTEPLUS_API_BASE_URL",
+            model="byteplus/ark-code-latest",
+            upstream_model="ark-code-latest",
+            base_path="/api/coding/v3",
+        )
+    )
 
 
 # -- the stand-in process ----------------------------------------------------------------------
@@ -142,10 +155,14 @@ def _standin_main(argv: list[str]) -> None:
         handler.wfile = StampingWriter(handler.wfile)
 
     # The provider's stand-in builds its events with `_sse`, its own or one it shares with
-    # another stand-in (a subclassed handler): mark them all.
+    # another stand-in (a subclassed handler): mark them all; and a server class of theirs
+    # may set its own backlog.
     for loaded in [m for name, m in sys.modules.items() if name.startswith("standins.")]:
         if callable(getattr(loaded, "_sse", None)):
             loaded._sse = marking(loaded._sse)
+        for value in vars(loaded).values():
+            if isinstance(value, type) and issubclass(value, socketserver.TCPServer):
+                value.request_queue_size = 4096
     socketserver.StreamRequestHandler.setup = setup
     module.main(["--port", port])
 
@@ -176,7 +193,13 @@ async def _one_stream(
     steady: list[float],
 ) -> None:
     body = json.dumps(
-        {"model": model, "messages": MESSAGES, "max_tokens": 4096, "stream": True}
+        {
+            "model": model,
+            "messages": MESSAGES,
+            "max_tokens": 4096,
+            "stream": True,
+            "stream_options": {"include_usage": True},  # an OpenAI-style provider's usage
+        }
     ).encode()
     request = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {secret}\r\n"
@@ -352,12 +375,14 @@ def _run_provider(provider: Provider, n: int, hold: float, ramp: float) -> Figur
     standin_port, web_port = free_port(), free_port()
     argv = [PY, "-m", "bench.streams", "standin", provider.standin_module, str(standin_port)]
     with server_process(argv, standin_port, server_env()) as upstream_url:
-        env = server_env(**{provider.url_setting: upstream_url, "CONN_MAX_AGE": "0"})
+        env = server_env(
+            **{provider.url_setting: upstream_url + provider.base_path, "CONN_MAX_AGE": "0"}
+        )
         with uvicorn(web_port, env):
             pid = SERVER_PIDS[web_port]
             pool = int(env.get("DATABASE_POOL_MAX_SIZE", "20"))
             gateway_path = "/api/v1/gateway/chat/completions"
-            direct_path = "/v1/chat/completions"
+            direct_path = (provider.base_path or "/v1") + "/chat/completions"
             # Warm up: a few short streams through both paths (imports, caches, connections).
             _configure(upstream_url, 3, 10)
             warm = [
