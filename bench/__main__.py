@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-FIGURES = ("pages", "purchase", "http", "upload", "gateway", "sweep", "scaleout")
+FIGURES = ("pages", "purchase", "http", "upload", "gateway", "streams", "sweep", "scaleout")
 # Rough seconds each figure needs at least, for the time budget (the sweep and the scale-out
 # size themselves to what is left of it).
 ESTIMATES = {
@@ -27,6 +27,8 @@ ESTIMATES = {
     "http": 40,
     "upload": 30,
     "gateway": 40,
+    # Per provider ~60 s: two 20 s holds (direct, gateway), the ramps, the servers.
+    "streams": 130,
     "sweep": 60,
     "scaleout": 40,
 }

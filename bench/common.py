@@ -25,6 +25,8 @@ BIN = Path(PY).parent
 BENCH_DB = os.environ.get("BENCH_DATABASE_NAME", "codingplans_bench")
 # Figures hand measurements to later ones here (the single-sweep rate for the scale-out).
 SHARED: dict[str, Any] = {}
+# The pid of the server process listening on each port (the streams figure reads /proc).
+SERVER_PIDS: dict[int, int] = {}
 PLUS = "minimax-token-plan-plus"
 PLUS_PRICE = 20_000_000
 RICH = 1_000 * 1_000_000  # $1,000: every seeded account can pay many renewals
@@ -171,13 +173,15 @@ def encrypted_blob(plaintext: str) -> str:
 
 
 def seed_users(conn: psycopg.Connection, tag: str, n: int, *, balance: int = RICH) -> list[int]:
-    """n active customers tagged `tag` (in full_name), each with a credit account; ids in order."""
+    """n active, verified customers tagged `tag` (in full_name), each with a credit account (and
+    the renewal reminder on, the default); ids in order."""
     rows = conn.execute(
         """
         INSERT INTO accounts_user
-            (password, is_superuser, email, full_name, is_active, is_staff, date_joined)
+            (password, is_superuser, email, full_name, is_active, is_staff, date_joined,
+             email_verified_at, renewal_reminders)
         SELECT '!', false, 'bench-' || %(tag)s || '-' || g || '@example.com', %(tag)s, true,
-               false, now()
+               false, now(), now(), true
         FROM generate_series(1, %(n)s) g
         RETURNING id
         """,
@@ -352,6 +356,7 @@ def server_process(argv: list[str], port: int, env: dict[str, str]) -> Iterator[
     proc = subprocess.Popen(
         argv, env=env, cwd=ROOT, stdout=logfile, stderr=subprocess.PIPE, start_new_session=True
     )
+    SERVER_PIDS[port] = proc.pid
     errors: list[bytes] = []
     reader = threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True)
     reader.start()

@@ -5,11 +5,15 @@ one client at a time, gateway minus direct)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import httpx
 
 from bench.common import (
+    BIN,
     PY,
+    SERVER_PIDS,
     Figure,
     analyze,
     connect,
@@ -30,7 +34,8 @@ USERS = 8
 LATENCY_REQUESTS = 150
 THROUGHPUT_THREADS = 8
 THROUGHPUT_SECONDS = 4.0
-TARGET_ADDED_P50_MS = 5.0
+TARGET_ADDED_P50_MS = 2.0  # issue 20 (was 5 ms)
+TARGET_ADDED_P99_MS = 5.0
 MESSAGES = [{"role": "user", "content": "Write a haiku about row locks."}]
 
 
@@ -103,6 +108,29 @@ def run(scale: float, standin=None) -> list[Figure]:
                     drive(call, threads=2, count=20, make_client=_client)
             with connect(autocommit=True) as conn:
                 refresh_tokens(conn, "gateway")
+            profile = os.environ.get("BENCH_GATEWAY_PYSPY")  # a file: py-spy's collapsed stacks
+            if profile:  # the uvicorn process while one client calls the gateway in a loop
+                spy = subprocess.Popen(
+                    [
+                        str(BIN / "py-spy"),
+                        "record",
+                        "-p",
+                        str(SERVER_PIDS[web_port]),
+                        "-r",
+                        "500",
+                        "-d",
+                        "8",
+                        "-f",
+                        "raw",
+                        "-o",
+                        profile,
+                        "--nonblocking",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                drive(modes["non-streaming"]["gateway"], threads=1, duration=9, make_client=_client)
+                spy.wait()
             for kind, calls in modes.items():
                 entry: dict[str, dict] = {}
                 # Latency: one request at a time, the two paths interleaved in two halves.
@@ -153,8 +181,14 @@ def run(scale: float, standin=None) -> list[Figure]:
                     f"{direct['p50_ms']:.1f} / p99 {direct['p99_ms']:.1f} ms"
                 ),
                 value=f"+{added_p50:.1f} ms p50, +{added_p99:.1f} ms p99",
-                target=f"added p50 <= {TARGET_ADDED_P50_MS:g} ms",
-                met=added_p50 <= TARGET_ADDED_P50_MS and errors == 0,
+                target=(
+                    f"added p50 <= {TARGET_ADDED_P50_MS:g} ms, p99 <= {TARGET_ADDED_P99_MS:g} ms"
+                ),
+                met=(
+                    added_p50 <= TARGET_ADDED_P50_MS
+                    and added_p99 <= TARGET_ADDED_P99_MS
+                    and errors == 0
+                ),
                 details={
                     **entry,
                     "added_p50_ms": round(added_p50, 2),

@@ -85,6 +85,15 @@ RAW_PURCHASE = [
     ),
 ]
 
+RAW_RECEIPT = """
+    INSERT INTO subscriptions_customeremail (kind, event_key, subscription_id, event_at, status,
+        created_at, attempts, last_error)
+    VALUES ('purchase_receipt', %(subscription)s::text, %(subscription)s, NULL, 'pending', now(),
+        0, '')
+    ON CONFLICT DO NOTHING RETURNING id
+"""
+TARGET_RATIO = 0.8
+
 
 def _raw_purchase(conn, user_id: int, blob: str) -> None:
     params: dict[str, object] = {
@@ -135,6 +144,8 @@ def _raw_purchase(conn, user_id: int, blob: str) -> None:
             )
         params["body"] = json.dumps({"id": params["subscription"], "plan_id": PLUS})
         cur.execute(sql["idempotency"], params)
+    # The purchase receipt's row, recorded after the commit (issue 19, as the service does).
+    conn.execute(RAW_RECEIPT, {"subscription": params["subscription"]})
 
 
 def _run_workers(
@@ -253,8 +264,8 @@ def run(scale: float, standin=None) -> Figure:
         measured=f"{product:.0f} purchases/s",
         baseline=f"{raw:.0f}/s raw SQL",
         value=f"{ratio:.2f}",
-        target="ratio >= 0.5",
-        met=ratio >= 0.5,
+        target=f"ratio >= {TARGET_RATIO:g}",
+        met=ratio >= TARGET_RATIO,
         details={
             "workers": WORKERS,
             "purchases_per_side": per_round * rounds,
@@ -268,7 +279,8 @@ def run(scale: float, standin=None) -> Figure:
         },
         notes=[
             "raw SQL: guarded debit, ledger, SKIP LOCKED claim + update, subscription, BYOK, "
-            "term, 2 audit events, idempotency insert; the service also locks the account, "
+            "term, 2 audit events, idempotency insert, the receipt's CustomerEmail row after the "
+            "commit; the service also queues the receipt (Celery), locks the account, "
             "checks the stored outcome, account, live subscription and BYOK slot, re-encrypts "
             "the key and runs the low-stock check after commit; buyers' User rows are read "
             "before the clock starts on both sides",

@@ -58,4 +58,18 @@ class ReusedThreadASGIHandler(ASGIHandler):
 
 
 django.setup(set_prefix=False)
-application = ReusedThreadASGIHandler()
+
+
+def _application():
+    """Django, with the gateway's bearer calls served beside it by gateway.asgi (issue 20), the
+    full stack's response headers applied as the fast path middleware applies them."""
+    from codingplans.middleware import GatewayFastPathMiddleware
+    from gateway.asgi import GatewayApplication
+
+    def unused(request):
+        raise AssertionError("only its response handling is used")
+
+    return GatewayApplication(ReusedThreadASGIHandler(), GatewayFastPathMiddleware(unused))
+
+
+application = _application()

@@ -56,3 +56,31 @@ class SharedPoolRedisCache(RedisCache):
         pipe.set(full_key, 0, ex=timeout, nx=True)
         pipe.incr(full_key)
         return int(pipe.execute()[1])
+
+    def incr_pair_with_expiry(
+        self, first: str, first_limit: int, second: str, second_limit: int, timeout: int
+    ) -> int:
+        """Two fixed-window counters in one round trip (a Lua script): count one under `first`;
+        if that is over `first_limit`, stop (1) without counting `second`; else count one under
+        `second` and return 2 if that is over `second_limit`, 0 if both are within. Each key is
+        created with `timeout` seconds to live, as `incr_with_expiry` does. The gateway checks
+        a token's limit and its owner's on every call (issue 20: one Redis round trip, not two).
+        """
+        keys = [self.make_and_validate_key(first), self.make_and_validate_key(second)]
+        client = self._cache.get_client(keys[0], write=True)
+        script = _PAIR_SCRIPTS.get(id(client))
+        if script is None:
+            script = _PAIR_SCRIPTS.setdefault(id(client), client.register_script(_PAIR_LUA))
+        return int(script(keys=keys, args=[first_limit, second_limit, timeout]))
+
+
+_PAIR_LUA = """
+redis.call('SET', KEYS[1], 0, 'EX', ARGV[3], 'NX')
+local count = redis.call('INCR', KEYS[1])
+if count > tonumber(ARGV[1]) then return 1 end
+redis.call('SET', KEYS[2], 0, 'EX', ARGV[3], 'NX')
+count = redis.call('INCR', KEYS[2])
+if count > tonumber(ARGV[2]) then return 2 end
+return 0
+"""
+_PAIR_SCRIPTS: dict[int, object] = {}

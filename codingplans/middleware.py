@@ -160,13 +160,22 @@ class GatewayFastPathMiddleware(_DualModeMiddleware):
 
         if request.path_info != GATEWAY_PATH:
             return await self.get_response(request)
-        response = self.security.process_request(request)  # SECURE_SSL_REDIRECT
+        response = self.redirect(request)
         if response is None:
             self.sessions.process_request(request)  # lazy: no query unless a session is used
             self.auth.process_request(request)
             response = await chat_completions(request)
             if request.session.accessed:  # a session caller: cookie and Vary as usual
                 response = await sync_to_async(self.sessions.process_response)(request, response)
+        return self.secure(request, response)
+
+    def redirect(self, request):
+        """SECURE_SSL_REDIRECT's redirect for a plain-HTTP request, or None."""
+        return self.security.process_request(request)
+
+    def secure(self, request, response):
+        """The response with what the full stack adds to it: Content-Length, the security
+        headers, X-Frame-Options and the CSP (also used by gateway.asgi, issue 20)."""
         if not response.streaming and not response.has_header("Content-Length"):
             response.headers["Content-Length"] = str(len(response.content))  # as CommonMiddleware
         response = self.security.process_response(request, response)

@@ -46,6 +46,30 @@ def _hit(scope: str, identity: str, *, limit: int, window_seconds: int) -> bool:
         return True
 
 
+def hit_pair(
+    first: tuple[str, str, int], second: tuple[str, str, int], *, window_seconds: int = 60
+) -> int:
+    """`hit` for two (scope, identity, limit) budgets in order, the second counted only when the
+    first allows the attempt: 0 when both allow it, 1 or 2 for the one that refused. One Redis
+    round trip (codingplans.cache); fails open like `hit`."""
+    if first[2] <= 0 or second[2] <= 0 or not hasattr(cache, "incr_pair_with_expiry"):
+        if not hit(*first[:2], limit=first[2], window_seconds=window_seconds):
+            return 1
+        return 0 if hit(*second[:2], limit=second[2], window_seconds=window_seconds) else 2
+    window = int(time.time() // window_seconds)
+    keys = [
+        f"rl:{scope}:{hashlib.sha256(f'{scope}:{identity}'.encode()).hexdigest()[:32]}:{window}"
+        for scope, identity, _limit in (first, second)
+    ]
+    try:
+        return cache.incr_pair_with_expiry(
+            keys[0], first[2], keys[1], second[2], window_seconds + 10
+        )
+    except Exception as exc:  # any backend error: allow
+        outages.record("rate limits", exc)
+        return 0
+
+
 def enforce(scope: str, identity: str, *, limit: int, window_seconds: int = 60) -> None:
     if not hit(scope, identity, limit=limit, window_seconds=window_seconds):
         raise RateLimited()

@@ -147,9 +147,12 @@ def _transport() -> httpx.AsyncHTTPTransport:
     return transport
 
 
+# Every open stream holds its upstream connection for as long as it lasts, so the cap is what
+# one process may stream at once (issue 20: 1,000 concurrent streams; 200 queued the rest).
+MAX_UPSTREAM_CONNECTIONS = 4096
 _TRANSPORT_OPTIONS = {
     "trust_env": False,
-    "limits": httpx.Limits(max_connections=200, max_keepalive_connections=50),
+    "limits": httpx.Limits(max_connections=MAX_UPSTREAM_CONNECTIONS, max_keepalive_connections=50),
 }
 # Under WSGI: one synchronous transport (a thread-safe connection pool) per process, made on
 # first use, so after gunicorn forks its workers; a child forked later starts a pool of its own.

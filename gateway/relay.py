@@ -19,6 +19,10 @@ from gateway.nesting import nested_too_deep
 logger = logging.getLogger(__name__)
 
 USAGE_SCAN_BYTES = 64 * 1024
+# What a relay keeps of what it sent, for the terminator check and the error event's separator:
+# the end of the stream only. The event that carried `usage` is kept on its own (issue 20: a
+# 64 KB tail copied on every chunk was most of an open stream's memory, and its CPU).
+END_BYTES = 4 * 1024
 MAX_PENDING_LINE_BYTES = 1024 * 1024
 SCRUBBED = "[REDACTED]"
 DONE_LINE = b"data: [DONE]"
@@ -106,9 +110,10 @@ class Relay:
         "_pending",
         "_route",
         "_text_forms",
+        "_usage",
         "completed",
+        "end_bytes",
         "ended",
-        "tail",
     )
 
     def __init__(self, route: services.Route) -> None:
@@ -117,7 +122,8 @@ class Relay:
         self._forms = [form.encode() for form in self._text_forms]
         self._escapes = (b"\\u", *{_SHORT_ESCAPES[c] for c in route.api_key if c in _SHORT_ESCAPES})
         self._pending = b""
-        self.tail = b""
+        self._usage = b""  # the last output that carried a usage block
+        self.end_bytes = b""  # the last END_BYTES sent
         self.completed = False
         self.ended = 0.0
 
@@ -158,8 +164,17 @@ class Relay:
         kept = [line for line in lines if line and not line.startswith(b"data:")]
         return b"\n".join([*kept, b"data: " + json.dumps(scrubbed).encode()])
 
+    @property
+    def tail(self) -> bytes:
+        """What to scan for the stream's usage: the last output that carried a `usage` block
+        (up to USAGE_SCAN_BYTES of it), then the end of the stream."""
+        return self._usage + b"\n" + self.end_bytes if self._usage else self.end_bytes
+
     def _out(self, data: bytes) -> bytes:
-        self.tail = (self.tail + data)[-USAGE_SCAN_BYTES:]
+        end = self.end_bytes + data if len(data) < END_BYTES else data
+        self.end_bytes = end[-END_BYTES:] if len(end) > END_BYTES else end
+        if b'"usage"' in data:
+            self._usage = data[-USAGE_SCAN_BYTES:]
         return data
 
     def feed(self, chunk: bytes) -> bytes:
@@ -183,10 +198,10 @@ class Relay:
             out = self._out(self._scrub(rest.rstrip(b"\r\n") + b"\n\n"))
         elif b"\n" in rest:  # the complete lines of an unfinished event (a partial one is dropped)
             out = self._out(self._scrub(rest[: rest.rfind(b"\n") + 1]))
-        self.completed = _stream_done(self.tail)
+        self.completed = _stream_done(self.end_bytes)
         if not self.completed:
             logger.warning("gateway: %s upstream stream ended early", self._route.provider_id)
-            out += _event_separator(self.tail) + STREAM_BROKEN_EVENT
+            out += _event_separator(self.end_bytes) + STREAM_BROKEN_EVENT
         return out
 
     def broke(self, exc: Exception) -> bytes:
@@ -194,7 +209,7 @@ class Relay:
         logger.warning(
             "gateway: %s upstream stream broke (%s)", self._route.provider_id, type(exc).__name__
         )
-        return _event_separator(self.tail) + STREAM_BROKEN_EVENT
+        return _event_separator(self.end_bytes) + STREAM_BROKEN_EVENT
 
     def finished(self) -> None:
         self.ended = time.monotonic()

@@ -18,6 +18,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.core.handlers.asgi import ASGIRequest
+from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -76,15 +77,31 @@ def _admit(request: HttpRequest) -> tuple[int, dict, services.Route]:
     return caller.user_id, body, caller.route(model)
 
 
+def _admit_and_release(request: HttpRequest) -> tuple[int, dict, services.Route]:
+    """`_admit`, then its database connection handed back (to the pool, under ASGI) before the
+    answer is relayed: a stream may last minutes, and held its connection until the request
+    finished, so a pool of 20 admitted 20 streams and timed the 21st out (issue 20). Metering
+    takes one from the pool again after the last byte."""
+    try:
+        return _admit(request)
+    finally:
+        for connection in connections.all(initialized_only=True):
+            if not connection.in_atomic_block:  # a test's transaction around the request
+                connection.close_if_unusable_or_obsolete()
+
+
 def _rate_limit(who: str, *, user_id: int) -> None:
     """Fixed one-minute windows in the shared cache: `who`'s own budget (a token, by its id —
     never the header's spelling — or a session user), then the user's cap across all of their
     tokens and their session, so making more tokens buys no more (issue 13). A request the
     token's own limit refuses does not count against the user's cap."""
-    if not ratelimit.hit("gateway", who, limit=int(settings.GATEWAY_RATE_LIMIT_PER_MINUTE)):
+    refused = ratelimit.hit_pair(  # both in one Redis round trip (issue 20)
+        ("gateway", who, int(settings.GATEWAY_RATE_LIMIT_PER_MINUTE)),
+        ("gateway-user", str(user_id), int(settings.GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE)),
+    )
+    if refused == 1:
         raise RateLimited()
-    per_user = int(settings.GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE)
-    if not ratelimit.hit("gateway-user", str(user_id), limit=per_user):
+    if refused == 2:
         raise RateLimited(
             "Too many requests from your account (all your API tokens together); "
             "slow down and retry in a minute."
@@ -142,7 +159,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         return _method_not_allowed()
     try:
-        user_id, body, route = await sync_to_async(_admit)(request)
+        user_id, body, route = await sync_to_async(_admit_and_release)(request)
     except DomainError as exc:
         return error_response(exc)
     except _Unauthenticated:

@@ -7,7 +7,9 @@ How one gets sent, exactly once per event:
    `emails.after_commit(kind, subscription_id, event_at)`: nothing happens unless it commits.
 2. After the commit, `queue` records a `CustomerEmail` row, unique on (kind, event key) — a
    second hook for the same event (a re-run sweep, a retried request) finds the row and stops —
-   and hands its id to the Celery task `subscriptions.tasks.send_customer_email`.
+   and hands its id to the Celery task `subscriptions.tasks.send_customer_email` (the sweep's
+   renewal receipts a hundred at a time to `send_customer_emails`: `batched_delivery`). The row
+   is one prepared INSERT ... ON CONFLICT DO NOTHING (issue 20).
 3. The task claims the row (`pending` → `sending`, one UPDATE; a duplicate delivery finds it
    claimed or `sent` and sends nothing), renders the message from the database as it is now
    (amounts in USD, times in UTC with the date spelled out, never a key), sends it with no
@@ -26,16 +28,20 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from billing.models import CreditAccount
 from billing.topup import top_up_available
+from codingplans import sql
 from codingplans.mail import send_templated, site_url, spelled_date, spelled_utc
 from codingplans.money import display_usd
 from subscriptions.models import ChargedTerm, CustomerEmail, Subscription
@@ -89,25 +95,109 @@ def after_commit(kind: str, subscription_id: int, event_at: datetime | None = No
     transaction.on_commit(lambda: queue(kind, subscription_id, event_at=event_at), robust=True)
 
 
+class _Batch:
+    """E-mails recorded in a `batched_delivery()` block, queued as one task per
+    DELIVERY_BATCH_SIZE of them."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+
+    def add(self, email_id: int) -> None:
+        self.ids.append(email_id)
+        if len(self.ids) >= DELIVERY_BATCH_SIZE:
+            self.flush()
+
+    def flush(self) -> None:
+        ids, self.ids = self.ids, []
+        if not ids:
+            return
+        from subscriptions.tasks import send_customer_emails
+
+        try:
+            send_customer_emails.delay(ids)
+        except Exception:  # the broker is down: the rows stay pending and the sweep retries
+            logger.exception(
+                "customer e-mails %s… not sent now; the sweep queues them again", ids[0]
+            )
+
+
+DELIVERY_BATCH_SIZE = 100
+_batch: ContextVar[_Batch | None] = ContextVar("subscriptions_emails_batch", default=None)
+
+
+@contextmanager
+def batched_delivery():
+    """Within the block, the e-mails `queue` records are queued DELIVERY_BATCH_SIZE to a task
+    (and the rest when the block ends) rather than one task each: the sweep renews thousands,
+    and queuing a Celery task costs more CPU than a renewal's own statements (issue 20). An
+    e-mail whose batch was never queued (the process died) stays `pending`, and a later sweep
+    queues it again (`requeue_unsent`), as when the broker is down."""
+    batch = _Batch()
+    token = _batch.set(batch)
+    try:
+        yield
+    finally:
+        _batch.reset(token)
+        batch.flush()
+
+
+def send_customer_emails(*, email_ids: list[int], now: datetime) -> dict[str, int]:
+    """`send_customer_email` for each of a batch (the sweep's receipts): one that fails with a
+    mail error is queued again on its own, with that task's retries."""
+    import smtplib
+
+    outcomes: dict[str, int] = {}
+    for email_id in email_ids:
+        try:
+            outcome = send_customer_email(email_id=email_id, now=now)
+        except (smtplib.SMTPException, OSError):
+            logger.warning("customer e-mail %s failed in a batch; queued on its own", email_id)
+            _deliver(email_id)
+            outcome = "requeued"
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    return outcomes
+
+
+# One lean statement (codingplans.sql), prepared: a purchase and every renewal record one (issue
+# 20: through the ORM's get_or_create in its own transaction, recording the receipt took five
+# round trips and more of the purchase's CPU than the purchase's own statements).
+_RECORD_SQL = """
+    INSERT INTO {email} (kind, event_key, subscription_id, event_at, status, created_at,
+        attempts, last_error)
+    VALUES (%(kind)s, %(key)s, %(subscription)s, %(event_at)s, %(status)s, %(created_at)s, 0, '')
+    ON CONFLICT (kind, event_key) DO NOTHING
+    RETURNING id
+"""
+
+
+@cache
+def _record_sql() -> str:
+    return _RECORD_SQL.format(email=sql.table(CustomerEmail))
+
+
 def queue(kind: str, subscription_id: int, *, event_at: datetime | None = None) -> bool:
     """Record the e-mail for this event and queue its sending; False when the event already
-    has its e-mail (nothing is queued twice)."""
-    try:
-        with transaction.atomic():
-            _email, created = CustomerEmail.objects.get_or_create(
-                kind=kind,
-                event_key=event_key(subscription_id, event_at),
-                defaults={
-                    "subscription_id": subscription_id,
-                    "event_at": event_at,
-                    "created_at": timezone.now(),  # bookkeeping: when it was recorded
-                },
-            )
-    except IntegrityError:  # a concurrent hook for the same event recorded it first
+    has its e-mail (nothing is queued twice). Inside `batched_delivery()` the sending is queued
+    with the block's batch."""
+    row = sql.execute(
+        _record_sql(),
+        {
+            "kind": kind,
+            "key": event_key(subscription_id, event_at),
+            "subscription": subscription_id,
+            "event_at": event_at,
+            "status": Status.PENDING,
+            "created_at": timezone.now(),  # bookkeeping: when it was recorded
+        },
+    )
+    if row is None:  # the event has its e-mail (another hook, a re-run sweep, recorded it)
         return False
-    if created:
-        _deliver(_email.pk)
-    return created
+    batch = _batch.get()
+    if batch is not None:
+        batch.add(row.id)
+    else:
+        _deliver(row.id)
+    return True
 
 
 def _deliver(email_id: int) -> None:

@@ -287,6 +287,19 @@ def run_billing_sweep(
     run = SweepRun.objects.create(trigger=trigger, started_at=timezone.now(), as_of=now, counts={})
     counts = SweepCounts()
     deadline = time.monotonic() + time_budget_seconds
+    with emails.batched_delivery():  # the renewal receipts, a task per hundred (issue 20)
+        _sweep_due(now=now, counts=counts, batch_size=batch_size, deadline=deadline)
+    # SPEC E1: renewal reminders (keyset-batched like the due subscriptions) and e-mails that a
+    # crashed task left unsent.
+    counts.reminders_sent += emails.sweep_emails(now=now, batch_size=batch_size, deadline=deadline)
+    run.finished_at = timezone.now()
+    run.counts = counts.as_dict()
+    run.errors = counts.error_items[:1000]
+    run.save(update_fields=["finished_at", "counts", "errors"])
+    return run
+
+
+def _sweep_due(*, now: datetime, counts: SweepCounts, batch_size: int, deadline: float) -> None:
     cursor: tuple[datetime, int] | None = None
     while time.monotonic() < deadline:
         batch = due_subscriptions(now).order_by("current_period_end", "id")
@@ -310,11 +323,3 @@ def run_billing_sweep(
                     {"subscription_id": subscription_id, "error": exc.__class__.__name__}
                 )
                 logger.exception("billing sweep failed for subscription %s", subscription_id)
-    # SPEC E1: renewal reminders (keyset-batched like the due subscriptions) and e-mails that a
-    # crashed task left unsent.
-    counts.reminders_sent += emails.sweep_emails(now=now, batch_size=batch_size, deadline=deadline)
-    run.finished_at = timezone.now()
-    run.counts = counts.as_dict()
-    run.errors = counts.error_items[:1000]
-    run.save(update_fields=["finished_at", "counts", "errors"])
-    return run

@@ -72,3 +72,12 @@ def review_credential_problems() -> dict:
     from subscriptions.replacement import review_credential_problems as review
 
     return review(now=timezone.now())
+
+
+@shared_task(name="subscriptions.tasks.send_customer_emails")
+def send_customer_emails(email_ids: list[int]) -> dict:
+    """A batch of recorded e-mails (the sweep's renewal receipts, issue 20); each is claimed and
+    sent as `send_customer_email` does, and one that fails is queued again on its own."""
+    from subscriptions.emails import send_customer_emails as send
+
+    return send(email_ids=list(email_ids), now=timezone.now())

@@ -1119,6 +1119,10 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "accounts.emails.send_email_changed_notice": "sends the notice; changes no data",
     "subscriptions.emails.event_key": "pure function",
     "subscriptions.emails.after_commit": "registers an on-commit hook inside the caller's change",
+    "subscriptions.emails.batched_delivery": "queues recorded e-mails in batches; changes no data",
+    "subscriptions.emails.send_customer_emails": (
+        "sends recorded e-mails; only their CustomerEmail rows (the record) change"
+    ),
     "subscriptions.emails.queue": (
         "e-mail bookkeeping after the audited change commits: the CustomerEmail row is itself "
         "the record (kind, event, subscription, time)"

@@ -50,6 +50,7 @@ RAW_WRITES: dict[tuple[str, str], str] = {
     ("subscriptions.purchase", "{term}"): "subscriptions.ChargedTerm",
     ("subscriptions.purchase", "{intent}"): "subscriptions.AvailabilityIntent",
     ("subscriptions.purchase", "{request}"): "subscriptions.PurchaseRequest",
+    ("subscriptions.emails", "{email}"): "subscriptions.CustomerEmail",  # issue 20
 }
 
 
