@@ -707,6 +707,18 @@ def _refunded_status(payment: CardPayment) -> str:
     return Status.PARTIALLY_REFUNDED
 
 
+def _change_refunded(payment: CardPayment, delta_micros: int, *, now: datetime) -> dict:
+    """Add `delta_micros` to the payment's refunded total (negative when a refund is reversed)
+    and set its status from the new total (M5); saves the payment under the caller's lock and
+    returns the old values for the audit event."""
+    old = {"status": payment.status, "refunded_micros": payment.refunded_micros}
+    payment.refunded_micros += delta_micros
+    payment.status = _refunded_status(payment)
+    payment.updated_at = now
+    payment.save(update_fields=["refunded_micros", "status", "updated_at"])
+    return old
+
+
 def refund_card_payment(
     *, payment_id: int, amount_micros: int, reason: str, actor: str, now: datetime
 ) -> Refund:
@@ -764,11 +776,7 @@ def refund_card_payment(
             ledger_entry=entry,
             created_at=now,
         )
-        old = {"status": payment.status, "refunded_micros": payment.refunded_micros}
-        payment.refunded_micros += amount_micros
-        payment.status = _refunded_status(payment)
-        payment.updated_at = now
-        payment.save(update_fields=["refunded_micros", "status", "updated_at"])
+        old = _change_refunded(payment, amount_micros, now=now)
         record_event(
             actor=actor,
             subject=refund,
@@ -903,11 +911,7 @@ def _apply_refund_status(
         refund.reversal_entry = entry
         refund.settled_at = now
         refund.save(update_fields=["status", "failure_reason", "reversal_entry", "settled_at"])
-        old = {"status": payment.status, "refunded_micros": payment.refunded_micros}
-        payment.refunded_micros -= refund.amount_micros
-        payment.status = _refunded_status(payment)
-        payment.updated_at = now
-        payment.save(update_fields=["refunded_micros", "status", "updated_at"])
+        old = _change_refunded(payment, -refund.amount_micros, now=now)
         record_event(
             actor=actor,
             subject=refund,
