@@ -811,14 +811,7 @@ def _send_refund(*, refund_id: int, actor: str, now: datetime) -> Refund:
     except stripe_api.StripeFailure:
         pass  # no answer: pending until the webhook or `sync_refund` settles it
     else:
-        _settle_refund(
-            refund_id=refund.pk,
-            status=str(answer.get("status") or ""),
-            stripe_refund_id=str(answer.get("id") or ""),
-            failure=str(answer.get("failure_reason") or ""),
-            actor=actor,
-            now=now,
-        )
+        _settle_from_stripe(refund.pk, answer, actor=actor, now=now)
     return Refund.objects.get(pk=refund_id)
 
 
@@ -834,15 +827,20 @@ def sync_refund(*, refund_id: int, actor: str, now: datetime) -> Refund:
     )
     if found is None:
         return _send_refund(refund_id=refund.pk, actor=actor, now=now)
+    _settle_from_stripe(refund.pk, found, actor=actor, now=now)
+    return Refund.objects.get(pk=refund_id)
+
+
+def _settle_from_stripe(refund_id: int, stripe_refund, *, actor: str, now: datetime) -> None:
+    """Settle our refund from Stripe's refund object (its answer, or the one found later)."""
     _settle_refund(
-        refund_id=refund.pk,
-        status=str(found.get("status") or ""),
-        stripe_refund_id=str(found.get("id") or ""),
-        failure=str(found.get("failure_reason") or ""),
+        refund_id=refund_id,
+        status=str(stripe_refund.get("status") or ""),
+        stripe_refund_id=str(stripe_refund.get("id") or ""),
+        failure=str(stripe_refund.get("failure_reason") or ""),
         actor=actor,
         now=now,
     )
-    return Refund.objects.get(pk=refund_id)
 
 
 def _settle_refund(

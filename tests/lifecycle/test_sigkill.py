@@ -17,10 +17,8 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import quote, urlencode
 
 import pytest
-from django.conf import settings
 from django.db.models import F, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -33,32 +31,13 @@ from tests.lifecycle.helpers import (
     other_backends_on_this_database,
     outcome_per_subscription,
 )
+from tests.servers import test_database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ROOT = Path(__file__).resolve().parents[2]
 # Enough that the child needs a few seconds at typical speeds (one transaction each).
 N = 500
-
-
-def _database_url() -> str:
-    """DATABASE_URL for the test database (settings NAME is the test database's by now)."""
-    db = settings.DATABASES["default"]
-    auth = quote(db["USER"] or "", safe="")
-    if db["PASSWORD"]:
-        auth += ":" + quote(db["PASSWORD"], safe="")
-    query = {k: str(v) for k, v in (db.get("OPTIONS") or {}).items() if isinstance(v, str | int)}
-    host = db["HOST"] or ""
-    if host.startswith("/") or not host:
-        if host:
-            query["host"] = host
-        if db["PORT"]:
-            query["port"] = str(db["PORT"])
-        netloc = f"{auth}@" if auth else ""
-    else:
-        netloc = f"{auth}@{host}" + (f":{db['PORT']}" if db["PORT"] else "")
-    url = f"postgres://{netloc}/{quote(db['NAME'], safe='')}"
-    return url + (f"?{urlencode(query)}" if query else "")
 
 
 def _classify(row: dict, due, funded: bool) -> str:
@@ -113,7 +92,7 @@ def test_sigkilled_sweep_leaves_no_half_processed_subscription():
         spread=timedelta(seconds=1),
     )
     by_id = {s.id: s for s in subs}
-    env = dict(os.environ, DATABASE_URL=_database_url(), DEBUG="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, DATABASE_URL=test_database_url(), DEBUG="1", PYTHONUNBUFFERED="1")
     processed = Q(status="canceled") | Q(current_period_end__gt=start)
     with tempfile.TemporaryFile() as stderr:
         child = subprocess.Popen(
