@@ -136,7 +136,7 @@ def test_rate_limit_holds(stock, standin, settings):
 @pytest.mark.django_db(transaction=True)
 def test_a_run_killed_half_way_resumes_where_it_stopped(stock, standin):
     from tests.lifecycle.helpers import other_backends_on_this_database
-    from tests.lifecycle.test_sigkill import _database_url
+    from tests.servers import test_database_url
 
     keys = stock(PLAN, 60)
     revoked = [keys[2], keys[45]]
@@ -144,7 +144,7 @@ def test_a_run_killed_half_way_resumes_where_it_stopped(stock, standin):
     _clear_requests(standin)
     env = dict(
         os.environ,
-        DATABASE_URL=_database_url(),
+        DATABASE_URL=test_database_url(),
         DEBUG="1",
         PYTHONUNBUFFERED="1",
         MINIMAX_API_BASE_URL=standin.url,
