@@ -228,10 +228,10 @@ def seed_credentials(
         INSERT INTO inventory_credential
             (plan_id, state, encrypted_key, fingerprint, upstream_plan_id, holder_ref, created_at,
              assigned_at, revocation_requested_at, revocation_attempts, failure_note,
-             assigned_to_id)
+             health_note, assigned_to_id)
         SELECT %(plan)s, %(state)s, {encrypted},
                md5('bench-' || %(tag)s || '-' || g) || md5(%(tag)s || '-' || g),
-               'bench-' || %(tag)s, '', now(), {assigned_at}, {requested}, 0, '', {assigned}
+               'bench-' || %(tag)s, '', now(), {assigned_at}, {requested}, 0, '', '', {assigned}
         FROM {source}
         RETURNING id
         """,
