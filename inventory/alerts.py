@@ -38,6 +38,30 @@ def _available_up_to(plan_id: str, limit: int) -> int:
     )
 
 
+def stock_check_needed(*, seen: int, threshold: int, concurrency: int) -> bool:
+    """Whether a claim must be followed by `check_low_stock` after its commit, from what the
+    claiming statement saw: `seen` available rows (its own included, counted up to
+    threshold + concurrency + 2) while at most `concurrency` transactions (the server's
+    connection limit) ran at once.
+
+    Why this never misses a crossing: take the claim whose statement snapshot was the last
+    taken. Every other claim had either committed before it (and is counted out of `seen`) or
+    was still open at that moment, holding one of at most `concurrency - 1` other connections.
+    So the stock after everyone commits is at least seen - 1 - (concurrency - 1); if that could
+    be at or below the threshold, this claim checks. Far from the threshold (the common case)
+    the purchase runs no extra statement (issue 20)."""
+    return seen - concurrency <= threshold
+
+
+def check_after_commit(*, plan_id: str, stock_check: bool, now: datetime) -> None:
+    """The line an assignment (a purchase, a replacement) adds inside its transaction: when its
+    claim may have taken the plan to its threshold (`ClaimedCredential.stock_check`), run
+    `check_low_stock` once the transaction commits (robust: a failing check never fails the
+    assignment, which has committed)."""
+    if stock_check:
+        transaction.on_commit(partial(check_low_stock, plan_id=plan_id, now=now), robust=True)
+
+
 def check_low_stock(*, plan_id: str, now: datetime) -> bool:
     """Run after a purchase commits. Locks the plan's alert row so concurrent purchases agree
     on a single crossing; returns True when this call armed the alert (the e-mail then goes out

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 
 from django.db import transaction
 
 from adminops.audit import record_event
+from catalog import get_plan
 from codingplans import crypto, sql
 from codingplans.redaction import redact
+from inventory.alerts import stock_check_needed
 from inventory.errors import (
     CredentialNotFound,
     InvalidCredentialState,
@@ -24,15 +27,29 @@ from inventory.errors import (
     RevocationItemNotFound,
     RevocationNoteRequired,
 )
-from inventory.models import Credential
+from inventory.models import Credential, LowStockAlert
 
+# The claim, and in the same statement what the low-stock rule needs to know whether this claim
+# may have taken the plan to its threshold (`inventory.alerts.stock_check_needed`): the
+# available rows this statement's snapshot sees (its own included), counted only up to the
+# bound that rule uses, the server's connection limit, and whether an alert is armed. The
+# purchase then runs the exact check after its commit only near the threshold, not a query
+# per purchase (issue 20).
 _CLAIM_SQL = """
-    UPDATE {table} SET state = %s, assigned_to_id = %s, holder_ref = %s, assigned_at = %s
+    UPDATE {table} SET state = %(assigned)s, assigned_to_id = %(user)s, holder_ref = %(holder)s,
+        assigned_at = %(now)s
     WHERE id = (
-        SELECT id FROM {table} WHERE plan_id = %s AND state = '{available}'
+        SELECT id FROM {table} WHERE plan_id = %(plan)s AND state = '{available}'
         ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
     )
-    RETURNING id, encrypted_key
+    RETURNING id, encrypted_key,
+        (SELECT count(*) FROM (
+            SELECT 1 FROM {table} WHERE plan_id = %(plan)s AND state = '{available}'
+            LIMIT %(threshold)s + current_setting('max_connections')::int + 2
+        ) AS seen) AS stock_seen,
+        current_setting('max_connections')::int AS max_connections,
+        EXISTS (SELECT 1 FROM {alert} WHERE plan_id = %(plan)s AND alerted_at IS NOT NULL)
+            AS alert_armed
 """
 
 
@@ -41,27 +58,52 @@ class ClaimedCredential:
     id: int
     # The encrypted value, decrypted only where it is installed (never logged or shown).
     encrypted_key: str = field(repr=False)
+    # Whether this claim may have taken the plan to its low-stock threshold: the caller then
+    # runs `inventory.alerts.check_low_stock` after its commit (SPEC I7, O3).
+    stock_check: bool = True
+
+
+@cache
+def _claim_sql() -> str:
+    return _CLAIM_SQL.format(
+        table=sql.table(Credential),
+        available=Credential.State.AVAILABLE,
+        alert=sql.table(LowStockAlert),
+    )
 
 
 def claim_credential(*, plan_id: str, user, now: datetime) -> ClaimedCredential | None:
     """Take one available credential for the plan inside the caller's transaction (P4 step 3).
 
     SKIP LOCKED: concurrent purchases each get a different row instead of queueing on one.
-    One statement claims and assigns it (issue 8: purchase throughput).
+    One statement claims and assigns it (issue 8: purchase throughput), and says whether the
+    low-stock check must follow.
     """
+    plan = get_plan(plan_id)
+    threshold = plan.low_stock_threshold if plan is not None else 0
     row = sql.execute(
         # The state as a literal, not a parameter: a prepared statement's generic plan can use
         # the partial index on available credentials only when it sees the state it filters on.
-        _CLAIM_SQL.format(table=sql.table(Credential), available=Credential.State.AVAILABLE),
-        [
-            Credential.State.ASSIGNED,
-            user.pk,
-            crypto.fingerprint(str(user.pk), purpose="holder")[:32],
-            now,
-            plan_id,
-        ],
+        _claim_sql(),
+        {
+            "assigned": Credential.State.ASSIGNED,
+            "user": user.pk,
+            "holder": crypto.fingerprint(str(user.pk), purpose="holder")[:32],
+            "now": now,
+            "plan": plan_id,
+            "threshold": threshold,
+        },
     )
-    return None if row is None else ClaimedCredential(id=row.id, encrypted_key=row.encrypted_key)
+    if row is None:
+        return None
+    return ClaimedCredential(
+        id=row.id,
+        encrypted_key=row.encrypted_key,
+        stock_check=row.alert_armed
+        or stock_check_needed(
+            seen=row.stock_seen, threshold=threshold, concurrency=row.max_connections
+        ),
+    )
 
 
 def request_revocation(

@@ -5,28 +5,37 @@ How one gets sent, exactly once per event:
 
 1. The service that makes the event adds one line inside its transaction,
    `emails.after_commit(kind, subscription_id, event_at)`: nothing happens unless it commits.
+   The purchase instead writes the receipt's row inside its own statement (`record_cte`, an
+   outbox row: committed with the purchase or not at all) and hands its id to
+   `deliver_after_commit` (issue 20).
 2. After the commit, `queue` records a `CustomerEmail` row, unique on (kind, event key) — a
    second hook for the same event (a re-run sweep, a retried request) finds the row and stops —
-   and hands its id to the Celery task `subscriptions.tasks.send_customer_email` (the sweep's
-   renewal receipts a hundred at a time to `send_customer_emails`: `batched_delivery`). The row
-   is one prepared INSERT ... ON CONFLICT DO NOTHING (issue 20).
+   and `dispatch` queues its sending: inside `batched_delivery()` (the sweep) a hundred ids to
+   one `send_customer_emails` task; in a request, through the process's publisher thread,
+   which queues whatever ids arrive within LINGER seconds as one task, so a request never
+   pays for a Celery publish (issue 20); with eager Celery (the tests), the task runs in place.
+   The row is one prepared INSERT ... ON CONFLICT DO NOTHING (issue 20).
 3. The task claims the row (`pending` → `sending`, one UPDATE; a duplicate delivery finds it
    claimed or `sent` and sends nothing), renders the message from the database as it is now
    (amounts in USD, times in UTC with the date spelled out, never a key), sends it with no
    transaction open and no row lock held, and marks it `sent`. A mail server that fails puts the
    row back to `pending` and the task retries with back-off.
 4. The hourly sweep calls `sweep_emails`: it finds reminder candidates (keyset-batched like due
-   subscriptions) and re-queues rows left `pending` (the broker was down at step 2) or stuck in
-   `sending` (a worker died mid-send).
+   subscriptions) and re-queues rows left `pending` (the broker was down at step 2, or the
+   process died before its publisher queued them) or stuck in `sending` (a worker died
+   mid-send).
 
-The one gap left: a process that dies between a commit and step 2 loses that e-mail (the row is
-written after the commit, so the purchase and renewal statements stay as lean as they are; an
-outbox row inside those statements would close it at the cost of a write on the hot path).
+The one gap left, for the e-mails recorded after the commit (not the purchase receipt): a
+process that dies between a commit and step 2 loses that e-mail.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import queue as queues
+import threading
 import time
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -109,16 +118,88 @@ class _Batch:
 
     def flush(self) -> None:
         ids, self.ids = self.ids, []
-        if not ids:
-            return
-        from subscriptions.tasks import send_customer_emails
+        _publish(ids)
 
-        try:
-            send_customer_emails.delay(ids)
-        except Exception:  # the broker is down: the rows stay pending and the sweep retries
-            logger.exception(
-                "customer e-mails %s… not sent now; the sweep queues them again", ids[0]
-            )
+
+def _publish(ids: list[int]) -> None:
+    """Queue one task sending these recorded e-mails. A broker that is down is logged: the rows
+    stay pending and the sweep queues them again."""
+    if not ids:
+        return
+    from subscriptions.tasks import send_customer_emails
+
+    try:
+        send_customer_emails.delay(ids)
+    except Exception:
+        logger.exception("customer e-mails %s… not sent now; the sweep queues them again", ids[0])
+
+
+class _Publisher:
+    """One thread per process queuing the e-mails that requests record, a batch per task.
+
+    Queuing a Celery task costs a purchase more CPU than its own statements (issue 20), and
+    receipts need not leave in the same millisecond: a request hands the id over and returns;
+    this thread takes the first id, waits LINGER seconds for more, and queues them as one task.
+    A process that exits normally queues what it holds (atexit); one that is killed leaves the
+    rows pending, and the sweep queues them again (`requeue_unsent`)."""
+
+    LINGER = 0.05
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.ids: queues.SimpleQueue[int] = queues.SimpleQueue()
+        self.thread = threading.Thread(
+            target=self._run, name="customer-email-publisher", daemon=True
+        )
+        self.thread.start()
+        atexit.register(self.drain)
+
+    def add(self, email_id: int) -> None:
+        self.ids.put(email_id)
+
+    def _take(self, first: int) -> list[int]:
+        ids = [first]
+        deadline = time.monotonic() + self.LINGER
+        while len(ids) < DELIVERY_BATCH_SIZE:
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                break
+            try:
+                ids.append(self.ids.get(timeout=wait))
+            except queues.Empty:
+                break
+        return ids
+
+    def _run(self) -> None:
+        while True:
+            _publish(self._take(self.ids.get()))
+
+    def drain(self) -> None:
+        ids = []
+        while True:
+            try:
+                ids.append(self.ids.get_nowait())
+            except queues.Empty:
+                break
+        for start in range(0, len(ids), DELIVERY_BATCH_SIZE):
+            _publish(ids[start : start + DELIVERY_BATCH_SIZE])
+
+
+_publisher: _Publisher | None = None
+_publisher_lock = threading.Lock()
+
+
+def _process_publisher() -> _Publisher:
+    """This process's publisher, started on first use (and again in a forked child, which
+    inherits the object but not the thread)."""
+    global _publisher
+    publisher = _publisher
+    if publisher is not None and publisher.pid == os.getpid():
+        return publisher
+    with _publisher_lock:
+        if _publisher is None or _publisher.pid != os.getpid():
+            _publisher = _Publisher()
+        return _publisher
 
 
 DELIVERY_BATCH_SIZE = 100
@@ -158,46 +239,80 @@ def send_customer_emails(*, email_ids: list[int], now: datetime) -> dict[str, in
     return outcomes
 
 
-# One lean statement (codingplans.sql), prepared: a purchase and every renewal record one (issue
+# The e-mail's row as a CTE of the caller's statement (the purchase writes its receipt's row in
+# its one activation statement: issue 20) and, on its own, one lean prepared statement (issue
 # 20: through the ORM's get_or_create in its own transaction, recording the receipt took five
 # round trips and more of the purchase's CPU than the purchase's own statements).
-_RECORD_SQL = """
-    INSERT INTO {email} (kind, event_key, subscription_id, event_at, status, created_at,
-        attempts, last_error)
-    VALUES (%(kind)s, %(key)s, %(subscription)s, %(event_at)s, %(status)s, %(created_at)s, 0, '')
-    ON CONFLICT (kind, event_key) DO NOTHING
-    RETURNING id
-"""
+_RECORD_CTE = """{name} AS (
+        INSERT INTO {email} (kind, event_key, subscription_id, event_at, status, created_at,
+            attempts, last_error)
+        VALUES (%(email_kind)s, %(email_key)s, %(email_subscription)s, %(email_event_at)s,
+            %(email_status)s, %(email_created_at)s, 0, '')
+        ON CONFLICT (kind, event_key) DO NOTHING
+        RETURNING id
+    )"""
+
+
+def record_cte(name: str) -> str:
+    """`name AS (INSERT ... RETURNING id)`: the e-mail's row, none if the event has one
+    already; its parameters are `record_params`."""
+    return _RECORD_CTE.format(name=name, email=sql.table(CustomerEmail))
+
+
+def record_params(
+    kind: str, subscription_id: int, *, event_at: datetime | None = None, now: datetime
+) -> dict[str, object]:
+    return {
+        "email_kind": kind,
+        "email_key": event_key(subscription_id, event_at),
+        "email_subscription": subscription_id,
+        "email_event_at": event_at,
+        "email_status": Status.PENDING,
+        "email_created_at": now,  # bookkeeping: when it was recorded
+    }
 
 
 @cache
 def _record_sql() -> str:
-    return _RECORD_SQL.format(email=sql.table(CustomerEmail))
+    return f"WITH {record_cte('recorded')} SELECT id FROM recorded"  # noqa: S608 - table name from the model
 
 
 def queue(kind: str, subscription_id: int, *, event_at: datetime | None = None) -> bool:
     """Record the e-mail for this event and queue its sending; False when the event already
-    has its e-mail (nothing is queued twice). Inside `batched_delivery()` the sending is queued
-    with the block's batch."""
+    has its e-mail (nothing is queued twice)."""
     row = sql.execute(
-        _record_sql(),
-        {
-            "kind": kind,
-            "key": event_key(subscription_id, event_at),
-            "subscription": subscription_id,
-            "event_at": event_at,
-            "status": Status.PENDING,
-            "created_at": timezone.now(),  # bookkeeping: when it was recorded
-        },
+        _record_sql(), record_params(kind, subscription_id, event_at=event_at, now=timezone.now())
     )
     if row is None:  # the event has its e-mail (another hook, a re-run sweep, recorded it)
         return False
+    dispatch(row.id)
+    return True
+
+
+def deliver_after_commit(email_id: int | None) -> None:
+    """Queue the sending of an e-mail whose row the caller's transaction wrote (`record_cte`),
+    once that transaction commits; None (the event had its e-mail already) queues nothing."""
+    if email_id is not None:
+        transaction.on_commit(lambda: dispatch(email_id), robust=True)
+
+
+def dispatch(email_id: int) -> None:
+    """Queue the sending of a recorded e-mail: with the enclosing `batched_delivery()` block's
+    batch, in place when Celery runs tasks eagerly (nothing to batch), else through this
+    process's publisher thread."""
     batch = _batch.get()
     if batch is not None:
-        batch.add(row.id)
+        batch.add(email_id)
+    elif _eager():
+        _deliver(email_id)
     else:
-        _deliver(row.id)
-    return True
+        _process_publisher().add(email_id)
+
+
+def _eager() -> bool:
+    from celery import current_app
+
+    return bool(current_app.conf.task_always_eager)
 
 
 def _deliver(email_id: int) -> None:

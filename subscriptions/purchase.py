@@ -22,6 +22,7 @@ from byok.models import ByokKey
 from byok.services import installed_entry_cte, installed_entry_params
 from catalog import Plan, get_plan
 from codingplans import sql
+from inventory.alerts import check_after_commit
 from inventory.services import claim_credential
 from subscriptions import emails
 from subscriptions.errors import (
@@ -44,6 +45,12 @@ from subscriptions.models import (
 from subscriptions.selectors import in_field_order, subscription_json
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class Activated:
+    receipt_id: int | None  # the receipt's e-mail row, written by the activation statement
+    stock_check: bool  # the claim may have taken the plan to its low-stock threshold
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,8 @@ _STATE_SQL = """
 
 # P4 steps 2 and 4–7 in one statement: the debit and its ledger entry (billing's own CTEs),
 # the subscription, the installed entry (byok's own CTE), the charged term, the intent cleared,
-# two audit events (adminops's) and the stored outcome. Each app's rows are written by the
+# two audit events (adminops's), the receipt's e-mail row (an outbox row: it commits with the
+# purchase or not at all) and the stored outcome. Each app's rows are written by the
 # fragment that app exports; this module writes only subscriptions' tables (issue 14). Foreign
 # keys between these rows are checked at commit.
 _ACTIVATE_SQL = """
@@ -100,13 +108,15 @@ _ACTIVATE_SQL = """
         DELETE FROM {intent} WHERE user_id = %(user_id)s AND plan_id = %(plan_id)s
     ),
     {audit},
+    {receipt},
     outcome AS (
         INSERT INTO {request} (user_id, idempotency_key, plan_id, subscription_id,
             response_status, response_body, created_at)
         VALUES (%(user_id)s, %(idempotency_key)s, %(plan_id)s, %(subscription_id)s, 201,
             %(body)s, %(now)s)
     )
-    SELECT (SELECT id FROM entry) AS entry_id, (SELECT id FROM installed) AS installed_id
+    SELECT (SELECT id FROM entry) AS entry_id, (SELECT id FROM installed) AS installed_id,
+        (SELECT id FROM receipt) AS receipt_id
 """
 
 
@@ -169,7 +179,7 @@ def purchase_plan(
             raise ProviderSlotOccupied.for_provider(plan.provider_name)
         if balance < plan.price_micros:
             raise InsufficientCredits()
-        body = _activate(
+        body, written = _activate(
             user=user,
             plan=plan,
             idempotency_key=idempotency_key,
@@ -177,8 +187,8 @@ def purchase_plan(
             byok_id=state.byok_id,
             now=now,
         )
-        transaction.on_commit(lambda: _after_assignment(plan.plan_id, now), robust=True)
-        emails.after_commit(emails.PURCHASE_RECEIPT, state.subscription_id)  # issue 19, SPEC E1
+        check_after_commit(plan_id=plan.plan_id, stock_check=written.stock_check, now=now)
+        emails.deliver_after_commit(written.receipt_id)  # issue 19, SPEC E1
     return PurchaseOutcome(201, body, False, state.subscription_id)
 
 
@@ -206,13 +216,6 @@ def _lock_credit_account(user, *, now: datetime) -> int:
     return balance
 
 
-def _after_assignment(plan_id: str, now: datetime) -> None:
-    """Tell staff once when this assignment took the plan below its low-stock threshold (O3)."""
-    from inventory.alerts import check_low_stock
-
-    check_low_stock(plan_id=plan_id, now=now)
-
-
 def _activate(
     *,
     user,
@@ -221,9 +224,10 @@ def _activate(
     subscription_id: int,
     byok_id: int,
     now: datetime,
-) -> dict:
+) -> tuple[dict, Activated]:
     """Steps 2–7 of P4, inside purchase_plan's transaction, under the account lock and after
-    the balance check; returns the response body (S), also stored as the outcome.
+    the balance check; returns the response body (S), also stored as the outcome, and what the
+    commit hooks need.
 
     The credential is claimed first so the one activation statement can name it; inside the
     one transaction the order cannot be observed, and the balance was checked first, so
@@ -303,6 +307,7 @@ def _activate(
             "idempotency_key": idempotency_key,
             "body": sql.prepared_value(PurchaseRequest, "response_body", body),
             **audit_params,
+            **emails.record_params(emails.PURCHASE_RECEIPT, subscription_id, now=now),
         },
     )
     if written.entry_id is None:
@@ -311,7 +316,7 @@ def _activate(
     if written.installed_id is None:
         # The customer added their own key after our slot check: the whole purchase rolls back.
         raise ProviderSlotOccupied.for_provider(plan.provider_name)
-    return body
+    return body, Activated(receipt_id=written.receipt_id, stock_check=credential.stock_check)
 
 
 @cache
@@ -324,4 +329,5 @@ def _activate_sql(audit: str) -> str:
         intent=sql.table(AvailabilityIntent),
         request=sql.table(PurchaseRequest),
         audit=audit,
+        receipt=emails.record_cte("receipt"),
     )

@@ -33,6 +33,7 @@ from billing.services import grant_service_credit as post_service_credit
 from byok.services import rekey_installed_entry
 from codingplans import outages
 from codingplans.money import display_usd
+from inventory.alerts import check_after_commit
 from inventory.models import Credential
 from inventory.services import claim_credential, request_revocation
 from subscriptions import notifications
@@ -142,6 +143,8 @@ def replace_credential(*, subscription_id: int, actor: str, now: datetime) -> Re
         claimed = claim_credential(plan_id=subscription.plan_id, user=subscription.user, now=now)
         if claimed is None:
             raise NoStockForReplacement()
+        # A replacement is an assignment too: it may take the plan to its threshold (O3).
+        check_after_commit(plan_id=subscription.plan_id, stock_check=claimed.stock_check, now=now)
         old = Credential.objects.select_for_update().get(pk=subscription.credential_id)
         request_revocation(credential=old, actor=actor, now=now, audit=False)
         entry_id = rekey_installed_entry(

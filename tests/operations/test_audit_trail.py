@@ -1118,6 +1118,12 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "accounts.emails.send_email_change_link": "sends the change link; changes no data",
     "accounts.emails.send_email_changed_notice": "sends the notice; changes no data",
     "subscriptions.emails.event_key": "pure function",
+    "subscriptions.emails.record_cte": "pure function: SQL text for the caller's statement",
+    "subscriptions.emails.record_params": "pure function: the parameters of record_cte",
+    "subscriptions.emails.deliver_after_commit": (
+        "registers an on-commit hook inside the caller's change; changes no data"
+    ),
+    "subscriptions.emails.dispatch": "queues a recorded e-mail's sending; changes no data",
     "subscriptions.emails.after_commit": "registers an on-commit hook inside the caller's change",
     "subscriptions.emails.batched_delivery": "queues recorded e-mails in batches; changes no data",
     "subscriptions.emails.send_customer_emails": (
@@ -1137,6 +1143,10 @@ NOT_STATE_CHANGES: dict[str, str] = {
     ),
     "subscriptions.emails.requeue_unsent": "queues unsent e-mails again; changes no data",
     "inventory.alerts.staff_recipients": "a read",
+    "inventory.alerts.stock_check_needed": "pure function",
+    "inventory.alerts.check_after_commit": (
+        "registers check_low_stock (audited) after the caller's change commits"
+    ),
     "inventory.alerts.rearm_low_stock": (
         "alert bookkeeping after a restock (clears the sent flag); the restock itself is "
         "audited by upload_credentials"

@@ -31,11 +31,15 @@ PERIOD_END = T0 + timedelta(days=30)  # Wednesday, 4 February 2026, 09:30 UTC
 
 
 @pytest.fixture
-def subscriber(make_user, stock):
+def subscriber(make_user, stock, django_capture_on_commit_callbacks):
     def make(credits_usd: int = 40, **extra):
         user = make_user(credits_usd=credits_usd, **extra)
         stock(PLUS)
-        outcome = purchase_plan(user=user, plan_id=PLUS, idempotency_key=f"k{user.pk}", now=T0)
+        # The purchase commits as in production: its receipt (written with it) is sent, and
+        # each test starts with an empty outbox.
+        with django_capture_on_commit_callbacks(execute=True):
+            outcome = purchase_plan(user=user, plan_id=PLUS, idempotency_key=f"k{user.pk}", now=T0)
+        mail.outbox.clear()
         return user, Subscription.objects.get(pk=outcome.subscription_id)
 
     return make
@@ -104,7 +108,8 @@ def test_renewal_receipt_once_across_two_sweeps_at_the_same_instant(subscriber, 
     assert "Wednesday, 4 February 2026 at 09:30 UTC" in text  # the new period's start
     assert "Friday, 6 March 2026 at 09:30 UTC" in text  # and end
     assert "Balance after: $0.00" in receipt.body
-    assert run.counts["renewed"] == 0 and kinds_sent() == ["renewal_receipt"]
+    assert run.counts["renewed"] == 0
+    assert kinds_sent() == ["purchase_receipt", "renewal_receipt"]  # the fixture's purchase
 
 
 def test_renewal_reminder_three_days_before_a_renewal_the_balance_will_not_cover(
@@ -248,9 +253,9 @@ class FlakyBackend(LocmemBackend):
 
 
 def _recorded_not_sent(monkeypatch, subscriber, after_commit) -> CustomerEmail:
+    user, sub = subscriber()
     queued: list[int] = []
     monkeypatch.setattr(emails, "_deliver", queued.append)  # the broker takes it, nothing runs
-    user, sub = subscriber()
     with after_commit():
         cancel_at_period_end(user=user, subscription_id=sub.pk, now=T0)
     monkeypatch.undo()
@@ -288,7 +293,8 @@ def test_the_sweep_requeues_what_the_broker_or_a_dead_worker_left(
         claimed_at=timezone.now() - timedelta(minutes=11)
     )
     run_billing_sweep(now=timezone.now())
-    assert len(mail.outbox) == 1 and kinds_sent() == ["cancellation_scheduled"]
+    assert len(mail.outbox) == 1
+    assert kinds_sent() == ["purchase_receipt", "cancellation_scheduled"]
     run_billing_sweep(now=timezone.now() + timedelta(hours=2))
     assert len(mail.outbox) == 1
 
