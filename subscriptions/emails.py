@@ -260,15 +260,18 @@ def record_cte(name: str) -> str:
 
 
 def record_params(
-    kind: str, subscription_id: int, *, event_at: datetime | None = None, now: datetime
+    kind: str, subscription_id: int, *, event_at: datetime | None = None
 ) -> dict[str, object]:
+    """The parameters of `record_cte`. `created_at` is the wall clock for every e-mail row,
+    however it is written: it is delivery bookkeeping (`requeue_unsent` judges staleness by it),
+    not the event's time, which is `event_at`."""
     return {
         "email_kind": kind,
         "email_key": event_key(subscription_id, event_at),
         "email_subscription": subscription_id,
         "email_event_at": event_at,
         "email_status": Status.PENDING,
-        "email_created_at": now,  # bookkeeping: when it was recorded
+        "email_created_at": timezone.now(),
     }
 
 
@@ -280,9 +283,7 @@ def _record_sql() -> str:
 def queue(kind: str, subscription_id: int, *, event_at: datetime | None = None) -> bool:
     """Record the e-mail for this event and queue its sending; False when the event already
     has its e-mail (nothing is queued twice)."""
-    row = sql.execute(
-        _record_sql(), record_params(kind, subscription_id, event_at=event_at, now=timezone.now())
-    )
+    row = sql.execute(_record_sql(), record_params(kind, subscription_id, event_at=event_at))
     if row is None:  # the event has its e-mail (another hook, a re-run sweep, recorded it)
         return False
     dispatch(row.id)

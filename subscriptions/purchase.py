@@ -307,7 +307,7 @@ def _activate(
             "idempotency_key": idempotency_key,
             "body": sql.prepared_value(PurchaseRequest, "response_body", body),
             **audit_params,
-            **emails.record_params(emails.PURCHASE_RECEIPT, subscription_id, now=now),
+            **emails.record_params(emails.PURCHASE_RECEIPT, subscription_id),
         },
     )
     if written.entry_id is None:

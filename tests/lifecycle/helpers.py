@@ -13,8 +13,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.core import mail
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Sum
+from django.test import TestCase
 
 from accounts.models import User
 from billing.models import CreditAccount, LedgerEntry
@@ -34,10 +36,16 @@ _keys = itertools.count(1)
 
 
 def buy(user, now: datetime, plan_id: str = PLUS, key: str | None = None) -> Subscription:
-    """A real purchase through the service (SPEC P4)."""
-    outcome = purchase_plan(
-        user=user, plan_id=plan_id, idempotency_key=key or uuid.uuid4().hex, now=now
-    )
+    """A real purchase through the service (SPEC P4), its commit hooks run as a commit runs
+    them: its receipt, written with it, is sent (else a later sweep finds it unsent and sends
+    it, as after a crash). The receipt is left out of `mail.outbox`, which these tests read for
+    the e-mails of what follows."""
+    sent = len(mail.outbox)
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        outcome = purchase_plan(
+            user=user, plan_id=plan_id, idempotency_key=key or uuid.uuid4().hex, now=now
+        )
+    mail.outbox[sent:] = [m for m in mail.outbox[sent:] if not m.subject.startswith("Receipt:")]
     return Subscription.objects.get(pk=outcome.subscription_id)
 
 
