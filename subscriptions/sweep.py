@@ -65,25 +65,28 @@ class SweepCounts:
 
 def process_due_subscription(
     subscription_id: int, *, now: datetime, counts: SweepCounts, user_id: int | None = None
-) -> None:
+) -> bool:
     """Act on one due subscription in its own transaction (L2–L5). A no-op when it is no longer
     due or another sweep holds it — so concurrent or repeated sweeps never act twice (L8).
+    Returns True when it was renewed into a period that has also ended (a backlog after an
+    outage): the caller acts on it again, each term in its own transaction.
 
     The outcome is added to `counts` only once the transaction has committed: a failure at
     commit (a deferred constraint, a lost connection) is counted as an error, not also as a
     renewal or termination that never happened (L1)."""
     outcome = SweepCounts()
     with transaction.atomic(durable=True):
-        _process_locked(subscription_id, now=now, counts=outcome, user_id=user_id)
+        again = _process_locked(subscription_id, now=now, counts=outcome, user_id=user_id)
     counts.add(outcome)
+    return again
 
 
 def _process_locked(
     subscription_id: int, *, now: datetime, counts: SweepCounts, user_id: int | None
-) -> None:
+) -> bool:
     subscription = lock_subscription(subscription_id, skip_locked=True, user_id=user_id)
     if subscription is None or not is_due(subscription, now=now):
-        return
+        return False
     if subscription.cancel_at_period_end:
         end_subscription(
             subscription=subscription,
@@ -92,26 +95,27 @@ def _process_locked(
             now=now,
         )
         counts.canceled += 1  # the plan-ended e-mail is end_subscription's (SPEC E1)
-        return
+        return False
     if _renew(subscription, now=now):
         counts.renewed += 1
         emails.after_commit(  # SPEC E1
             emails.RENEWAL_RECEIPT, subscription.pk, subscription.current_period_start
         )
-        return
+        return is_due(subscription, now=now)
     if subscription.status == Subscription.Status.ACTIVE:
         account = CreditAccount.objects.get(user_id=subscription.user_id)
         if account.auto_top_up_enabled:
             _enter_grace(subscription, account=account, now=now, counts=counts)
-            return
+            return False
         reason = Subscription.Reason.INSUFFICIENT_CREDITS
     elif subscription.grace_deadline is not None and now < subscription.grace_deadline:
         _resume_pending_top_up(subscription, now=now)
-        return  # still within grace: wait for funds
+        return False  # still within grace: wait for funds
     else:
         reason = Subscription.Reason.PAYMENT_FAILED
     end_subscription(subscription=subscription, reason=reason, actor=SYSTEM_SWEEP, now=now)
     counts.terminated += 1  # the plan-ended e-mail is end_subscription's (SPEC E1)
+    return False
 
 
 # L2 in one statement: the guarded debit and its ledger entry (billing's own CTEs), then the
@@ -279,9 +283,11 @@ def run_billing_sweep(
     time_budget_seconds: float = DEFAULT_TIME_BUDGET_SECONDS,
 ) -> SweepRun:
     """Process every due subscription in stable (period end, id) order, batch after batch,
-    until none is left or the time budget is spent (L1). Keyset pagination moves forward, so a
-    subscription renewed into a still-past period is met again later in the same run (a backlog
-    after an outage drains), while one waiting in grace is not retried in a loop."""
+    until none is left or the time budget is spent (L1). Keyset pagination moves forward, so one
+    waiting in grace is not retried in a loop; a subscription renewed into a still-past period
+    is renewed again at once (a backlog after an outage drains), since its new period end may
+    sort before the cursor (a later row of the same batch with that end and a higher id, found
+    by the lifecycle state machine)."""
     # started_at/finished_at are wall-clock times (how long the run took, O2); `as_of` is the
     # clock the run judged due-ness by, which tests and back-fills pass in.
     run = SweepRun.objects.create(trigger=trigger, started_at=timezone.now(), as_of=now, counts={})
@@ -316,7 +322,14 @@ def _sweep_due(*, now: datetime, counts: SweepCounts, batch_size: int, deadline:
             if time.monotonic() >= deadline:
                 break
             try:
-                process_due_subscription(subscription_id, now=now, counts=counts, user_id=user_id)
+                # A term renewed into a period that has also ended is renewed again now: the
+                # keyset cursor may already be past its new period end (L1: a backlog drains
+                # in one run).
+                while process_due_subscription(
+                    subscription_id, now=now, counts=counts, user_id=user_id
+                ):
+                    if time.monotonic() >= deadline:
+                        break
             except Exception as exc:
                 counts.errors += 1
                 counts.error_items.append(

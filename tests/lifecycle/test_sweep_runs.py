@@ -159,6 +159,25 @@ def subscriber_with_backlog(make_user, stock, t0):
     return sub, end, end + timedelta(days=125)
 
 
+def test_backlog_renewed_to_the_period_end_of_a_row_already_passed_still_drains(
+    make_user, stock, t0
+):
+    """SPEC L1, found by the lifecycle state machine: the keyset cursor moves past (end, id)
+    of each row it takes. A (lower id) is a period behind; renewed once, its new period end
+    equals B's, but A's id is lower, so the cursor, now at B, had already passed it."""
+    stock(PLUS, 2)
+    a_user, b_user = make_user(credits_usd=100), make_user(credits_usd=100)
+    a = buy(a_user, t0 - timedelta(days=60))  # period end t0 - 30 days
+    b = buy(b_user, t0 - timedelta(days=30))  # period end t0
+    assert a.pk < b.pk
+    run = run_billing_sweep(now=t0)
+    a.refresh_from_db()
+    b.refresh_from_db()
+    assert a.current_period_end == t0 + timedelta(days=30)  # renewed twice
+    assert b.current_period_end == t0 + timedelta(days=30)
+    assert run.counts["renewed"] == 3 and run.counts["errors"] == 0
+
+
 def test_time_budget_spent_leaves_the_rest_for_the_next_run(t0):
     # SPEC L1: the run stops when its time budget is spent; nothing is half done.
     bulk_due_subscriptions(3, due_at=t0, funded=lambda i: True)
