@@ -44,10 +44,11 @@ DUE_BATCH = """
 
 
 def raw_sweep(conn, now) -> tuple[int, int]:
-    """One transaction per due subscription: lock (account, then the subscription, SKIP
-    LOCKED), guarded debit, ledger entry, charged term, period moved on, audit event, and the
-    receipt's row after the commit; or, short with auto top-up on, the top-up attempt, past_due
-    and its audit event. Returns (renewed, past due)."""
+    """One transaction per due subscription (`conn` in autocommit, so each block commits on its
+    own): lock (account, then the subscription, SKIP LOCKED), guarded debit, ledger entry,
+    charged term, period moved on, audit event, and the receipt's row after the commit; or,
+    short with auto top-up on, the top-up attempt, past_due and its audit event. Returns
+    (renewed, past due)."""
     renewed = past_due = 0
     cursor = ("-infinity", 0)
     while True:
@@ -198,7 +199,11 @@ def run(scale: float, standin=None) -> Figure:
 
     raw_ids, short = _seed("sweep-r", n)
     analyze(*SWEEP_TABLES)
-    with connect() as conn:
+    # Autocommit, so each `conn.transaction()` is a real transaction committed on its own, as
+    # the product's are. (Without it, the first statement opened an implicit transaction and
+    # every block was only a savepoint in it: the whole raw sweep was one transaction, its
+    # commit outside the clock, and it paid no per-subscription commit.)
+    with connect(autocommit=True) as conn:
         (raw_renewed, raw_past_due), raw_wall, raw_cpu = _timed(
             lambda: raw_sweep(conn, timezone.now())
         )
