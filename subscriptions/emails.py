@@ -6,10 +6,14 @@ How one gets sent, exactly once per event:
 1. The service that makes the event adds one line inside its transaction,
    `emails.after_commit(kind, subscription_id, event_at)`: nothing happens unless it commits.
 2. After the commit, `queue` records a `CustomerEmail` row, unique on (kind, event key) — a
-   second hook for the same event (a re-run sweep, a retried request) finds the row and stops —
-   and hands its id to the Celery task `subscriptions.tasks.send_customer_email` (the sweep's
-   renewal receipts a hundred at a time to `send_customer_emails`: `batched_delivery`). The row
-   is one prepared INSERT ... ON CONFLICT DO NOTHING (issue 20).
+   second hook for the same event (a retried request) finds the row and stops — and hands its
+   id to the Celery task `subscriptions.tasks.send_customer_email`. The row is one prepared
+   INSERT ... ON CONFLICT DO NOTHING (issue 20).
+   A renewal receipt takes a shorter way (issue 20: no round trip and commit of its own per
+   renewal): the renewal's own statement records the row (`record_cte`, the same row and the
+   same ON CONFLICT rule, so a re-run sweep records none twice), and after the commit the
+   sweep hands the id to `deliver_after_commit`, a hundred at a time to `send_customer_emails`
+   (`batched_delivery`).
 3. The task claims the row (`pending` → `sending`, one UPDATE; a duplicate delivery finds it
    claimed or `sent` and sends nothing), renders the message from the database as it is now
    (amounts in USD, times in UTC with the date spelled out, never a key), sends it with no
@@ -19,9 +23,12 @@ How one gets sent, exactly once per event:
    subscriptions) and re-queues rows left `pending` (the broker was down at step 2) or stuck in
    `sending` (a worker died mid-send).
 
-The one gap left: a process that dies between a commit and step 2 loses that e-mail (the row is
-written after the commit, so the purchase and renewal statements stay as lean as they are; an
-outbox row inside those statements would close it at the cost of a write on the hot path).
+The gap left: for the e-mails recorded by `queue`, a process that dies between a commit and
+step 2 loses that e-mail (the row is written after the commit, so the purchase statement stays as
+lean as it is; recording it inside that statement with `record_cte`, as the renewal does, would
+close it). A renewal receipt has no such gap: its row commits with the renewal, and one whose id
+never reached the broker (the process died, the broker was down) is still `pending`, so step 4
+queues it again.
 """
 
 from __future__ import annotations
@@ -158,9 +165,9 @@ def send_customer_emails(*, email_ids: list[int], now: datetime) -> dict[str, in
     return outcomes
 
 
-# One lean statement (codingplans.sql), prepared: a purchase and every renewal record one (issue
-# 20: through the ORM's get_or_create in its own transaction, recording the receipt took five
-# round trips and more of the purchase's CPU than the purchase's own statements).
+# One lean statement (codingplans.sql), prepared: every purchase records one (issue 20: through
+# the ORM's get_or_create in its own transaction, recording the receipt took five round trips
+# and more of the purchase's CPU than the purchase's own statements).
 _RECORD_SQL = """
     INSERT INTO {email} (kind, event_key, subscription_id, event_at, status, created_at,
         attempts, last_error)
@@ -179,25 +186,73 @@ def queue(kind: str, subscription_id: int, *, event_at: datetime | None = None) 
     """Record the e-mail for this event and queue its sending; False when the event already
     has its e-mail (nothing is queued twice). Inside `batched_delivery()` the sending is queued
     with the block's batch."""
-    row = sql.execute(
-        _record_sql(),
-        {
-            "kind": kind,
-            "key": event_key(subscription_id, event_at),
-            "subscription": subscription_id,
-            "event_at": event_at,
-            "status": Status.PENDING,
-            "created_at": timezone.now(),  # bookkeeping: when it was recorded
-        },
-    )
+    row = sql.execute(_record_sql(), _record_params("", kind, subscription_id, event_at))
     if row is None:  # the event has its e-mail (another hook, a re-run sweep, recorded it)
         return False
+    _deliver_recorded(row.id)
+    return True
+
+
+def _record_params(
+    prefix: str, kind: str, subscription_id: int, event_at: datetime | None
+) -> dict[str, object]:
+    return {
+        f"{prefix}kind": kind,
+        f"{prefix}key": event_key(subscription_id, event_at),
+        f"{prefix}subscription": subscription_id,
+        f"{prefix}event_at": event_at,
+        f"{prefix}status": Status.PENDING,
+        f"{prefix}created_at": timezone.now(),  # bookkeeping: when it was recorded
+    }
+
+
+# The same row as `_RECORD_SQL`, as a common table expression of a service's own statement: the
+# renewal records its receipt in the statement that charges it (issue 20), so the row exists
+# exactly when the renewal commits, without a round trip or a commit of its own.
+_RECORD_CTE = """
+    {name} AS (
+        INSERT INTO {email} (kind, event_key, subscription_id, event_at, status, created_at,
+            attempts, last_error)
+        SELECT %({name}_kind)s, %({name}_key)s, %({name}_subscription)s, %({name}_event_at)s,
+            %({name}_status)s, %({name}_created_at)s, 0, ''
+        FROM {source}
+        ON CONFLICT (kind, event_key) DO NOTHING
+        RETURNING id
+    )
+"""
+
+
+def record_cte(name: str, *, source: str) -> str:
+    """A `name AS (INSERT … RETURNING id)` common table expression recording an e-mail once
+    per row of `source` (another CTE of the statement: written only if the change it tells
+    of was), with `queue`'s once-per-event rule; its parameters are `record_params(name, …)`.
+    `name` returns the new row's id, or nothing when the event already has its e-mail; the
+    caller hands that id to `deliver_after_commit`."""
+    return _RECORD_CTE.format(name=name, email=sql.table(CustomerEmail), source=source)
+
+
+def record_params(
+    name: str, kind: str, subscription_id: int, event_at: datetime | None = None
+) -> dict[str, object]:
+    """The parameters of `record_cte(name, …)` for this event."""
+    return _record_params(f"{name}_", kind, subscription_id, event_at)
+
+
+def deliver_after_commit(email_id: int) -> None:
+    """The line a service adds inside the transaction that recorded an e-mail itself
+    (`record_cte`): its sending is queued once that transaction commits (the task reads the
+    row), never if it rolls back."""
+    transaction.on_commit(lambda: _deliver_recorded(email_id), robust=True)
+
+
+def _deliver_recorded(email_id: int) -> None:
+    """Queue the sending of a recorded e-mail: with the batch of an enclosing
+    `batched_delivery()`, else a task of its own."""
     batch = _batch.get()
     if batch is not None:
-        batch.add(row.id)
+        batch.add(email_id)
     else:
-        _deliver(row.id)
-    return True
+        _deliver(email_id)
 
 
 def _deliver(email_id: int) -> None:

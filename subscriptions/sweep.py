@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
+from typing import Any
 
 from django.db import transaction
 from django.db.models import Q
@@ -93,11 +94,11 @@ def _process_locked(
         )
         counts.canceled += 1  # the plan-ended e-mail is end_subscription's (SPEC E1)
         return
-    if _renew(subscription, now=now):
+    renewal = _renew(subscription, now=now)
+    if renewal is not None:
         counts.renewed += 1
-        emails.after_commit(  # SPEC E1
-            emails.RENEWAL_RECEIPT, subscription.pk, subscription.current_period_start
-        )
+        if renewal.receipt_id is not None:  # None: this renewal already had its receipt
+            emails.deliver_after_commit(renewal.receipt_id)  # SPEC E1, recorded by _renew
         return
     if subscription.status == Subscription.Status.ACTIVE:
         account = CreditAccount.objects.get(user_id=subscription.user_id)
@@ -115,9 +116,9 @@ def _process_locked(
 
 
 # L2 in one statement: the guarded debit and its ledger entry (billing's own CTEs), then the
-# charged term, the extended period and the audit event, each written only if the debit was.
-# The period's parameters are named after the fields they write: `_renew` passes its one
-# `changes` mapping as they are.
+# charged term, the extended period, the audit event and the receipt's e-mail row (SPEC E1),
+# each written only if the debit was. The period's parameters are named after the fields they
+# write: `_renew` passes its one `changes` mapping as they are.
 _RENEW_SQL = """
     WITH {entry_ctes},
     term AS (
@@ -134,17 +135,22 @@ _RENEW_SQL = """
             updated_at = %(updated_at)s
         WHERE id = %(subscription_id)s AND EXISTS (SELECT 1 FROM entry)
     ),
-    {audit}
-    SELECT id FROM entry
+    {audit},
+    {receipt}
+    SELECT entry.id, (SELECT id FROM receipt) AS receipt_id FROM entry
 """
 
 
-def _renew(subscription: Subscription, *, now: datetime) -> bool:
-    """One term at the recorded price, from the previous period end (L2). False when short,
-    and then nothing was written and the transaction goes on.
+def _renew(subscription: Subscription, *, now: datetime) -> Any:
+    """One term at the recorded price, from the previous period end (L2). None when short,
+    and then nothing was written and the transaction goes on; else the row (`receipt_id`: the
+    receipt's e-mail row, None when the event already had one).
 
-    One statement for the debit, its ledger entry, the term, the period and the audit event
-    (after the two lock statements): the sweep's throughput is this function's (issue 8).
+    One statement for the debit, its ledger entry, the term, the period, the audit event and
+    the receipt's e-mail row (after the two lock statements): the sweep's throughput is this
+    function's (issue 8). The receipt is recorded in it rather than after the commit (issue 20):
+    no round trip and commit of its own per renewal, and no window in which a renewal is
+    committed with no receipt recorded.
     The new values are written once (`changes`): the statement's parameters, the audit event's
     `new` and, once the statement has run, the object in memory."""
     start = subscription.current_period_end
@@ -190,12 +196,13 @@ def _renew(subscription: Subscription, *, now: datetime) -> bool:
             "description": term_description(subscription.plan_name, "renewal", start, end),
             **changes,
             **audit_params,
+            # SPEC E1: the receipt, its event the new period's start
+            **emails.record_params("receipt", emails.RENEWAL_RECEIPT, subscription.pk, start),
         },
     )
-    if row is None:
-        return False
-    apply_changes(subscription, changes)
-    return True
+    if row is not None:
+        apply_changes(subscription, changes)
+    return row
 
 
 @cache
@@ -205,6 +212,7 @@ def _renew_sql(audit: str) -> str:
         term=sql.table(ChargedTerm),
         subscription=sql.table(Subscription),
         audit=audit,
+        receipt=emails.record_cte("receipt", source="entry"),
     )
 
 

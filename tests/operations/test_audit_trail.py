@@ -1119,6 +1119,15 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "accounts.emails.send_email_changed_notice": "sends the notice; changes no data",
     "subscriptions.emails.event_key": "pure function",
     "subscriptions.emails.after_commit": "registers an on-commit hook inside the caller's change",
+    "subscriptions.emails.record_cte": (
+        "SQL text for a caller's statement: the renewal, which writes subscription.renewed, "
+        "records its receipt's CustomerEmail row (itself the record) with it"
+    ),
+    "subscriptions.emails.record_params": "pure function: record_cte's parameters",
+    "subscriptions.emails.deliver_after_commit": (
+        "registers an on-commit hook inside the caller's change that queues a recorded e-mail; "
+        "changes no data"
+    ),
     "subscriptions.emails.batched_delivery": "queues recorded e-mails in batches; changes no data",
     "subscriptions.emails.send_customer_emails": (
         "sends recorded e-mails; only their CustomerEmail rows (the record) change"
