@@ -91,11 +91,13 @@ def save_transition(
     event_type: str,
     now: datetime,
 ) -> None:
-    """Write a transition through the ORM: its new values are set on the object, saved (only
-    those fields) and recorded as the audit event's `new`, from the one `changes` mapping."""
+    """Write a transition: its new values are set on the object, written (only those fields)
+    and recorded as the audit event's `new`, from the one `changes` mapping. One lean UPDATE
+    (codingplans.sql) rather than `save(update_fields=…)`: the sweep moves every short
+    subscription through here (issue 20), and no signal listens to a Subscription's save."""
     old = audit_state(subscription)
     apply_changes(subscription, changes)
-    subscription.save(update_fields=list(changes))
+    sql.update(Subscription, subscription.pk, **changes)
     record_event(
         actor=actor,
         subject=subscription,

@@ -101,7 +101,7 @@ def _process_locked(
             emails.deliver_after_commit(renewal.receipt_id)  # SPEC E1, recorded by _renew
         return
     if subscription.status == Subscription.Status.ACTIVE:
-        account = CreditAccount.objects.get(user_id=subscription.user_id)
+        account = sql.select_one(CreditAccount, "user_id = %s", [subscription.user_id])
         if account.auto_top_up_enabled:
             _enter_grace(subscription, account=account, now=now, counts=counts)
             return
