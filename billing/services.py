@@ -48,6 +48,19 @@ def lock_credit_account(*, user_id: int) -> int | None:
     return None if row is None else row.balance_micros
 
 
+def account_lock_cte(name: str) -> str:
+    """`lock_credit_account` as a `name AS MATERIALIZED (…)` common table expression (one
+    parameter, %(user_id)s), for a statement that takes this lock and then locks rows of its
+    own in the same round trip (the sweep takes both locks for every due subscription). The
+    lock order holds only if the statement reads `name` in a condition on none of its own rows,
+    e.g. `(SELECT count(*) FROM name) >= 0`: PostgreSQL evaluates such a condition once, before
+    it scans (and locks) any row; MATERIALIZED keeps the lock from being folded away."""
+    return (
+        f"{name} AS MATERIALIZED (SELECT balance_micros FROM "  # noqa: S608 - names from our code
+        f"{sql_helpers.table(CreditAccount)} WHERE user_id = %(user_id)s FOR UPDATE)"
+    )
+
+
 def entry_ctes(*, debit: bool) -> str:
     """The `account` and `entry` common table expressions: the balance change (guarded, for a
     debit: never below zero) and the ledger entry explaining it, for a statement that may do

@@ -168,11 +168,13 @@ def update(model: type[models.Model], pk: int, /, **values: Any) -> int:
 
 @cache
 def _select_sql(
-    model: type[models.Model], where: str, lock: str
+    model: type[models.Model], where: str, lock: str, with_: str
 ) -> tuple[str, list[str], list[tuple[int, list]]]:
     fields = model._meta.concrete_fields
     columns = ", ".join(_quote(f.column) for f in fields)
     sql = f"SELECT {columns} FROM {_quote(model._meta.db_table)} WHERE {where} {lock}"  # noqa: S608 - names from model metadata, `where` from our code
+    if with_:
+        sql = f"WITH {with_} {sql}"
     # The fields' own converters (e.g. JSONField decodes its text), as the ORM applies them.
     converters = [
         (i, f.get_db_converters(connection))
@@ -182,12 +184,20 @@ def _select_sql(
     return sql, [f.attname for f in fields], converters
 
 
-def select_one(model: type[M], where: str, params: Sequence[Any], *, lock: str = "") -> M | None:
+def select_one(
+    model: type[M],
+    where: str,
+    params: Sequence[Any] | dict[str, Any],
+    *,
+    lock: str = "",
+    with_: str = "",
+) -> M | None:
     """One model instance (through `Model.from_db`, as the ORM builds it) or None. `where` is
-    SQL of ours with %s placeholders; `lock` e.g. "FOR UPDATE SKIP LOCKED"."""
-    sql, attnames, converters = _select_sql(model, where, lock)
+    SQL of ours with %s (or, with a dict of parameters, %(name)s) placeholders; `lock` e.g.
+    "FOR UPDATE SKIP LOCKED"; `with_` common table expressions the statement starts with."""
+    sql, attnames, converters = _select_sql(model, where, lock, with_)
     with _cursor() as cursor:
-        _execute(cursor, sql, list(params))
+        _execute(cursor, sql, params if isinstance(params, dict) else list(params))
         row = cursor.fetchone()
     if row is None:
         return None

@@ -155,6 +155,7 @@ def _renew(subscription: Subscription, *, now: datetime) -> Any:
     `new` and, once the statement has run, the object in memory."""
     start = subscription.current_period_end
     end = start + timedelta(days=subscription.billing_period_days)
+    plan_name = subscription.plan_name  # a catalog look-up: once
     changes = {
         "status": Subscription.Status.ACTIVE,
         "current_period_start": start,
@@ -187,13 +188,13 @@ def _renew(subscription: Subscription, *, now: datetime) -> Any:
             "debit": subscription.price_micros,
             "user_id": subscription.user_id,
             "kind": LedgerEntry.Kind.RENEWAL,
-            "reason": f"{subscription.plan_name} renewal"[:255],
+            "reason": f"{plan_name} renewal"[:255],
             "actor": SYSTEM_SWEEP,
             "reference": f"subscription:{subscription.pk}",
             "now": now,
             # the term and the period
             "subscription_id": subscription.pk,
-            "description": term_description(subscription.plan_name, "renewal", start, end),
+            "description": term_description(plan_name, "renewal", start, end),
             **changes,
             **audit_params,
             # SPEC E1: the receipt, its event the new period's start

@@ -1159,6 +1159,9 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "gateway.services.resolve_route": "a read",
     "gateway.services.split_model": "pure function",
     "billing.services.lock_credit_account": "a row lock and read inside a caller's transaction",
+    "billing.services.account_lock_cte": (
+        "SQL text: lock_credit_account's row lock for a caller's statement (lock_subscription)"
+    ),
     "billing.services.entry_ctes": (
         "SQL text for a caller's statement; the purchase that runs it writes its audit events"
     ),
