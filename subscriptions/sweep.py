@@ -102,6 +102,8 @@ def _process_locked(
         return
     if subscription.status == Subscription.Status.ACTIVE:
         account = sql.select_one(CreditAccount, "user_id = %s", [subscription.user_id])
+        if account is None:  # as the ORM's get() said: this subscription's error (L1)
+            raise CreditAccount.DoesNotExist(f"no credit account for user {subscription.user_id}")
         if account.auto_top_up_enabled:
             _enter_grace(subscription, account=account, now=now, counts=counts)
             return
