@@ -251,4 +251,46 @@ FIXES = [
             "4 rounds x 400 per side); client CPU 1.07-1.18 ms per purchase vs raw 0.75-0.81"
         ),
     },
+    {
+        "figure": "2. sweep",
+        "cause": (
+            "issue 20, ratio 0.39-0.58: (1) the raw side was not one transaction per "
+            "subscription: its first statement opened an implicit transaction, so every "
+            "`conn.transaction()` was a savepoint and the whole raw sweep one transaction, "
+            "committed outside the clock, paying no per-subscription commit; (2) the product "
+            "wrote each renewal's receipt after the commit as a statement and commit of its own; "
+            "(3) cProfile with a CPU clock: a short subscription cost 3.1 ms of client CPU "
+            "(ORM get of the account, exists() + create() of the top-up attempt, ORM save, one "
+            "Celery publish) against 0.68 ms for a renewal, a quarter of the sweep's CPU at 1 "
+            "in 20 short; the two lock statements were a round trip each"
+        ),
+        "change": (
+            "bench/sweep.py: the raw side on an autocommit connection (each subscription its "
+            "own committed transaction) and writing the receipt row in that transaction, as the "
+            "product now does; subscriptions/sweep.py + emails.record_cte: the receipt's "
+            "CustomerEmail row (same unique (kind, event_key), ON CONFLICT DO NOTHING) is a CTE "
+            "of the renewal's statement, its id queued on commit in the batches "
+            "(emails.deliver_after_commit), which also closes the crash window for renewal "
+            "receipts; subscriptions/actions.lock_subscription: both locks in one statement "
+            "(billing.account_lock_cte, read in a one-time condition evaluated before the "
+            "subscription is scanned, so the order holds); billing.start_top_up: one INSERT ... "
+            "ON CONFLICT DO NOTHING on the one-attempt-per-term constraint; save_transition: a "
+            "lean UPDATE; the short customer's account by a lean select; codingplans/sql.py: "
+            "the connection looked up once per statement"
+        ),
+        "before": (
+            "back to back on a quiet machine (load ~1): original code 427 due/s vs 812/s raw "
+            "SQL (one transaction), ratio 0.53, 1.26 ms client CPU; with only the raw side "
+            "fixed 399 vs 497/s, 0.80, 1.36 ms. Earlier, under other engineers' test runs "
+            "(load ~2.5): 0.39-0.57"
+        ),
+        "after": (
+            "577-629 due/s vs 567-613/s raw SQL (receipt in the transaction on both sides), "
+            "ratio 1.01-1.06, 0.83-0.91 ms client CPU (4 runs, load ~1); under load ~2.5: "
+            "634-670 vs 850-855/s, 0.75-0.78, 0.80-0.85 ms. Against the old one-transaction "
+            "raw figure of the same quiet hour (812/s) the product is at 0.71-0.77. "
+            "(flock /tmp/bench.lock env DEBUG=1 BENCH_DATABASE_NAME=bench_sweep .venv/bin/python "
+            "-m codingplans.devenv -- .venv/bin/python -m bench --only sweep)"
+        ),
+    },
 ]

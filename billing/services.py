@@ -21,7 +21,7 @@ from billing.errors import (
     InvalidCreditAmount,
     ReasonRequired,
 )
-from billing.models import CreditAccount, LedgerEntry
+from billing.models import CreditAccount, LedgerEntry, TopUpAttempt
 from codingplans import sql as sql_helpers
 from codingplans.money import display_usd
 
@@ -46,6 +46,19 @@ def lock_credit_account(*, user_id: int) -> int | None:
         [user_id],
     )
     return None if row is None else row.balance_micros
+
+
+def account_lock_cte(name: str) -> str:
+    """`lock_credit_account` as a `name AS MATERIALIZED (…)` common table expression (one
+    parameter, %(user_id)s), for a statement that takes this lock and then locks rows of its
+    own in the same round trip (the sweep takes both locks for every due subscription). The
+    lock order holds only if the statement reads `name` in a condition on none of its own rows,
+    e.g. `(SELECT count(*) FROM name) >= 0`: PostgreSQL evaluates such a condition once, before
+    it scans (and locks) any row; MATERIALIZED keeps the lock from being folded away."""
+    return (
+        f"{name} AS MATERIALIZED (SELECT balance_micros FROM "  # noqa: S608 - names from our code
+        f"{sql_helpers.table(CreditAccount)} WHERE user_id = %(user_id)s FOR UPDATE)"
+    )
 
 
 def entry_ctes(*, debit: bool) -> str:
@@ -350,28 +363,34 @@ def start_top_up(
     rounded up to whole dollars. Returns None when this term already had one (L4), no backend
     is configured (M7: no attempt, never a free grant) or the backend cannot charge this
     customer (M4: no saved card → no attempt)."""
-    from billing.models import TopUpAttempt
     from billing.topup import can_charge, get_backend, top_up_amount, top_up_available
 
-    if not top_up_available():
+    if not top_up_available() or not can_charge(account.user_id):
         return None
-    if TopUpAttempt.objects.filter(subscription_id=subscription_id, due_at=due_at).exists():
-        return None
-    if not can_charge(account.user_id):
-        return None
-    attempt = TopUpAttempt.objects.create(
-        account=account,
-        subscription_id=subscription_id,
-        due_at=due_at,
-        amount_micros=top_up_amount(
+    values = {
+        "account_id": account.pk,
+        "subscription_id": subscription_id,
+        "due_at": due_at,
+        "amount_micros": top_up_amount(
             configured_micros=account.auto_top_up_amount_micros,
             price_micros=price_micros,
             balance_micros=account.balance_micros,
         ),
-        backend=get_backend().name,
-        created_at=now,
-    )
-    charge_top_up_after_commit(attempt_id=attempt.pk, now=now)
+        "backend": get_backend().name,
+        "status": TopUpAttempt.Status.PENDING,
+        "decline_code": "",
+        "reference": "",
+        "action_url": "",
+        "created_at": now,
+    }
+    # One lean INSERT … ON CONFLICT DO NOTHING on the one-attempt-per-due-term constraint, not
+    # a look-up and an ORM create: the sweep starts one for every short subscription (issue 20).
+    attempt_id = sql_helpers.insert_unless_conflict(TopUpAttempt, **values)
+    if attempt_id is None:  # this term already had its attempt (L4)
+        return None
+    charge_top_up_after_commit(attempt_id=attempt_id, now=now)
+    attempt = TopUpAttempt(id=attempt_id, **values)
+    attempt._state.adding = False
     return attempt
 
 

@@ -28,7 +28,7 @@ from functools import cache
 from typing import Any, TypeVar
 
 import psycopg
-from django.db import connection, models
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models
 from psycopg.rows import namedtuple_row
 
 PREPARE = os.environ.get("CODING_PLANS_PREPARED_STATEMENTS", "1") != "0"
@@ -50,19 +50,23 @@ def _quote(name: str) -> str:
 @contextmanager
 def _cursor(row_factory=None) -> Iterator[psycopg.Cursor]:
     """A server-side-binding cursor on Django's connection, in its current transaction."""
+    # The connection object once: each attribute read through `django.db.connection` looks the
+    # thread's connection up again, six times a statement here (issue 20: the sweep's client
+    # CPU).
+    db = connections[DEFAULT_DB_ALIAS]
     # As Django's own cursor() does: with CONN_HEALTH_CHECKS a kept connection is checked once
     # per request before its first statement, so a database restart fails no request even when
     # a lean statement is that first one (issue 13 item 13).
-    connection.close_if_health_check_failed()
-    connection.ensure_connection()
-    connection.validate_no_broken_transaction()
-    raw = connection.connection
+    db.close_if_health_check_failed()
+    db.ensure_connection()
+    db.validate_no_broken_transaction()
+    raw = db.connection
     if PREPARE and raw.prepare_threshold is None:
         raw.prepare_threshold = _PREPARE_THRESHOLD
     cursor = (
         psycopg.Cursor(raw) if row_factory is None else psycopg.Cursor(raw, row_factory=row_factory)
     )
-    with connection.wrap_database_errors, cursor:
+    with db.wrap_database_errors, cursor:
         yield cursor
 
 
@@ -118,6 +122,7 @@ def execute(statement: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
         return cursor.fetchone() if cursor.description else None
 
 
+@cache
 def table(model: type[models.Model]) -> str:
     """The model's quoted table name, for statements written by hand."""
     return _quote(model._meta.db_table)
@@ -163,11 +168,13 @@ def update(model: type[models.Model], pk: int, /, **values: Any) -> int:
 
 @cache
 def _select_sql(
-    model: type[models.Model], where: str, lock: str
+    model: type[models.Model], where: str, lock: str, with_: str
 ) -> tuple[str, list[str], list[tuple[int, list]]]:
     fields = model._meta.concrete_fields
     columns = ", ".join(_quote(f.column) for f in fields)
     sql = f"SELECT {columns} FROM {_quote(model._meta.db_table)} WHERE {where} {lock}"  # noqa: S608 - names from model metadata, `where` from our code
+    if with_:
+        sql = f"WITH {with_} {sql}"
     # The fields' own converters (e.g. JSONField decodes its text), as the ORM applies them.
     converters = [
         (i, f.get_db_converters(connection))
@@ -177,12 +184,20 @@ def _select_sql(
     return sql, [f.attname for f in fields], converters
 
 
-def select_one(model: type[M], where: str, params: Sequence[Any], *, lock: str = "") -> M | None:
+def select_one(
+    model: type[M],
+    where: str,
+    params: Sequence[Any] | dict[str, Any],
+    *,
+    lock: str = "",
+    with_: str = "",
+) -> M | None:
     """One model instance (through `Model.from_db`, as the ORM builds it) or None. `where` is
-    SQL of ours with %s placeholders; `lock` e.g. "FOR UPDATE SKIP LOCKED"."""
-    sql, attnames, converters = _select_sql(model, where, lock)
+    SQL of ours with %s (or, with a dict of parameters, %(name)s) placeholders; `lock` e.g.
+    "FOR UPDATE SKIP LOCKED"; `with_` common table expressions the statement starts with."""
+    sql, attnames, converters = _select_sql(model, where, lock, with_)
     with _cursor() as cursor:
-        _execute(cursor, sql, list(params))
+        _execute(cursor, sql, params if isinstance(params, dict) else list(params))
         row = cursor.fetchone()
     if row is None:
         return None

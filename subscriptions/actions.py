@@ -15,7 +15,7 @@ from datetime import datetime
 from django.db import transaction
 
 from adminops.audit import actor_for, record_event
-from billing.services import lock_credit_account
+from billing.services import account_lock_cte
 from byok.services import remove_installed_entry
 from codingplans import sql
 from inventory.models import Credential
@@ -35,8 +35,10 @@ from subscriptions.models import LIVE_STATUSES, AvailabilityIntent, Subscription
 def lock_subscription(
     subscription_id: int, *, skip_locked: bool = False, user_id: int | None = None
 ) -> Subscription | None:
-    """Lock the credit account, then the subscription (the fixed order). Two lean statements
-    (codingplans.sql): the sweep takes these locks for every due subscription (issue 8)."""
+    """Lock the credit account, then the subscription (the fixed order). One lean statement
+    (codingplans.sql; billing's lock as a CTE read in a condition PostgreSQL evaluates before it
+    scans the subscription): the sweep takes these locks for every due subscription (issue 8,
+    issue 20: one round trip instead of two)."""
     if user_id is None:
         user_id = (
             Subscription.objects.filter(pk=subscription_id)
@@ -45,12 +47,12 @@ def lock_subscription(
         )
         if user_id is None:
             return None
-    lock_credit_account(user_id=user_id)
     return sql.select_one(
         Subscription,
-        "id = %s AND user_id = %s",
-        [subscription_id, user_id],
+        "id = %(id)s AND user_id = %(user_id)s AND (SELECT count(*) FROM account_lock) >= 0",
+        {"id": subscription_id, "user_id": user_id},
         lock="FOR UPDATE SKIP LOCKED" if skip_locked else "FOR UPDATE",
+        with_=account_lock_cte("account_lock"),
     )
 
 
@@ -91,11 +93,13 @@ def save_transition(
     event_type: str,
     now: datetime,
 ) -> None:
-    """Write a transition through the ORM: its new values are set on the object, saved (only
-    those fields) and recorded as the audit event's `new`, from the one `changes` mapping."""
+    """Write a transition: its new values are set on the object, written (only those fields)
+    and recorded as the audit event's `new`, from the one `changes` mapping. One lean UPDATE
+    (codingplans.sql) rather than `save(update_fields=…)`: the sweep moves every short
+    subscription through here (issue 20), and no signal listens to a Subscription's save."""
     old = audit_state(subscription)
     apply_changes(subscription, changes)
-    subscription.save(update_fields=list(changes))
+    sql.update(Subscription, subscription.pk, **changes)
     record_event(
         actor=actor,
         subject=subscription,

@@ -5,8 +5,8 @@ How one gets sent, exactly once per event:
 
 1. The service that makes the event adds one line inside its transaction,
    `emails.after_commit(kind, subscription_id, event_at)`: nothing happens unless it commits.
-   The purchase instead writes the receipt's row inside its own statement (`record_cte`, an
-   outbox row: committed with the purchase or not at all) and hands its id to
+   The purchase and the renewal instead write their receipt's row inside their own statement
+   (`record_cte`, an outbox row: committed with the charge or not at all) and hand its id to
    `deliver_after_commit` (issue 20).
 2. After the commit, `queue` records a `CustomerEmail` row, unique on (kind, event key) — a
    second hook for the same event (a re-run sweep, a retried request) finds the row and stops —
@@ -25,8 +25,10 @@ How one gets sent, exactly once per event:
    process died before its publisher queued them) or stuck in `sending` (a worker died
    mid-send).
 
-The one gap left, for the e-mails recorded after the commit (not the purchase receipt): a
-process that dies between a commit and step 2 loses that e-mail.
+The one gap left, for the e-mails recorded by `queue` after the commit (not the receipts): a
+process that dies between a commit and step 2 loses that e-mail. A receipt has no such gap: its
+row commits with the charge, and one whose id never reached the broker (the process died, the
+broker was down) is still `pending`, so step 4 queues it again.
 """
 
 from __future__ import annotations
@@ -239,51 +241,59 @@ def send_customer_emails(*, email_ids: list[int], now: datetime) -> dict[str, in
     return outcomes
 
 
-# The e-mail's row as a CTE of the caller's statement (the purchase writes its receipt's row in
-# its one activation statement: issue 20) and, on its own, one lean prepared statement (issue
-# 20: through the ORM's get_or_create in its own transaction, recording the receipt took five
-# round trips and more of the purchase's CPU than the purchase's own statements).
-_RECORD_CTE = """{name} AS (
+# The e-mail's row as a common table expression of a service's own statement: the purchase
+# and the renewal record their receipt in the statement that charges for it (issue 20), so the
+# row exists exactly when the charge commits, without a round trip or a commit of its own, and
+# with no window in which a crash loses the e-mail. `queue` runs the same expression on its
+# own, one lean prepared statement (issue 20: through the ORM's get_or_create in its own
+# transaction, recording a receipt took five round trips).
+_RECORD_CTE = """
+    {name} AS (
         INSERT INTO {email} (kind, event_key, subscription_id, event_at, status, created_at,
             attempts, last_error)
-        VALUES (%(email_kind)s, %(email_key)s, %(email_subscription)s, %(email_event_at)s,
-            %(email_status)s, %(email_created_at)s, 0, '')
+        SELECT %({name}_kind)s, %({name}_key)s, %({name}_subscription)s, %({name}_event_at)s,
+            %({name}_status)s, %({name}_created_at)s, 0, ''
+        FROM {source}
         ON CONFLICT (kind, event_key) DO NOTHING
         RETURNING id
-    )"""
+    )
+"""
 
 
-def record_cte(name: str) -> str:
-    """`name AS (INSERT ... RETURNING id)`: the e-mail's row, none if the event has one
-    already; its parameters are `record_params`."""
-    return _RECORD_CTE.format(name=name, email=sql.table(CustomerEmail))
+def record_cte(name: str, *, source: str) -> str:
+    """A `name AS (INSERT … RETURNING id)` common table expression recording an e-mail once
+    per row of `source` (another CTE of the statement: written only if the change it tells
+    of was), with `queue`'s once-per-event rule; its parameters are `record_params(name, …)`.
+    `name` returns the new row's id, or nothing when the event already has its e-mail; the
+    caller hands that id to `deliver_after_commit`."""
+    return _RECORD_CTE.format(name=name, email=sql.table(CustomerEmail), source=source)
 
 
 def record_params(
-    kind: str, subscription_id: int, *, event_at: datetime | None = None
+    name: str, kind: str, subscription_id: int, event_at: datetime | None = None
 ) -> dict[str, object]:
-    """The parameters of `record_cte`. `created_at` is the wall clock for every e-mail row,
-    however it is written: it is delivery bookkeeping (`requeue_unsent` judges staleness by it),
-    not the event's time, which is `event_at`."""
+    """The parameters of `record_cte(name, …)` for this event. `created_at` is the wall clock
+    for every e-mail row, however it is written: delivery bookkeeping (`requeue_unsent` judges
+    staleness by it), not the event's time, which is `event_at`."""
     return {
-        "email_kind": kind,
-        "email_key": event_key(subscription_id, event_at),
-        "email_subscription": subscription_id,
-        "email_event_at": event_at,
-        "email_status": Status.PENDING,
-        "email_created_at": timezone.now(),
+        f"{name}_kind": kind,
+        f"{name}_key": event_key(subscription_id, event_at),
+        f"{name}_subscription": subscription_id,
+        f"{name}_event_at": event_at,
+        f"{name}_status": Status.PENDING,
+        f"{name}_created_at": timezone.now(),
     }
 
 
 @cache
 def _record_sql() -> str:
-    return f"WITH {record_cte('recorded')} SELECT id FROM recorded"  # noqa: S608 - table name from the model
+    return f"WITH {record_cte('recorded', source='(SELECT 1) AS one')} SELECT id FROM recorded"  # noqa: S608 - table name from the model
 
 
 def queue(kind: str, subscription_id: int, *, event_at: datetime | None = None) -> bool:
     """Record the e-mail for this event and queue its sending; False when the event already
     has its e-mail (nothing is queued twice)."""
-    row = sql.execute(_record_sql(), record_params(kind, subscription_id, event_at=event_at))
+    row = sql.execute(_record_sql(), record_params("recorded", kind, subscription_id, event_at))
     if row is None:  # the event has its e-mail (another hook, a re-run sweep, recorded it)
         return False
     dispatch(row.id)

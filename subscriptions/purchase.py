@@ -307,7 +307,7 @@ def _activate(
             "idempotency_key": idempotency_key,
             "body": sql.prepared_value(PurchaseRequest, "response_body", body),
             **audit_params,
-            **emails.record_params(emails.PURCHASE_RECEIPT, subscription_id),
+            **emails.record_params("receipt", emails.PURCHASE_RECEIPT, subscription_id),
         },
     )
     if written.entry_id is None:
@@ -329,5 +329,5 @@ def _activate_sql(audit: str) -> str:
         intent=sql.table(AvailabilityIntent),
         request=sql.table(PurchaseRequest),
         audit=audit,
-        receipt=emails.record_cte("receipt"),
+        receipt=emails.record_cte("receipt", source="entry"),
     )

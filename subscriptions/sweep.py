@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
+from typing import Any
 
 from django.db import transaction
 from django.db.models import Q
@@ -96,14 +97,16 @@ def _process_locked(
         )
         counts.canceled += 1  # the plan-ended e-mail is end_subscription's (SPEC E1)
         return False
-    if _renew(subscription, now=now):
+    renewal = _renew(subscription, now=now)
+    if renewal is not None:
         counts.renewed += 1
-        emails.after_commit(  # SPEC E1
-            emails.RENEWAL_RECEIPT, subscription.pk, subscription.current_period_start
-        )
+        if renewal.receipt_id is not None:  # None: this renewal already had its receipt
+            emails.deliver_after_commit(renewal.receipt_id)  # SPEC E1, recorded by _renew
         return is_due(subscription, now=now)
     if subscription.status == Subscription.Status.ACTIVE:
-        account = CreditAccount.objects.get(user_id=subscription.user_id)
+        account = sql.select_one(CreditAccount, "user_id = %s", [subscription.user_id])
+        if account is None:  # as the ORM's get() said: this subscription's error (L1)
+            raise CreditAccount.DoesNotExist(f"no credit account for user {subscription.user_id}")
         if account.auto_top_up_enabled:
             _enter_grace(subscription, account=account, now=now, counts=counts)
             return False
@@ -119,9 +122,9 @@ def _process_locked(
 
 
 # L2 in one statement: the guarded debit and its ledger entry (billing's own CTEs), then the
-# charged term, the extended period and the audit event, each written only if the debit was.
-# The period's parameters are named after the fields they write: `_renew` passes its one
-# `changes` mapping as they are.
+# charged term, the extended period, the audit event and the receipt's e-mail row (SPEC E1),
+# each written only if the debit was. The period's parameters are named after the fields they
+# write: `_renew` passes its one `changes` mapping as they are.
 _RENEW_SQL = """
     WITH {entry_ctes},
     term AS (
@@ -138,21 +141,27 @@ _RENEW_SQL = """
             updated_at = %(updated_at)s
         WHERE id = %(subscription_id)s AND EXISTS (SELECT 1 FROM entry)
     ),
-    {audit}
-    SELECT id FROM entry
+    {audit},
+    {receipt}
+    SELECT entry.id, (SELECT id FROM receipt) AS receipt_id FROM entry
 """
 
 
-def _renew(subscription: Subscription, *, now: datetime) -> bool:
-    """One term at the recorded price, from the previous period end (L2). False when short,
-    and then nothing was written and the transaction goes on.
+def _renew(subscription: Subscription, *, now: datetime) -> Any:
+    """One term at the recorded price, from the previous period end (L2). None when short,
+    and then nothing was written and the transaction goes on; else the row (`receipt_id`: the
+    receipt's e-mail row, None when the event already had one).
 
-    One statement for the debit, its ledger entry, the term, the period and the audit event
-    (after the two lock statements): the sweep's throughput is this function's (issue 8).
+    One statement for the debit, its ledger entry, the term, the period, the audit event and
+    the receipt's e-mail row (after the two lock statements): the sweep's throughput is this
+    function's (issue 8). The receipt is recorded in it rather than after the commit (issue 20):
+    no round trip and commit of its own per renewal, and no window in which a renewal is
+    committed with no receipt recorded.
     The new values are written once (`changes`): the statement's parameters, the audit event's
     `new` and, once the statement has run, the object in memory."""
     start = subscription.current_period_end
     end = start + timedelta(days=subscription.billing_period_days)
+    plan_name = subscription.plan_name  # a catalog look-up: once
     changes = {
         "status": Subscription.Status.ACTIVE,
         "current_period_start": start,
@@ -185,21 +194,22 @@ def _renew(subscription: Subscription, *, now: datetime) -> bool:
             "debit": subscription.price_micros,
             "user_id": subscription.user_id,
             "kind": LedgerEntry.Kind.RENEWAL,
-            "reason": f"{subscription.plan_name} renewal"[:255],
+            "reason": f"{plan_name} renewal"[:255],
             "actor": SYSTEM_SWEEP,
             "reference": f"subscription:{subscription.pk}",
             "now": now,
             # the term and the period
             "subscription_id": subscription.pk,
-            "description": term_description(subscription.plan_name, "renewal", start, end),
+            "description": term_description(plan_name, "renewal", start, end),
             **changes,
             **audit_params,
+            # SPEC E1: the receipt, its event the new period's start
+            **emails.record_params("receipt", emails.RENEWAL_RECEIPT, subscription.pk, start),
         },
     )
-    if row is None:
-        return False
-    apply_changes(subscription, changes)
-    return True
+    if row is not None:
+        apply_changes(subscription, changes)
+    return row
 
 
 @cache
@@ -209,6 +219,7 @@ def _renew_sql(audit: str) -> str:
         term=sql.table(ChargedTerm),
         subscription=sql.table(Subscription),
         audit=audit,
+        receipt=emails.record_cte("receipt", source="entry"),
     )
 
 

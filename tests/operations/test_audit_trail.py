@@ -1118,13 +1118,17 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "accounts.emails.send_email_change_link": "sends the change link; changes no data",
     "accounts.emails.send_email_changed_notice": "sends the notice; changes no data",
     "subscriptions.emails.event_key": "pure function",
-    "subscriptions.emails.record_cte": "pure function: SQL text for the caller's statement",
-    "subscriptions.emails.record_params": "pure function: the parameters of record_cte",
-    "subscriptions.emails.deliver_after_commit": (
-        "registers an on-commit hook inside the caller's change; changes no data"
-    ),
     "subscriptions.emails.dispatch": "queues a recorded e-mail's sending; changes no data",
     "subscriptions.emails.after_commit": "registers an on-commit hook inside the caller's change",
+    "subscriptions.emails.record_cte": (
+        "SQL text for a caller's statement: the renewal, which writes subscription.renewed, "
+        "records its receipt's CustomerEmail row (itself the record) with it"
+    ),
+    "subscriptions.emails.record_params": "pure function: record_cte's parameters",
+    "subscriptions.emails.deliver_after_commit": (
+        "registers an on-commit hook inside the caller's change that queues a recorded e-mail; "
+        "changes no data"
+    ),
     "subscriptions.emails.batched_delivery": "queues recorded e-mails in batches; changes no data",
     "subscriptions.emails.send_customer_emails": (
         "sends recorded e-mails; only their CustomerEmail rows (the record) change"
@@ -1160,6 +1164,9 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "gateway.services.resolve_route": "a read",
     "gateway.services.split_model": "pure function",
     "billing.services.lock_credit_account": "a row lock and read inside a caller's transaction",
+    "billing.services.account_lock_cte": (
+        "SQL text: lock_credit_account's row lock for a caller's statement (lock_subscription)"
+    ),
     "billing.services.entry_ctes": (
         "SQL text for a caller's statement; the purchase that runs it writes its audit events"
     ),

@@ -156,29 +156,39 @@ def test_every_hand_written_insert_names_each_not_null_column():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_rows_written_by_the_purchase_and_the_renewal_pass_full_clean(make_user, stock):
-    """SPEC P4, L2: the rows of the one-statement activation and renewal are valid models."""
+def test_rows_written_by_the_purchase_and_the_renewal_pass_full_clean(make_user, stock, settings):
+    """SPEC P4, L2, L4: the rows of the one-statement activation and renewal (its receipt's
+    e-mail row included) and of the sweep's top-up attempt are valid models."""
     from adminops.models import AuditEvent
-    from billing.models import CreditAccount, LedgerEntry
+    from billing.models import CreditAccount, LedgerEntry, TopUpAttempt
+    from billing.services import set_auto_top_up
     from byok.models import ByokKey
     from inventory.models import Credential
-    from subscriptions.models import ChargedTerm, PurchaseRequest, Subscription
+    from subscriptions.models import ChargedTerm, CustomerEmail, PurchaseRequest, Subscription
     from subscriptions.purchase import purchase_plan
     from subscriptions.sweep import run_billing_sweep
 
-    stock("minimax-token-plan-plus", 1)
-    user = make_user(credits_usd=100)
+    settings.CODING_PLANS_TOP_UP_BACKEND = "simulated-approve"
+    stock("minimax-token-plan-plus", 2)
     now = timezone.now()
-    outcome = purchase_plan(
-        user=user, plan_id="minimax-token-plan-plus", idempotency_key="k-guards", now=now
-    )
-    subscription = Subscription.objects.get(pk=outcome.subscription_id)
+    user = make_user(credits_usd=100)
+    short = make_user(credits_usd=20)  # the purchase only: short at the renewal, top-up on
+    set_auto_top_up(user=short, enabled=True, amount_micros=20_000_000, actor="test", now=now)
+    ids = [
+        purchase_plan(
+            user=buyer, plan_id="minimax-token-plan-plus", idempotency_key="k-guards", now=now
+        ).subscription_id
+        for buyer in (user, short)
+    ]
+    subscription = Subscription.objects.get(pk=ids[0])
     run_billing_sweep(now=subscription.current_period_end + timedelta(minutes=1))
     assert ChargedTerm.objects.filter(subscription=subscription).count() == 2
+    assert CustomerEmail.objects.filter(kind="renewal_receipt").count() == 1
+    assert TopUpAttempt.objects.filter(subscription_id=ids[1]).count() == 1
 
     for model in (
         Subscription, ChargedTerm, PurchaseRequest, ByokKey, Credential, CreditAccount,
-        LedgerEntry, AuditEvent,
+        LedgerEntry, AuditEvent, CustomerEmail, TopUpAttempt,
     ):  # fmt: skip
         rows = list(model.objects.all())
         assert rows, model
