@@ -38,7 +38,7 @@ PREPARE = os.environ.get("CODING_PLANS_PREPARED_STATEMENTS", "1") != "0"
 # pays the extra PREPARE round trip, a pooled or long-lived one (the sweep, ASGI) runs its
 # repeated statements prepared. The ORM's queries use client-side binding, which psycopg never
 # prepares, so they are unaffected.
-_PREPARE_THRESHOLD = 1
+PREPARE_THRESHOLD = 1
 
 M = TypeVar("M", bound=models.Model)
 
@@ -58,7 +58,7 @@ def _cursor(row_factory=None) -> Iterator[psycopg.Cursor]:
     connection.validate_no_broken_transaction()
     raw = connection.connection
     if PREPARE and raw.prepare_threshold is None:
-        raw.prepare_threshold = _PREPARE_THRESHOLD
+        raw.prepare_threshold = PREPARE_THRESHOLD
     cursor = (
         psycopg.Cursor(raw) if row_factory is None else psycopg.Cursor(raw, row_factory=row_factory)
     )
@@ -91,11 +91,17 @@ def _prepared(fields: Sequence, values: dict[str, Any]) -> list[Any]:
     ]
 
 
+def insert_statement(model: type[models.Model], values: dict[str, Any]) -> tuple[str, list[Any]]:
+    """`insert`'s statement and parameters, for `codingplans.asyncsql` to run the same."""
+    sql, fields = _insert_sql(model, tuple(values), False)
+    return sql, _prepared(fields, values)
+
+
 def insert(model: type[models.Model], /, **values: Any) -> int:
     """INSERT one row (fields by name or attname, e.g. `subscription_id`); returns its pk."""
-    sql, fields = _insert_sql(model, tuple(values), False)
+    sql, params = insert_statement(model, values)
     with _cursor() as cursor:
-        _execute(cursor, sql, _prepared(fields, values))
+        _execute(cursor, sql, params)
         return cursor.fetchone()[0]
 
 

@@ -19,11 +19,11 @@ import os
 import threading
 import time
 import weakref
-from functools import partial
 
 import httpx
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connections
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
@@ -58,17 +58,38 @@ MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 class _MeteredResponse:
     """A response that records the request's usage once it has been sent: Django calls
     `close()` after the last byte (under ASGI and WSGI, and in the test client), so metering
-    adds nothing to the caller's latency (issue 8). A metering failure is logged, never
-    turned into an error for an answer the caller already has."""
+    adds nothing to the caller's latency (issue 8); `gateway.asgi` calls `aclose()` instead,
+    which writes the same row on the event loop (issue 20). A metering failure is logged,
+    never turned into an error for an answer the caller already has."""
 
-    def set_metering(self, record) -> None:
-        self._metering = record
+    def set_metering(self, usage) -> None:
+        """`usage()`, called once the answer is out, gives `services.record_usage`'s keywords,
+        or None when there is nothing to record."""
+        self._metering = usage
+
+    def _usage(self) -> dict | None:
+        usage, self._metering = getattr(self, "_metering", None), None
+        return usage() if usage is not None else None
 
     def close(self) -> None:
-        record, self._metering = getattr(self, "_metering", None), None
         try:
-            if record is not None:
-                record()
+            usage = self._usage()
+            if usage is not None:
+                services.record_usage(**usage)
+        except Exception:
+            logger.exception("gateway: could not record usage")
+        finally:
+            super().close()
+
+    async def aclose(self) -> None:
+        """`close()` for a call admitted on the event loop (`gateway.views.LoopRequest`): the
+        usage row through codingplans.asyncsql, then Django's own close (its
+        `request_finished` receivers find no database connection of this call's: it used
+        none, and its thread steps handed theirs back as they ended)."""
+        try:
+            usage = self._usage()
+            if usage is not None:
+                await services.record_usage_async(**usage)
         except Exception:
             logger.exception("gateway: could not record usage")
         finally:
@@ -107,6 +128,15 @@ def _provider_failure(error: GatewayError) -> JsonResponse:
     return response
 
 
+def release_connections() -> None:
+    """What `request_finished` does for this thread's database connections, now: a step of an
+    async call that ran on a thread hands its connection back (to the pool, under ASGI) as it
+    ends, rather than holding it for as long as the answer is relayed (issue 20)."""
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:  # a test's transaction around the request
+            connection.close_if_unusable_or_obsolete()
+
+
 def _report_rejected_key(route: services.Route) -> None:
     """The provider rejected a plan's installed key (SPEC H3): announced upward through byok's
     signal, which flags the subscription once. Never turns the answer into another error."""
@@ -118,6 +148,13 @@ def _report_rejected_key(route: services.Route) -> None:
         )
     except Exception:
         logger.exception("gateway: could not report a rejected plan key")
+
+
+def _report_rejected_key_and_release(route: services.Route) -> None:
+    try:
+        _report_rejected_key(route)
+    finally:
+        release_connections()
 
 
 def _error_in_body(route: services.Route, payload: dict) -> GatewayError | None:
@@ -247,16 +284,17 @@ def _streaming_response(content, *, user_id: int, route, relay: Relay, started: 
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
-    def record_stream() -> None:
-        if relay.completed:
-            services.record_usage(
-                user_id=user_id,
-                route=route,
-                streamed=True,
-                usage=services.usage_from_sse(relay.tail),
-                latency_ms=int((relay.ended - started) * 1000),
-                now=timezone.now(),
-            )
+    def record_stream() -> dict | None:
+        if not relay.completed:
+            return None
+        return {
+            "user_id": user_id,
+            "route": route,
+            "streamed": True,
+            "usage": services.usage_from_sse(relay.tail),
+            "latency_ms": int((relay.ended - started) * 1000),
+            "now": timezone.now(),
+        }
 
     response.set_metering(record_stream)
     return response
@@ -282,17 +320,15 @@ def _answer(raw: bytes, *, user_id: int, route, started: float) -> HttpResponse:
     usage = payload.get("usage")
     payload["model"] = f"{route.provider_id}/{payload.get('model') or route.upstream_model}"
     response = MeteredJsonResponse(payload)
-    response.set_metering(
-        partial(
-            services.record_usage,
-            user_id=user_id,
-            route=route,
-            streamed=False,
-            usage=usage,
-            latency_ms=latency_ms,
-            now=timezone.now(),
-        )
-    )
+    usage_row = {
+        "user_id": user_id,
+        "route": route,
+        "streamed": False,
+        "usage": usage,
+        "latency_ms": latency_ms,
+        "now": timezone.now(),
+    }
+    response.set_metering(lambda: usage_row)
     return response
 
 
@@ -321,7 +357,7 @@ async def forward(user_id: int, body: dict, route: services.Route) -> HttpRespon
     event loop's transport, and its answer (a stream relayed as it arrives) as our response."""
     response = await _forward(user_id, body, route)
     if getattr(response, "key_rejected", False):
-        await sync_to_async(_report_rejected_key)(route)
+        await sync_to_async(_report_rejected_key_and_release)(route)
     return response
 
 

@@ -8,9 +8,9 @@ from datetime import datetime
 
 from django.db.models import Count, Sum
 
-from accounts.tokens import bearer_lookup
+from accounts.tokens import bearer_lookup, bearer_lookup_async
 from byok.models import ByokKey
-from codingplans import crypto
+from codingplans import asyncsql, crypto
 from codingplans import sql as lean
 from gateway.errors import NoProviderKey, UnknownProvider
 from gateway.models import GatewayRequest
@@ -101,22 +101,63 @@ _ENTRY_JOIN = (
 )
 
 
+def _bearer_query(provider_id: str | None) -> dict:
+    return {
+        "extra_columns": _ENTRY_COLUMNS,
+        "extra_joins": _ENTRY_JOIN.format(byok=lean.table(ByokKey)),
+        "params": {"provider_id": provider_id or ""},
+    }
+
+
+def _bearer_caller(row) -> BearerCaller | None:
+    if row is None:
+        return None
+    entry = (row.encrypted_key, row.subscription_id) if row.entry_id is not None else None
+    return BearerCaller(user_id=row.user_id, token_id=row.token_id, entry=entry)
+
+
 def bearer_caller(token: str, *, provider_id: str | None, now: datetime) -> BearerCaller | None:
     """The one bearer-token check (`accounts.tokens.bearer_lookup`: prefix, hash, not revoked,
     active owner, last use noted at most once a minute) with `resolve_route`'s key lookup in the
     same query: one round trip, and no ORM query building on the gateway's hot path (issue 8:
     added latency)."""
-    row = bearer_lookup(
-        token,
-        now=now,
-        extra_columns=_ENTRY_COLUMNS,
-        extra_joins=_ENTRY_JOIN.format(byok=lean.table(ByokKey)),
-        params={"provider_id": provider_id or ""},
-    )
-    if row is None:
-        return None
-    entry = (row.encrypted_key, row.subscription_id) if row.entry_id is not None else None
-    return BearerCaller(user_id=row.user_id, token_id=row.token_id, entry=entry)
+    return _bearer_caller(bearer_lookup(token, now=now, **_bearer_query(provider_id)))
+
+
+async def bearer_caller_async(
+    token: str, *, provider_id: str | None, now: datetime
+) -> BearerCaller | None:
+    """`bearer_caller` on the event loop (`accounts.tokens.bearer_lookup_async`: the same check,
+    the same statement), for the gateway's bearer calls under ASGI (issue 20)."""
+    return _bearer_caller(await bearer_lookup_async(token, now=now, **_bearer_query(provider_id)))
+
+
+def _usage_row(
+    *,
+    user_id: int,
+    route: Route,
+    streamed: bool,
+    usage: dict | None,
+    latency_ms: int,
+    now: datetime,
+) -> dict:
+    usage = usage if isinstance(usage, dict) else {}
+
+    def tokens(name: str) -> int:
+        value = usage.get(name)
+        return value if isinstance(value, int) and 0 <= value < 2**31 else 0
+
+    return {
+        "user_id": user_id,
+        "subscription_id": route.subscription_id,
+        "provider_id": route.provider_id,
+        "model": route.upstream_model[:100],
+        "streamed": streamed,
+        "prompt_tokens": tokens("prompt_tokens"),
+        "completion_tokens": tokens("completion_tokens"),
+        "latency_ms": max(0, min(latency_ms, 2**31 - 1)),
+        "created_at": now,
+    }
 
 
 def record_usage(
@@ -128,24 +169,41 @@ def record_usage(
     latency_ms: int,
     now: datetime,
 ) -> None:
-    usage = usage if isinstance(usage, dict) else {}
-
-    def tokens(name: str) -> int:
-        value = usage.get(name)
-        return value if isinstance(value, int) and 0 <= value < 2**31 else 0
-
-    # A lean, prepared INSERT (codingplans.sql): one per gateway request.
+    """One GatewayRequest row for a completed call: a lean, prepared INSERT (codingplans.sql)."""
     lean.insert(
         GatewayRequest,
-        user_id=user_id,
-        subscription_id=route.subscription_id,
-        provider_id=route.provider_id,
-        model=route.upstream_model[:100],
-        streamed=streamed,
-        prompt_tokens=tokens("prompt_tokens"),
-        completion_tokens=tokens("completion_tokens"),
-        latency_ms=max(0, min(latency_ms, 2**31 - 1)),
-        created_at=now,
+        **_usage_row(
+            user_id=user_id,
+            route=route,
+            streamed=streamed,
+            usage=usage,
+            latency_ms=latency_ms,
+            now=now,
+        ),
+    )
+
+
+async def record_usage_async(
+    *,
+    user_id: int,
+    route: Route,
+    streamed: bool,
+    usage: dict | None,
+    latency_ms: int,
+    now: datetime,
+) -> None:
+    """`record_usage` on the event loop (codingplans.asyncsql): the same row, the same
+    statement."""
+    await asyncsql.insert(
+        GatewayRequest,
+        **_usage_row(
+            user_id=user_id,
+            route=route,
+            streamed=streamed,
+            usage=usage,
+            latency_ms=latency_ms,
+            now=now,
+        ),
     )
 
 

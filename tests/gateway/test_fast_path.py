@@ -14,6 +14,7 @@ import httpx
 import pytest
 from django.test import Client
 
+from accounts.models import ApiToken
 from gateway.models import GatewayRequest
 from tests.gateway.conftest import BODY, URL
 from tests.gateway.test_streaming import (
@@ -207,3 +208,32 @@ def test_every_middleware_is_applied_on_the_fast_path_or_skipped_for_a_stated_re
     fast_path = FastPath(view)
     for path, attribute in FastPath.APPLIED_INLINE.items():
         assert type(getattr(fast_path, attribute)) is import_string(path), path
+
+
+def test_a_bearer_call_makes_no_thread_hop(asgi_server, customer, buy_plan, monkeypatch):
+    # Issue 20: a bearer call is admitted (token and key, rate limits) and metered on the event
+    # loop; nothing of it waits for a thread — streamed or not, the token's first use (which
+    # notes it) or a later one.
+    from asgiref import sync
+
+    hops: list[str] = []
+    original = sync.SyncToAsync.__call__
+
+    async def counting(self, *args, **kwargs):
+        hops.append(getattr(self.func, "__qualname__", repr(self.func)))
+        return await original(self, *args, **kwargs)
+
+    subscription_id, _ = buy_plan(customer)
+    headers = token_for(customer)
+    monkeypatch.setattr(sync.SyncToAsync, "__call__", counting)
+    with http_client(asgi_server.url) as client:
+        for _ in range(2):
+            response = client.post(URL, json=BODY, headers=headers)
+            assert response.status_code == 200, response.text
+        with client.stream("POST", URL, json=STREAM_BODY, headers=headers) as response:
+            assert data_lines(list(response.iter_lines()))[-1] == "data: [DONE]"
+    rows = wait_for(lambda: GatewayRequest.objects.filter(user=customer).count() == 3, what="usage")
+    assert rows
+    assert hops == []
+    assert GatewayRequest.objects.filter(subscription_id=subscription_id).count() == 3
+    assert ApiToken.objects.get(user=customer).last_used_at is not None
