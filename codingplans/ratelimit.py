@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
+import weakref
 
 from asgiref.sync import sync_to_async
-from django.core.cache import cache
+from django.core.cache import DEFAULT_CACHE_ALIAS, cache, caches
 
 from codingplans import outages
 from codingplans.errors import DomainError
@@ -55,10 +57,27 @@ def _pair_keys(first: tuple[str, str, int], second: tuple[str, str, int], window
     ]
 
 
-def _counted_apart(first: tuple[str, str, int], second: tuple[str, str, int]) -> bool:
+def _counted_apart(
+    first: tuple[str, str, int], second: tuple[str, str, int], backend=cache
+) -> bool:
     """Whether the pair cannot be counted in one script: a budget that is off (limit 0), or a
     cache that is not the Redis one (codingplans.cache)."""
-    return first[2] <= 0 or second[2] <= 0 or not hasattr(cache, "incr_pair_with_expiry")
+    return first[2] <= 0 or second[2] <= 0 or not hasattr(backend, "incr_pair_with_expiry")
+
+
+# The default cache as this event loop's rate limits use it. Django keeps a cache object per
+# asyncio context, so each call on the loop (a task of its own) built a new one, client and
+# all; the object holds no connection (codingplans.cache shares the pools), so one per loop
+# serves every call on it.
+_loop_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _loop_cache():
+    loop = asyncio.get_running_loop()
+    backend = _loop_caches.get(loop)
+    if backend is None:
+        backend = _loop_caches[loop] = caches.create_connection(DEFAULT_CACHE_ALIAS)
+    return backend
 
 
 def hit_pair(
@@ -86,11 +105,12 @@ async def hit_pair_async(
 ) -> int:
     """`hit_pair` on the event loop (the same counters, keys and script, on redis.asyncio), for
     the gateway's bearer calls under ASGI (issue 20); fails open the same way."""
-    if _counted_apart(first, second):
+    shared = _loop_cache()
+    if _counted_apart(first, second, shared):
         return await sync_to_async(hit_pair)(first, second, window_seconds=window_seconds)
     keys = _pair_keys(first, second, window_seconds)
     try:
-        return await cache.aincr_pair_with_expiry(
+        return await shared.aincr_pair_with_expiry(
             keys[0], first[2], keys[1], second[2], window_seconds + 10
         )
     except Exception as exc:  # any backend error: allow

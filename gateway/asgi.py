@@ -84,6 +84,23 @@ class GatewayApplication:
         response = await self._respond(request)
         response._handler_class = self.__class__
 
+        if response.streaming:
+            sent = await self._stream(response, receive, send)
+        else:  # one body message: nothing a disconnect could cut short
+            await self._send(response, send)
+            sent = True
+        if not sent:
+            signals.request_finished.send(sender=self.__class__)  # nothing to meter
+        elif hasattr(response, "aclose"):
+            await response.aclose()  # usage metering (after the last byte), on the loop
+        else:
+            response.close()  # an error answer: request_finished only
+
+    async def _stream(self, response: HttpResponse, receive, send) -> bool:
+        """A streamed answer sent as it comes; False if the client went away first (Django's
+        pattern: a client that disconnects cancels the answer being sent, so a relayed stream
+        is closed, and the upstream request with it)."""
+
         async def stream() -> bool:
             try:
                 await self._send(response, send)
@@ -91,8 +108,6 @@ class GatewayApplication:
                 return False  # the client went away mid-answer
             return True
 
-        # Django's pattern: a client that disconnects cancels the answer being sent (a relayed
-        # stream is closed, and the upstream request with it).
         tasks = [
             asyncio.create_task(self._disconnected(receive)),
             asyncio.create_task(stream()),
@@ -103,12 +118,7 @@ class GatewayApplication:
                 task.cancel()
             with suppress(asyncio.CancelledError, RequestAborted):
                 await task
-        if tasks[1].cancelled() or not tasks[1].result():
-            signals.request_finished.send(sender=self.__class__)  # nothing to meter
-        elif hasattr(response, "aclose"):
-            await response.aclose()  # usage metering (after the last byte), on the loop
-        else:
-            response.close()  # an error answer: request_finished only
+        return not tasks[1].cancelled() and tasks[1].result()
 
     @staticmethod
     async def _lifespan(receive, send) -> None:

@@ -19,7 +19,9 @@ import os
 import threading
 import time
 import weakref
+from functools import lru_cache
 
+import httpcore
 import httpx
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -39,6 +41,7 @@ from gateway.errors import (
     error_response,
 )
 from gateway.nesting import nested_too_deep
+from gateway.network import AsyncioBackend
 from gateway.relay import (
     USAGE_SCAN_BYTES,
     Relay,
@@ -179,7 +182,17 @@ def _transport() -> httpx.AsyncHTTPTransport:
     loop = asyncio.get_running_loop()
     transport = _transports.get(loop)
     if transport is None:
-        transport = httpx.AsyncHTTPTransport(**_TRANSPORT_OPTIONS, verify=ssl_context())
+        context = ssl_context()
+        transport = httpx.AsyncHTTPTransport(**_TRANSPORT_OPTIONS, verify=context)
+        # The same pool on asyncio's streams instead of anyio's (gateway/network.py).
+        limits = _TRANSPORT_OPTIONS["limits"]
+        transport._pool = httpcore.AsyncConnectionPool(
+            ssl_context=context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=AsyncioBackend(),
+        )
         _transports[loop] = transport
     return transport
 
@@ -221,6 +234,12 @@ def _timeout() -> httpx.Timeout:
     return httpx.Timeout(seconds, connect=5.0)
 
 
+@lru_cache(maxsize=32)
+def _url(url: str) -> httpx.URL:
+    """A provider's chat URL, parsed once (httpx parses a string URL on every request)."""
+    return httpx.URL(url)
+
+
 @sensitive_variables("route", "headers")
 def _upstream_request(route: services.Route, body: dict) -> httpx.Request:
     provider = route.provider
@@ -228,7 +247,7 @@ def _upstream_request(route: services.Route, body: dict) -> httpx.Request:
     headers = {"Authorization": f"Bearer {route.api_key}", "Content-Type": "application/json"}
     return httpx.Request(
         "POST",
-        provider.chat_url(),
+        _url(provider.chat_url()),
         content=json.dumps(upstream_body),
         headers=headers,
         extensions={"timeout": _timeout().as_dict()},
