@@ -173,28 +173,49 @@ def _error_in_body(route: services.Route, payload: dict) -> GatewayError | None:
 # (redirects are never followed, there is no auth flow), which cost ≈0.25 ms of CPU per call
 # (issue 8), and a client would keep one cookie jar for every customer's calls, sending
 # cookies one customer's upstream answer set along with the next customer's request.
-_transports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncHTTPTransport] = (
-    weakref.WeakKeyDictionary()
-)
+#
+#
+# httpcore's pool looks at every connection it holds each time a request is assigned one or a
+# response is closed, so with 1,000 streams open each new stream cost milliseconds of CPU (issue
+# 20). The loop's upstream connections are split over up to POOL_SHARDS pools: a call goes to the
+# first with fewer than SHARD_REQUESTS requests in flight (so light traffic stays on one pool and
+# reuses its kept-alive connections), else to the least busy.
+POOL_SHARDS = 32
+SHARD_REQUESTS = 32
+_transports: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, list[httpx.AsyncHTTPTransport]
+] = weakref.WeakKeyDictionary()
+
+
+def _new_transport() -> httpx.AsyncHTTPTransport:
+    context = ssl_context()
+    transport = httpx.AsyncHTTPTransport(**_TRANSPORT_OPTIONS, verify=context)
+    # The same pool on asyncio's streams instead of anyio's (gateway/network.py), its share of
+    # the connection caps.
+    limits = _TRANSPORT_OPTIONS["limits"]
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=context,
+        max_connections=-(-limits.max_connections // POOL_SHARDS),
+        max_keepalive_connections=-(-limits.max_keepalive_connections // POOL_SHARDS),
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=AsyncioBackend(),
+    )
+    return transport
+
+
+def _in_flight(transport: httpx.AsyncHTTPTransport) -> int:
+    return len(transport._pool._requests)
 
 
 def _transport() -> httpx.AsyncHTTPTransport:
     loop = asyncio.get_running_loop()
-    transport = _transports.get(loop)
-    if transport is None:
-        context = ssl_context()
-        transport = httpx.AsyncHTTPTransport(**_TRANSPORT_OPTIONS, verify=context)
-        # The same pool on asyncio's streams instead of anyio's (gateway/network.py).
-        limits = _TRANSPORT_OPTIONS["limits"]
-        transport._pool = httpcore.AsyncConnectionPool(
-            ssl_context=context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=AsyncioBackend(),
-        )
-        _transports[loop] = transport
-    return transport
+    shards = _transports.get(loop)
+    if shards is None:
+        shards = _transports[loop] = [_new_transport() for _ in range(POOL_SHARDS)]
+    for transport in shards:
+        if _in_flight(transport) < SHARD_REQUESTS:
+            return transport
+    return min(shards, key=_in_flight)
 
 
 # Every open stream holds its upstream connection for as long as it lasts, so the cap is what

@@ -135,3 +135,25 @@ def test_a_certificate_that_does_not_verify_is_refused(tmp_path):
         await server.wait_closed()
 
     asyncio.run(main())
+
+
+def test_upstream_calls_share_one_pool_until_it_is_busy(monkeypatch):
+    # Issue 20: light traffic stays on the first pool (its kept-alive connections reused); with
+    # many streams open a call goes to the next pool with room, then to the least busy.
+    from gateway import proxy
+
+    busy: dict[int, int] = {}
+    monkeypatch.setattr(proxy, "_in_flight", lambda transport: busy.get(id(transport), 0))
+
+    async def main():
+        first = proxy._transport()
+        assert proxy._transport() is first
+        shards = proxy._transports[asyncio.get_running_loop()]
+        assert len(shards) == proxy.POOL_SHARDS and shards[0] is first
+        busy[id(first)] = proxy.SHARD_REQUESTS
+        assert proxy._transport() is shards[1]
+        for i, transport in enumerate(shards):
+            busy[id(transport)] = proxy.SHARD_REQUESTS + (0 if i == 7 else 5)
+        assert proxy._transport() is shards[7]
+
+    asyncio.run(main())
