@@ -88,7 +88,9 @@ def _looks_alive(connection: psycopg.AsyncConnection) -> bool:
     return pgconn.status == psycopg.pq.ConnStatus.OK
 
 
-async def _run(statement: str, params, *, row_factory=None, idempotent: bool) -> Any:
+async def _run(
+    statement: str, params, *, row_factory=None, idempotent: bool, many: bool = False
+) -> Any:
     """The statement's first row (or None) on a connection of this loop's pool. A connection
     found dead before the statement is sent is given back and the next one taken; an
     idempotent statement whose connection broke while it ran runs again on another."""
@@ -103,6 +105,9 @@ async def _run(statement: str, params, *, row_factory=None, idempotent: bool) ->
                     else connection.cursor(row_factory=row_factory)
                 )
                 async with cursor:
+                    if many:
+                        await cursor.executemany(statement, params)
+                        return None
                     await cursor.execute(statement, params, prepare=None if sql.PREPARE else False)
                     return await cursor.fetchone() if cursor.description else None
             elif attempt == CHECKOUT_ATTEMPTS:
@@ -129,6 +134,14 @@ async def insert(model: type[models.Model], /, **values: Any) -> int:
     once."""
     statement, params = sql.insert_statement(model, values)
     return (await _run(statement, params, idempotent=False))[0]
+
+
+async def insert_many(model: type[models.Model], rows: list[dict[str, Any]]) -> None:
+    """`insert` for rows of the same fields, in one round trip (psycopg pipelines the
+    statements), sent once."""
+    statement = sql.insert_statement(model, rows[0])[0]
+    params = [sql.insert_statement(model, row)[1] for row in rows]
+    await _run(statement, params, idempotent=False, many=True)
 
 
 async def close() -> None:

@@ -15,11 +15,13 @@ and CSP handling, `codingplans.middleware`). A bearer call is admitted on the ev
 20: the one bearer check's statement on the loop's own database pool, `codingplans.asyncsql`, and
 the rate limits' script on redis.asyncio), so a call makes no thread hop: waking a request
 thread and being woken by it again cost the gateway about as much as all of its own work. Usage
-is recorded by the response's `aclose()` after the last byte, on the loop too. A step that still
-needs Django's connection (a caller with an empty Authorization header, a rejected plan key's
-report) runs on a request thread of this call's own and hands its connection back as it ends.
-A client that goes away mid-stream cancels the relay, which closes the upstream request, as
-under Django's handler. The ASGI lifespan's end closes the loop's pools.
+is recorded by the response's `aclose()` after the last byte, on the loop too (queued, and
+written with the other calls' rows milliseconds later: `services.queue_usage`). A step that
+still needs Django's connection (a caller with an empty Authorization header, a rejected plan
+key's report) runs on a request thread of this call's own and hands its connection back as it
+ends. A client that goes away mid-stream cancels the relay, which closes the upstream request,
+as under Django's handler. The ASGI lifespan's end writes the usage still queued and closes the
+loop's pools.
 
 Everything else — another path, a session caller (no Authorization header: the session, its
 CSRF check and its cookie are Django's), a websocket message — is Django's.
@@ -42,7 +44,7 @@ from django.http import HttpResponse
 
 from codingplans import asyncsql
 from codingplans.cache import close_loop_clients
-from gateway import views
+from gateway import services, views
 from gateway.views import GATEWAY_PATH, MAX_REQUEST_BYTES
 
 logger = logging.getLogger(__name__)
@@ -130,6 +132,7 @@ class GatewayApplication:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await services.flush_usage()
                 await asyncsql.close()
                 await close_loop_clients()
                 await send({"type": "lifespan.shutdown.complete"})

@@ -62,8 +62,8 @@ class _MeteredResponse:
     """A response that records the request's usage once it has been sent: Django calls
     `close()` after the last byte (under ASGI and WSGI, and in the test client), so metering
     adds nothing to the caller's latency (issue 8); `gateway.asgi` calls `aclose()` instead,
-    which writes the same row on the event loop (issue 20). A metering failure is logged,
-    never turned into an error for an answer the caller already has."""
+    which queues the same row on the event loop, written with others (issue 20). A metering
+    failure is logged, never turned into an error for an answer the caller already has."""
 
     def set_metering(self, usage) -> None:
         """`usage()`, called once the answer is out, gives `services.record_usage`'s keywords,
@@ -86,13 +86,13 @@ class _MeteredResponse:
 
     async def aclose(self) -> None:
         """`close()` for a call admitted on the event loop (`gateway.views.LoopRequest`): the
-        usage row through codingplans.asyncsql, then Django's own close (its
+        usage row queued for codingplans.asyncsql (`services.queue_usage`), then Django's close (its
         `request_finished` receivers find no database connection of this call's: it used
         none, and its thread steps handed theirs back as they ended)."""
         try:
             usage = self._usage()
             if usage is not None:
-                await services.record_usage_async(**usage)
+                services.queue_usage(**usage)  # written with others, within milliseconds
         except Exception:
             logger.exception("gateway: could not record usage")
         finally:

@@ -1158,7 +1158,8 @@ NOT_STATE_CHANGES: dict[str, str] = {
         "a read (token and key in one query); notes the token's last use like authenticate_token"
     ),
     "gateway.services.bearer_caller_async": "bearer_caller on the event loop: the same read",
-    "gateway.services.record_usage_async": "record_usage on the event loop: the same row",
+    "gateway.services.queue_usage": "record_usage on the event loop: the same row, batched",
+    "gateway.services.flush_usage": "writes the usage rows queue_usage holds (server shutdown)",
     "accounts.tokens.touch_token": (
         "notes a token's last use at most once a minute: bookkeeping, not an audited change"
     ),
