@@ -10,6 +10,8 @@ server's threads see committed data.
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from django.test import Client
@@ -237,3 +239,21 @@ def test_a_bearer_call_makes_no_thread_hop(asgi_server, customer, buy_plan, monk
     assert hops == []
     assert GatewayRequest.objects.filter(subscription_id=subscription_id).count() == 3
     assert ApiToken.objects.get(user=customer).last_used_at is not None
+
+
+def test_usage_still_queued_is_written_when_the_server_stops(
+    asgi_server, customer, buy_plan, monkeypatch
+):
+    # Issue 20: usage recorded on the loop is written in batches; the server's end (the ASGI
+    # lifespan) writes what is still queued.
+    from gateway import services
+
+    monkeypatch.setattr(services, "USAGE_WRITE_DELAY", 3600)
+    buy_plan(customer)
+    with http_client(asgi_server.url) as client:
+        response = client.post(URL, json=BODY, headers=token_for(customer))
+    assert response.status_code == 200, response.text
+    time.sleep(0.2)
+    assert not usage_rows(customer, streamed=False)  # queued
+    asgi_server.stop()
+    assert len(usage_rows(customer, streamed=False)) == 1
