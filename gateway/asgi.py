@@ -201,7 +201,10 @@ class GatewayApplication:
         if not response.streaming:
             await send({"type": "http.response.body", "body": response.content})
             return
-        async with aclosing(aiter(response)) as content:
+        # The relay's parts as they are (gateway.proxy), else Django's streaming content.
+        relayed = getattr(response, "relayed", None)
+        parts = relayed if hasattr(relayed, "__aiter__") else aiter(response)
+        async with aclosing(parts) as content:
             async for part in content:
                 if part:
                     await send({"type": "http.response.body", "body": part, "more_body": True})

@@ -323,6 +323,9 @@ def _streaming_response(content, *, user_id: int, route, relay: Relay, started: 
         content_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    # The relay's own parts (bytes already), for gateway.asgi to send without Django's
+    # per-part wrapper generator, and to close as soon as the client goes.
+    response.relayed = content
 
     def record_stream() -> dict | None:
         if not relay.completed:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import time
 
 import httpx
 import pytest
@@ -329,6 +330,10 @@ def test_streamed_key_in_json_escapes_is_scrubbed(asgi_server, make_user, standi
         assert sse_events(text)[-1] == "[DONE]"
         decoded = [s for event in events for s in strings_in(event)]
         assert_absent((installed_key,), text, json.dumps(events), *decoded)
-    assert GatewayRequest.objects.filter(streamed=True).count() == 2  # still metered, once each
+    # Still metered, once each (the ASGI call's row is written a few milliseconds after it).
+    deadline = time.monotonic() + 2
+    while GatewayRequest.objects.filter(streamed=True).count() < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert GatewayRequest.objects.filter(streamed=True).count() == 2
     handler, caplog = logs
     assert_absent((installed_key,), caplog.text, "\n".join(handler.lines))
