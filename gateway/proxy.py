@@ -45,6 +45,7 @@ from gateway.network import AsyncioBackend
 from gateway.relay import (
     USAGE_SCAN_BYTES,
     Relay,
+    may_spell_key,
     relay_events,
     relay_events_sync,
     scrub_json,
@@ -358,7 +359,8 @@ def _answer(raw: bytes, *, user_id: int, route, started: float) -> HttpResponse:
     if error is not None:
         logger.warning("gateway: %s upstream answered 200 with %s", route.provider_id, error.code)
         return _provider_failure(error)
-    payload = scrub_json(payload, secret_forms(route.api_key))
+    if may_spell_key(raw, route.api_key):
+        payload = scrub_json(payload, secret_forms(route.api_key))
     latency_ms = int((time.monotonic() - started) * 1000)
     usage = payload.get("usage")
     payload["model"] = f"{route.provider_id}/{payload.get('model') or route.upstream_model}"
@@ -376,9 +378,12 @@ def _answer(raw: bytes, *, user_id: int, route, started: float) -> HttpResponse:
 
 
 async def _read_async(upstream: httpx.Response, *, limit: int) -> bytes | None:
-    """The whole body, or None once it exceeds `limit` bytes."""
+    """The whole body, or None once it exceeds `limit` bytes; read raw unless upstream encoded
+    it (the gateway asks for no encoding; httpx's decoder chain cost CPU on every call)."""
+    encoding = upstream.headers.get("Content-Encoding", "").strip().lower()
+    parts = upstream.aiter_raw() if encoding in ("", "identity") else upstream.aiter_bytes()
     raw = b""
-    async for chunk in upstream.aiter_bytes():
+    async for chunk in parts:
         raw += chunk
         if len(raw) > limit:
             return None
