@@ -236,7 +236,7 @@ FIXES = [
             "AsyncConnectionPool of the loop's own, a dead connection seen without a round "
             "trip); accounts.tokens.bearer_lookup_async (the one bearer rule's statement), "
             "ratelimit.hit_pair_async (the same Lua script on redis.asyncio, failing open), "
-            "usage queued and written in one pipelined round trip per 20 ms "
+            "usage queued and written with one multi-row INSERT per 20 ms "
             "(gateway.services.queue_usage); gateway/network.py (httpcore on asyncio "
             "streams); one cache object per loop, MultiFernet per key set, URL parsed once, "
             "a complete answer sent without the disconnect watcher, read raw and walked for the "

@@ -19,7 +19,8 @@ a statement is sent on it — what the server sent it while idle is read, no rou
 terminated backend's last words leave it BAD — and a dead one is given back (the pool discards
 it and opens a replacement), the pool checks its other idle connections at once, and the next
 one is taken. A read (or an idempotent update) whose connection breaks while it runs runs again
-on another; an insert is sent once. A restart fails no request, as with Django's pool
+on another; an insert runs again only when the server refused it as it shut down (it was
+not committed), else it is sent once. A restart fails no request, as with Django's pool
 (`codingplans.postgres`).
 """
 
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 # Each statement holds a connection for one round trip, so a few serve many requests at once.
 MAX_SIZE = int(os.environ.get("DATABASE_LOOP_POOL_MAX_SIZE", "8") or 8)
 CHECKOUT_ATTEMPTS = 3
+MAX_ROWS_PER_INSERT = 500  # well under PostgreSQL's 65,535 parameters per statement
 
 _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool] = (
     weakref.WeakKeyDictionary()
@@ -88,9 +90,18 @@ def _looks_alive(connection: psycopg.AsyncConnection) -> bool:
     return pgconn.status == psycopg.pq.ConnStatus.OK
 
 
-async def _run(
-    statement: str, params, *, row_factory=None, idempotent: bool, many: bool = False
-) -> Any:
+def _not_done(exc: Exception, connection: psycopg.AsyncConnection, idempotent: bool) -> bool:
+    """Whether a failed statement may run again on another connection: one that is safe to run
+    twice, whose connection broke; or any statement that a terminating server answered with
+    "terminating connection due to administrator command" (a restart that the idle
+    connection had not heard of yet): the server aborted it, and a statement of its own in
+    autocommit was not committed."""
+    if isinstance(exc, psycopg.errors.AdminShutdown):
+        return True
+    return idempotent and connection.broken
+
+
+async def _run(statement: str, params, *, row_factory=None, idempotent: bool) -> Any:
     """The statement's first row (or None) on a connection of this loop's pool. A connection
     found dead before the statement is sent is given back and the next one taken; an
     idempotent statement whose connection broke while it ran runs again on another."""
@@ -105,15 +116,12 @@ async def _run(
                     else connection.cursor(row_factory=row_factory)
                 )
                 async with cursor:
-                    if many:
-                        await cursor.executemany(statement, params)
-                        return None
                     await cursor.execute(statement, params, prepare=None if sql.PREPARE else False)
                     return await cursor.fetchone() if cursor.description else None
             elif attempt == CHECKOUT_ATTEMPTS:
                 raise psycopg.OperationalError("no usable database connection")
-        except psycopg.OperationalError:
-            if not (idempotent and connection.broken) or attempt == CHECKOUT_ATTEMPTS:
+        except psycopg.OperationalError as exc:
+            if not _not_done(exc, connection, idempotent) or attempt == CHECKOUT_ATTEMPTS:
                 raise
         finally:
             await pool.putconn(connection)  # a broken one is discarded and replaced
@@ -137,11 +145,13 @@ async def insert(model: type[models.Model], /, **values: Any) -> int:
 
 
 async def insert_many(model: type[models.Model], rows: list[dict[str, Any]]) -> None:
-    """`insert` for rows of the same fields, in one round trip (psycopg pipelines the
-    statements), sent once."""
-    statement = sql.insert_statement(model, rows[0])[0]
-    params = [sql.insert_statement(model, row)[1] for row in rows]
-    await _run(statement, params, idempotent=False, many=True)
+    """`insert` for rows of the same fields: one statement (`sql.insert_rows_statement`),
+    so all of them are written or none."""
+    for start in range(0, len(rows), MAX_ROWS_PER_INSERT):
+        statement, params = sql.insert_rows_statement(
+            model, rows[start : start + MAX_ROWS_PER_INSERT]
+        )
+        await _run(statement, params, idempotent=False)
 
 
 async def close() -> None:

@@ -97,6 +97,25 @@ def insert_statement(model: type[models.Model], values: dict[str, Any]) -> tuple
     return sql, _prepared(fields, values)
 
 
+@cache
+def _insert_rows_sql(model: type[models.Model], names: tuple[str, ...], count: int) -> str:
+    single, fields = _insert_sql(model, names, False)
+    head = single[: single.index(" VALUES ")]
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    return f"{head} VALUES {', '.join([row] * count)}"
+
+
+def insert_rows_statement(
+    model: type[models.Model], rows: list[dict[str, Any]]
+) -> tuple[str, list[Any]]:
+    """One INSERT of several rows of the same fields (each converted as `insert` converts
+    it), atomic: all of them or none. For `codingplans.asyncsql.insert_many`."""
+    names = tuple(rows[0])
+    fields = _insert_sql(model, names, False)[1]
+    params = [value for row in rows for value in _prepared(fields, row)]
+    return _insert_rows_sql(model, names, len(rows)), params
+
+
 def insert(model: type[models.Model], /, **values: Any) -> int:
     """INSERT one row (fields by name or attname, e.g. `subscription_id`); returns its pk."""
     sql, params = insert_statement(model, values)

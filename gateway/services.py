@@ -189,7 +189,7 @@ def record_usage(
 
 
 # Usage rows recorded on an event loop are written together, USAGE_WRITE_DELAY after the first
-# of them: one round trip (psycopg's pipeline) for every call that ended meanwhile, instead of
+# of them: one INSERT (one round trip) for every call that ended meanwhile, instead of
 # an INSERT per call on the loop that serves the next ones (issue 20).
 USAGE_WRITE_DELAY = 0.02
 _usage_queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[dict]] = (
