@@ -248,11 +248,11 @@ FIXES = [
             "per non-streamed call (A/B probe at equal load)"
         ),
         "after": (
-            "final code, two runs: +2.0 / +2.5 ms p50, +3.4 / +7.8 ms p99 non-streaming; "
-            "+2.0 / +2.8 ms p50, +2.1 / +4.9 ms p99 streaming; 498 / 359 req/s (the second at "
-            "load average 2.8 from other work on the 2 cores; the steps before it: +2.1-2.2 ms "
-            "p50, +3.3-5.9 ms p99, 360-472 req/s); uvicorn CPU 1.7 ms per call; the A/B probe "
-            "at equal load +3.4 -> +2.1 ms p50 (bench --only gateway)"
+            "final code, three runs: +1.9 / +2.0 / +2.5 ms p50, +3.5 / +3.4 / +7.8 ms p99 "
+            "non-streaming; +1.9 / +2.0 / +2.8 ms p50, +3.0 / +2.1 / +4.9 ms p99 streaming; "
+            "515 / 498 / 359 req/s (the third at load average 2.8 from other work on the 2 "
+            "cores); uvicorn CPU 1.7 ms per call; the A/B probe at equal load +3.4 -> +2.1 ms "
+            "p50 (bench --only gateway)"
         ),
     },
     {
