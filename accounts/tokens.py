@@ -16,7 +16,7 @@ from django.db import transaction
 from accounts.errors import TokenNotFound
 from accounts.models import ApiToken, User
 from adminops.audit import actor_for, record_event
-from codingplans import sql
+from codingplans import asyncsql, sql
 
 TOKEN_PREFIX = "cp_"
 
@@ -83,6 +83,8 @@ _BEARER_SQL = """
     {extra_joins}
     WHERE t.token_hash = %(token_hash)s AND t.revoked_at IS NULL
 """
+# A token's last use, noted at most once a minute (`_touch_due`).
+_TOUCH_SQL = "UPDATE {token} SET last_used_at = %(now)s WHERE id = %(token_id)s"
 
 
 @cache
@@ -93,6 +95,29 @@ def _bearer_sql(extra_columns: str, extra_joins: str) -> str:
         extra_columns=extra_columns,
         extra_joins=extra_joins,
     )
+
+
+@cache
+def _touch_sql() -> str:
+    return _TOUCH_SQL.format(token=sql.table(ApiToken))
+
+
+def _bearer_query(
+    plaintext: object, extra_columns: str, extra_joins: str, params: dict[str, Any] | None
+) -> tuple[str, dict[str, Any]] | None:
+    """The bearer check's statement and parameters, or None for a token we cannot have issued."""
+    if not isinstance(plaintext, str) or not plaintext.startswith(TOKEN_PREFIX):
+        return None
+    return (
+        _bearer_sql(extra_columns, extra_joins),
+        {**(params or {}), "token_hash": hash_token(plaintext)},
+    )
+
+
+def _touch_due(last_used_at: datetime | None, now: datetime) -> bool:
+    """Whether to note a token's use: the account page shows it, and writing it on every call
+    would turn each API read into a write."""
+    return last_used_at is None or (now - last_used_at).total_seconds() > 60
 
 
 def bearer_lookup(
@@ -106,15 +131,32 @@ def bearer_lookup(
     """The one bearer-token check (SPEC 11.1, S2): the token's row (`token_id`, `user_id`,
     `last_used_at` and the caller's extra columns) or None. One lean statement, so the
     gateway's hot path pays no ORM query building (issue 8); the last use is noted at most
-    once a minute."""
-    if not isinstance(plaintext, str) or not plaintext.startswith(TOKEN_PREFIX):
+    once a minute. `bearer_lookup_async` runs the same statements on the event loop."""
+    query = _bearer_query(plaintext, extra_columns, extra_joins, params)
+    if query is None:
         return None
-    row = sql.execute(
-        _bearer_sql(extra_columns, extra_joins),
-        {**(params or {}), "token_hash": hash_token(plaintext)},
-    )
+    row = sql.execute(*query)
     if row is not None:
         touch_token(token_id=row.token_id, last_used_at=row.last_used_at, now=now)
+    return row
+
+
+async def bearer_lookup_async(
+    plaintext: str,
+    *,
+    now: datetime,
+    extra_columns: str = "",
+    extra_joins: str = "",
+    params: dict[str, Any] | None = None,
+) -> Any:
+    """`bearer_lookup` on the event loop (codingplans.asyncsql), for the gateway's bearer calls
+    under ASGI (issue 20): the same statements from the same rules, no thread hop."""
+    query = _bearer_query(plaintext, extra_columns, extra_joins, params)
+    if query is None:
+        return None
+    row = await asyncsql.execute(*query)
+    if row is not None and _touch_due(row.last_used_at, now):
+        await asyncsql.execute(_touch_sql(), {"now": now, "token_id": row.token_id})
     return row
 
 
@@ -135,10 +177,9 @@ def authenticate_token(plaintext: str, *, now: datetime) -> User | None:
 
 
 def touch_token(*, token_id: int, last_used_at: datetime | None, now: datetime) -> None:
-    """Note a token's last use, at most once a minute: the account page shows it, and writing
-    it on every call would turn each API read into a write."""
-    if last_used_at is None or (now - last_used_at).total_seconds() > 60:
-        ApiToken.objects.filter(pk=token_id).update(last_used_at=now)
+    """Note a token's last use, at most once a minute (`_touch_due`)."""
+    if _touch_due(last_used_at, now):
+        sql.execute(_touch_sql(), {"now": now, "token_id": token_id})
 
 
 def revoke_all_tokens(*, user_id: int, now: datetime) -> int:

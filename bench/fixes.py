@@ -293,4 +293,69 @@ FIXES = [
             "-m codingplans.devenv -- .venv/bin/python -m bench --only sweep)"
         ),
     },
+    {
+        "figure": "6. gateway",
+        "cause": (
+            "issue 20: a bearer call's admission (token + key query, rate limits) and its "
+            "metering ran on threads through sync_to_async, each hop also paying the Django "
+            "pool's checkout check; cProfile on a CPU clock in the uvicorn process then showed "
+            "httpcore's anyio layer, a Django cache object built per call, the Fernet key set "
+            "rebuilt per decrypt, the provider URL parsed per call, an INSERT per call, "
+            "httpx's decoder chain and the scrubbing walk over every answer"
+        ),
+        "change": (
+            "codingplans/asyncsql.py (the same statement texts on a psycopg "
+            "AsyncConnectionPool of the loop's own, a dead connection seen without a round "
+            "trip); accounts.tokens.bearer_lookup_async (the one bearer rule's statement), "
+            "ratelimit.hit_pair_async (the same Lua script on redis.asyncio, failing open), "
+            "usage queued and written with one multi-row INSERT per 20 ms "
+            "(gateway.services.queue_usage); gateway/network.py (httpcore on asyncio "
+            "streams); one cache object per loop, MultiFernet per key set, URL parsed once, "
+            "a complete answer sent without the disconnect watcher, read raw and walked for the "
+            "key only when its text could spell it (gateway.relay.may_spell_key)"
+        ),
+        "before": (
+            "+2.9 ms p50, +3.6 ms p99 non-streaming, +2.9 / +4.3 ms streaming, 256 / 225 "
+            "req/s (this session's run; earlier runs +2.7-2.9 / +3.7-4.6); uvicorn CPU 3.2 ms "
+            "per non-streamed call (A/B probe at equal load)"
+        ),
+        "after": (
+            "final code, three runs: +1.9 / +2.0 / +2.5 ms p50, +3.5 / +3.4 / +7.8 ms p99 "
+            "non-streaming; +1.9 / +2.0 / +2.8 ms p50, +3.0 / +2.1 / +4.9 ms p99 streaming; "
+            "515 / 498 / 359 req/s (the third at load average 2.8 from other work on the 2 "
+            "cores); uvicorn CPU 1.7 ms per call; the A/B probe at equal load +3.4 -> +2.1 ms "
+            "p50 (bench --only gateway)"
+        ),
+    },
+    {
+        "figure": "8. concurrent streams",
+        "cause": (
+            "cProfile (CPU clock) of the relay: per chunk, httpcore's anyio backend (a cancel "
+            "scope per read) was a third of the gateway's CPU, more than parsing the chunk; "
+            "Django's per-part async wrapper; httpcore's pool scans every connection each time "
+            "a request is assigned or a response closes (1,000 streams: milliseconds per "
+            "stream opened or ended); the relay itself is 3 us per chunk and passes events "
+            "through unchanged unless their escapes could spell the key"
+        ),
+        "change": (
+            "gateway/network.py (httpcore's network backend on asyncio streams, "
+            "asyncio.timeout per read); gateway.asgi sends the relay's parts without Django's "
+            "wrapper; the loop's upstream connections over up to 32 pools (the first with "
+            "fewer than 32 requests in flight, else the least busy)"
+        ),
+        "before": (
+            "1,000 x 20 s: +75-95 ms p99 per chunk, 120 us CPU per chunk (issue 20 brief); "
+            "A/B probe 1,000 x 10 s at equal load: p50 20.6 / 29.0 ms, 130 / 141 us per chunk"
+        ),
+        "after": (
+            "1,000 x 20 s: +0.24 ms p50, steady-window +5.0 ms p99, whole-run +100.5 ms p99 on a "
+            "quiet machine (load 0.8), +153 / +178 / +201 ms p99 at load 2.5-4; 92-110 us CPU per"
+            " chunk; probe p50 3.8 / 5.5 ms, 107 / 114 us; 750 streams +4.1 ms p99, 500 +1.3, 300"
+            " +1.2 (target met). Floor: ~230 us of CPU per chunk across stand-in (75), gateway "
+            "(100) and client (50) = 1.1 of the 2 cores at 5,000 chunks/s, the gateway's share on"
+            " one thread; during the ramp 200 admissions/s (~1.7 ms each) take that thread to "
+            "~0.9 of a core, so chunks queue behind them; any other load on the 2 cores starves "
+            "it (bench --only streams, BENCH_STREAMS=300/500/750)"
+        ),
+    },
 ]

@@ -9,8 +9,11 @@ thread under WSGI. redis-py's pools are thread-safe and reset themselves in a fo
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import weakref
 
+import redis.asyncio
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 
 
@@ -27,6 +30,24 @@ class SharedPoolRedisCacheClient(RedisCacheClient):
         if client is None:
             client = self._shared_clients.setdefault(id(pool), self._client(connection_pool=pool))
         return client
+
+    def loop_pair_script(self):
+        """`_PAIR_LUA` registered on a redis.asyncio client of this event loop's own (a client
+        cannot outlive its loop), on the same server and with the same options as the shared
+        pool (issue 20: the gateway's rate limits on the loop); `close_loop_clients` closes it."""
+        loop = asyncio.get_running_loop()
+        server = self._servers[self._get_connection_pool_index(True)]
+        scripts = _LOOP_SCRIPTS.get(loop)
+        if scripts is None:
+            scripts = _LOOP_SCRIPTS.setdefault(loop, {})
+        script = scripts.get(server)
+        if script is None:
+            # The parser Django picks is a sync one; redis.asyncio picks its own.
+            options = {k: v for k, v in self._pool_options.items() if k != "parser_class"}
+            pool = redis.asyncio.ConnectionPool.from_url(server, **options)
+            script = redis.asyncio.Redis(connection_pool=pool).register_script(_PAIR_LUA)
+            scripts[server] = script
+        return script
 
     def _get_connection_pool(self, write):
         index = self._get_connection_pool_index(write)
@@ -73,6 +94,20 @@ class SharedPoolRedisCache(RedisCache):
             script = _PAIR_SCRIPTS.setdefault(id(client), client.register_script(_PAIR_LUA))
         return int(script(keys=keys, args=[first_limit, second_limit, timeout]))
 
+    async def aincr_pair_with_expiry(
+        self, first: str, first_limit: int, second: str, second_limit: int, timeout: int
+    ) -> int:
+        """`incr_pair_with_expiry` on the event loop: the same keys and script."""
+        keys = [self.make_and_validate_key(first), self.make_and_validate_key(second)]
+        script = self._cache.loop_pair_script()
+        return int(await script(keys=keys, args=[first_limit, second_limit, timeout]))
+
+
+async def close_loop_clients() -> None:
+    """Close this event loop's Redis connections (the server is shutting down)."""
+    for script in _LOOP_SCRIPTS.pop(asyncio.get_running_loop(), {}).values():
+        await script.registered_client.connection_pool.disconnect()
+
 
 _PAIR_LUA = """
 redis.call('SET', KEYS[1], 0, 'EX', ARGV[3], 'NX')
@@ -84,3 +119,6 @@ if count > tonumber(ARGV[2]) then return 2 end
 return 0
 """
 _PAIR_SCRIPTS: dict[int, object] = {}
+_LOOP_SCRIPTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, object]] = (
+    weakref.WeakKeyDictionary()
+)

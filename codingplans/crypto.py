@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
@@ -17,7 +18,14 @@ class SecretUnavailable(Exception):
 
 
 def _fernet() -> MultiFernet:
-    return MultiFernet([Fernet(key) for key in settings.CODING_PLANS_ENCRYPTION_KEYS])
+    return _fernet_for(tuple(settings.CODING_PLANS_ENCRYPTION_KEYS))
+
+
+@lru_cache(maxsize=8)
+def _fernet_for(keys: tuple[str, ...]) -> MultiFernet:
+    """Built once per key set (the gateway decrypts a key on every call), rebuilt when the
+    configured keys change."""
+    return MultiFernet([Fernet(key) for key in keys])
 
 
 def encrypt(plaintext: str) -> str:

@@ -38,7 +38,7 @@ PREPARE = os.environ.get("CODING_PLANS_PREPARED_STATEMENTS", "1") != "0"
 # pays the extra PREPARE round trip, a pooled or long-lived one (the sweep, ASGI) runs its
 # repeated statements prepared. The ORM's queries use client-side binding, which psycopg never
 # prepares, so they are unaffected.
-_PREPARE_THRESHOLD = 1
+PREPARE_THRESHOLD = 1
 
 M = TypeVar("M", bound=models.Model)
 
@@ -62,7 +62,7 @@ def _cursor(row_factory=None) -> Iterator[psycopg.Cursor]:
     db.validate_no_broken_transaction()
     raw = db.connection
     if PREPARE and raw.prepare_threshold is None:
-        raw.prepare_threshold = _PREPARE_THRESHOLD
+        raw.prepare_threshold = PREPARE_THRESHOLD
     cursor = (
         psycopg.Cursor(raw) if row_factory is None else psycopg.Cursor(raw, row_factory=row_factory)
     )
@@ -95,11 +95,36 @@ def _prepared(fields: Sequence, values: dict[str, Any]) -> list[Any]:
     ]
 
 
+def insert_statement(model: type[models.Model], values: dict[str, Any]) -> tuple[str, list[Any]]:
+    """`insert`'s statement and parameters, for `codingplans.asyncsql` to run the same."""
+    sql, fields = _insert_sql(model, tuple(values), False)
+    return sql, _prepared(fields, values)
+
+
+@cache
+def _insert_rows_sql(model: type[models.Model], names: tuple[str, ...], count: int) -> str:
+    single, fields = _insert_sql(model, names, False)
+    head = single[: single.index(" VALUES ")]
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    return f"{head} VALUES {', '.join([row] * count)}"
+
+
+def insert_rows_statement(
+    model: type[models.Model], rows: list[dict[str, Any]]
+) -> tuple[str, list[Any]]:
+    """One INSERT of several rows of the same fields (each converted as `insert` converts
+    it), atomic: all of them or none. For `codingplans.asyncsql.insert_many`."""
+    names = tuple(rows[0])
+    fields = _insert_sql(model, names, False)[1]
+    params = [value for row in rows for value in _prepared(fields, row)]
+    return _insert_rows_sql(model, names, len(rows)), params
+
+
 def insert(model: type[models.Model], /, **values: Any) -> int:
     """INSERT one row (fields by name or attname, e.g. `subscription_id`); returns its pk."""
-    sql, fields = _insert_sql(model, tuple(values), False)
+    sql, params = insert_statement(model, values)
     with _cursor() as cursor:
-        _execute(cursor, sql, _prepared(fields, values))
+        _execute(cursor, sql, params)
         return cursor.fetchone()[0]
 
 

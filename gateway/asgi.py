@@ -8,17 +8,23 @@ held while the answer is relayed: the request's thread goes back to the pool as 
 has its response (a stream used to keep its thread, idle, for as long as it lasted), and each
 chunk goes from the relay straight to the server.
 
-The same code answers: the request is a Django `ASGIRequest` built from the scope, the view is
-`gateway.views.chat_completions` (admission: the one bearer check `accounts.tokens.bearer_lookup`
-through `services.bearer_caller`, the rate limits, the body; then `gateway.proxy.forward`), on
-the same settings and database pool, and the response gets the headers the full stack gives
-(`secure`: the fast path's security, frame and CSP handling, `codingplans.middleware`). Usage is
-recorded by the response's `close()` after the last byte, which also sends `request_finished`
-as Django does (the database connection goes back to the pool). A client that goes away
-mid-stream cancels the relay, which closes the upstream request, as under Django's handler.
+The same code answers: the request is a Django `ASGIRequest` built from the scope (a
+`gateway.views.LoopRequest`), the view is `gateway.views.chat_completions`, on the same settings,
+and the response gets the headers the full stack gives (`secure`: the fast path's security, frame
+and CSP handling, `codingplans.middleware`). A bearer call is admitted on the event loop (issue
+20: the one bearer check's statement on the loop's own database pool, `codingplans.asyncsql`, and
+the rate limits' script on redis.asyncio), so a call makes no thread hop: waking a request
+thread and being woken by it again cost the gateway about as much as all of its own work. Usage
+is recorded by the response's `aclose()` after the last byte, on the loop too (queued, and
+written with the other calls' rows milliseconds later: `services.queue_usage`). A step that
+still needs Django's connection (a caller with an empty Authorization header, a rejected plan
+key's report) runs on a request thread of this call's own and hands its connection back as it
+ends. A client that goes away mid-stream cancels the relay, which closes the upstream request,
+as under Django's handler. The ASGI lifespan's end writes the usage still queued and closes the
+loop's pools.
 
 Everything else — another path, a session caller (no Authorization header: the session, its
-CSRF check and its cookie are Django's), a websocket or lifespan message — is Django's.
+CSRF check and its cookie are Django's), a websocket message — is Django's.
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ from django.core.handlers.asgi import ASGIRequest
 from django.core.handlers.exception import response_for_exception
 from django.http import HttpResponse
 
-from gateway import views
+from codingplans import asyncsql
+from codingplans.cache import close_loop_clients
+from gateway import services, views
 from gateway.views import GATEWAY_PATH, MAX_REQUEST_BYTES
 
 logger = logging.getLogger(__name__)
@@ -62,6 +70,8 @@ class GatewayApplication:
         self._numbers = iter(range(1, 1 << 62))
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await self._lifespan(receive, send)
         if (
             scope["type"] != "http"
             or scope["path"] != GATEWAY_PATH
@@ -72,9 +82,26 @@ class GatewayApplication:
         body = await self._read_body(receive)
         if body is None:  # the client went away before the request was complete
             return
-        request = ASGIRequest(scope, io.BytesIO(body))
+        request = views.LoopRequest(scope, io.BytesIO(body))
         response = await self._respond(request)
         response._handler_class = self.__class__
+
+        if response.streaming:
+            sent = await self._stream(response, receive, send)
+        else:  # one body message: nothing a disconnect could cut short
+            await self._send(response, send)
+            sent = True
+        if not sent:
+            signals.request_finished.send(sender=self.__class__)  # nothing to meter
+        elif hasattr(response, "aclose"):
+            await response.aclose()  # usage metering (after the last byte), on the loop
+        else:
+            response.close()  # an error answer: request_finished only
+
+    async def _stream(self, response: HttpResponse, receive, send) -> bool:
+        """A streamed answer sent as it comes; False if the client went away first (Django's
+        pattern: a client that disconnects cancels the answer being sent, so a relayed stream
+        is closed, and the upstream request with it)."""
 
         async def stream() -> bool:
             try:
@@ -83,8 +110,6 @@ class GatewayApplication:
                 return False  # the client went away mid-answer
             return True
 
-        # Django's pattern: a client that disconnects cancels the answer being sent (a relayed
-        # stream is closed, and the upstream request with it).
         tasks = [
             asyncio.create_task(self._disconnected(receive)),
             asyncio.create_task(stream()),
@@ -95,11 +120,23 @@ class GatewayApplication:
                 task.cancel()
             with suppress(asyncio.CancelledError, RequestAborted):
                 await task
-        if tasks[1].cancelled() or not tasks[1].result():
-            await signals.request_finished.asend(sender=self.__class__)
-        else:
-            # Usage metering (after the last byte) and request_finished, off the event loop.
-            await sync_to_async(response.close, thread_sensitive=False)()
+        return not tasks[1].cancelled() and tasks[1].result()
+
+    @staticmethod
+    async def _lifespan(receive, send) -> None:
+        """The server's start and end (Django has no lifespan support): at the end, this event
+        loop's database pool and Redis clients (the bearer calls' admission and metering) are
+        closed, so their connections go with the server."""
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await services.flush_usage()
+                await asyncsql.close()
+                await close_loop_clients()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
     async def _read_body(self, receive) -> bytes | None:
         """The request body, or None on a disconnect. Beyond MAX_REQUEST_BYTES the rest is not
@@ -118,8 +155,8 @@ class GatewayApplication:
                 return b"".join(parts)
 
     async def _respond(self, request: ASGIRequest) -> HttpResponse:
-        """The view's response with the full stack's headers, its sync steps on a request
-        thread of its own, which goes back to the pool as soon as the response is made."""
+        """The view's response with the full stack's headers; any sync step on a request thread
+        of its own, which goes back to the pool as soon as the response is made."""
         executor = (
             self._idle.pop()
             if self._idle
@@ -164,7 +201,10 @@ class GatewayApplication:
         if not response.streaming:
             await send({"type": "http.response.body", "body": response.content})
             return
-        async with aclosing(aiter(response)) as content:
+        # The relay's parts as they are (gateway.proxy), else Django's streaming content.
+        relayed = getattr(response, "relayed", None)
+        parts = relayed if hasattr(relayed, "__aiter__") else aiter(response)
+        async with aclosing(parts) as content:
             async for part in content:
                 if part:
                     await send({"type": "http.response.body", "body": part, "more_body": True})

@@ -19,11 +19,13 @@ import os
 import threading
 import time
 import weakref
-from functools import partial
+from functools import lru_cache
 
+import httpcore
 import httpx
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connections
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
@@ -39,9 +41,11 @@ from gateway.errors import (
     error_response,
 )
 from gateway.nesting import nested_too_deep
+from gateway.network import AsyncioBackend
 from gateway.relay import (
     USAGE_SCAN_BYTES,
     Relay,
+    may_spell_key,
     relay_events,
     relay_events_sync,
     scrub_json,
@@ -58,17 +62,38 @@ MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 class _MeteredResponse:
     """A response that records the request's usage once it has been sent: Django calls
     `close()` after the last byte (under ASGI and WSGI, and in the test client), so metering
-    adds nothing to the caller's latency (issue 8). A metering failure is logged, never
-    turned into an error for an answer the caller already has."""
+    adds nothing to the caller's latency (issue 8); `gateway.asgi` calls `aclose()` instead,
+    which queues the same row on the event loop, written with others (issue 20). A metering
+    failure is logged, never turned into an error for an answer the caller already has."""
 
-    def set_metering(self, record) -> None:
-        self._metering = record
+    def set_metering(self, usage) -> None:
+        """`usage()`, called once the answer is out, gives `services.record_usage`'s keywords,
+        or None when there is nothing to record."""
+        self._metering = usage
+
+    def _usage(self) -> dict | None:
+        usage, self._metering = getattr(self, "_metering", None), None
+        return usage() if usage is not None else None
 
     def close(self) -> None:
-        record, self._metering = getattr(self, "_metering", None), None
         try:
-            if record is not None:
-                record()
+            usage = self._usage()
+            if usage is not None:
+                services.record_usage(**usage)
+        except Exception:
+            logger.exception("gateway: could not record usage")
+        finally:
+            super().close()
+
+    async def aclose(self) -> None:
+        """`close()` for a call admitted on the event loop (`gateway.views.LoopRequest`): the
+        usage row queued for codingplans.asyncsql (`services.queue_usage`), then Django's close (its
+        `request_finished` receivers find no database connection of this call's: it used
+        none, and its thread steps handed theirs back as they ended)."""
+        try:
+            usage = self._usage()
+            if usage is not None:
+                services.queue_usage(**usage)  # written with others, within milliseconds
         except Exception:
             logger.exception("gateway: could not record usage")
         finally:
@@ -107,6 +132,15 @@ def _provider_failure(error: GatewayError) -> JsonResponse:
     return response
 
 
+def release_connections() -> None:
+    """What `request_finished` does for this thread's database connections, now: a step of an
+    async call that ran on a thread hands its connection back (to the pool, under ASGI) as it
+    ends, rather than holding it for as long as the answer is relayed (issue 20)."""
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:  # a test's transaction around the request
+            connection.close_if_unusable_or_obsolete()
+
+
 def _report_rejected_key(route: services.Route) -> None:
     """The provider rejected a plan's installed key (SPEC H3): announced upward through byok's
     signal, which flags the subscription once. Never turns the answer into another error."""
@@ -118,6 +152,13 @@ def _report_rejected_key(route: services.Route) -> None:
         )
     except Exception:
         logger.exception("gateway: could not report a rejected plan key")
+
+
+def _report_rejected_key_and_release(route: services.Route) -> None:
+    try:
+        _report_rejected_key(route)
+    finally:
+        release_connections()
 
 
 def _error_in_body(route: services.Route, payload: dict) -> GatewayError | None:
@@ -133,18 +174,49 @@ def _error_in_body(route: services.Route, payload: dict) -> GatewayError | None:
 # (redirects are never followed, there is no auth flow), which cost ≈0.25 ms of CPU per call
 # (issue 8), and a client would keep one cookie jar for every customer's calls, sending
 # cookies one customer's upstream answer set along with the next customer's request.
-_transports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncHTTPTransport] = (
-    weakref.WeakKeyDictionary()
-)
+#
+#
+# httpcore's pool looks at every connection it holds each time a request is assigned one or a
+# response is closed, so with 1,000 streams open each new stream cost milliseconds of CPU (issue
+# 20). The loop's upstream connections are split over up to POOL_SHARDS pools: a call goes to the
+# first with fewer than SHARD_REQUESTS requests in flight (so light traffic stays on one pool and
+# reuses its kept-alive connections), else to the least busy.
+POOL_SHARDS = 32
+SHARD_REQUESTS = 32
+_transports: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, list[httpx.AsyncHTTPTransport]
+] = weakref.WeakKeyDictionary()
+
+
+def _new_transport() -> httpx.AsyncHTTPTransport:
+    context = ssl_context()
+    transport = httpx.AsyncHTTPTransport(**_TRANSPORT_OPTIONS, verify=context)
+    # The same pool on asyncio's streams instead of anyio's (gateway/network.py), its share of
+    # the connection caps.
+    limits = _TRANSPORT_OPTIONS["limits"]
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=context,
+        max_connections=-(-limits.max_connections // POOL_SHARDS),
+        max_keepalive_connections=-(-limits.max_keepalive_connections // POOL_SHARDS),
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=AsyncioBackend(),
+    )
+    return transport
+
+
+def _in_flight(transport: httpx.AsyncHTTPTransport) -> int:
+    return len(transport._pool._requests)
 
 
 def _transport() -> httpx.AsyncHTTPTransport:
     loop = asyncio.get_running_loop()
-    transport = _transports.get(loop)
-    if transport is None:
-        transport = httpx.AsyncHTTPTransport(**_TRANSPORT_OPTIONS, verify=ssl_context())
-        _transports[loop] = transport
-    return transport
+    shards = _transports.get(loop)
+    if shards is None:
+        shards = _transports[loop] = [_new_transport() for _ in range(POOL_SHARDS)]
+    for transport in shards:
+        if _in_flight(transport) < SHARD_REQUESTS:
+            return transport
+    return min(shards, key=_in_flight)
 
 
 # Every open stream holds its upstream connection for as long as it lasts, so the cap is what
@@ -184,6 +256,12 @@ def _timeout() -> httpx.Timeout:
     return httpx.Timeout(seconds, connect=5.0)
 
 
+@lru_cache(maxsize=32)
+def _url(url: str) -> httpx.URL:
+    """A provider's chat URL, parsed once (httpx parses a string URL on every request)."""
+    return httpx.URL(url)
+
+
 @sensitive_variables("route", "headers")
 def _upstream_request(route: services.Route, body: dict) -> httpx.Request:
     provider = route.provider
@@ -191,7 +269,7 @@ def _upstream_request(route: services.Route, body: dict) -> httpx.Request:
     headers = {"Authorization": f"Bearer {route.api_key}", "Content-Type": "application/json"}
     return httpx.Request(
         "POST",
-        provider.chat_url(),
+        _url(provider.chat_url()),
         content=json.dumps(upstream_body),
         headers=headers,
         extensions={"timeout": _timeout().as_dict()},
@@ -246,17 +324,21 @@ def _streaming_response(content, *, user_id: int, route, relay: Relay, started: 
         content_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    # The relay's own parts (bytes already), for gateway.asgi to send without Django's
+    # per-part wrapper generator, and to close as soon as the client goes.
+    response.relayed = content
 
-    def record_stream() -> None:
-        if relay.completed:
-            services.record_usage(
-                user_id=user_id,
-                route=route,
-                streamed=True,
-                usage=services.usage_from_sse(relay.tail),
-                latency_ms=int((relay.ended - started) * 1000),
-                now=timezone.now(),
-            )
+    def record_stream() -> dict | None:
+        if not relay.completed:
+            return None
+        return {
+            "user_id": user_id,
+            "route": route,
+            "streamed": True,
+            "usage": services.usage_from_sse(relay.tail),
+            "latency_ms": int((relay.ended - started) * 1000),
+            "now": timezone.now(),
+        }
 
     response.set_metering(record_stream)
     return response
@@ -277,29 +359,31 @@ def _answer(raw: bytes, *, user_id: int, route, started: float) -> HttpResponse:
     if error is not None:
         logger.warning("gateway: %s upstream answered 200 with %s", route.provider_id, error.code)
         return _provider_failure(error)
-    payload = scrub_json(payload, secret_forms(route.api_key))
+    if may_spell_key(raw, route.api_key):
+        payload = scrub_json(payload, secret_forms(route.api_key))
     latency_ms = int((time.monotonic() - started) * 1000)
     usage = payload.get("usage")
     payload["model"] = f"{route.provider_id}/{payload.get('model') or route.upstream_model}"
     response = MeteredJsonResponse(payload)
-    response.set_metering(
-        partial(
-            services.record_usage,
-            user_id=user_id,
-            route=route,
-            streamed=False,
-            usage=usage,
-            latency_ms=latency_ms,
-            now=timezone.now(),
-        )
-    )
+    usage_row = {
+        "user_id": user_id,
+        "route": route,
+        "streamed": False,
+        "usage": usage,
+        "latency_ms": latency_ms,
+        "now": timezone.now(),
+    }
+    response.set_metering(lambda: usage_row)
     return response
 
 
 async def _read_async(upstream: httpx.Response, *, limit: int) -> bytes | None:
-    """The whole body, or None once it exceeds `limit` bytes."""
+    """The whole body, or None once it exceeds `limit` bytes; read raw unless upstream encoded
+    it (the gateway asks for no encoding; httpx's decoder chain cost CPU on every call)."""
+    encoding = upstream.headers.get("Content-Encoding", "").strip().lower()
+    parts = upstream.aiter_raw() if encoding in ("", "identity") else upstream.aiter_bytes()
     raw = b""
-    async for chunk in upstream.aiter_bytes():
+    async for chunk in parts:
         raw += chunk
         if len(raw) > limit:
             return None
@@ -321,7 +405,7 @@ async def forward(user_id: int, body: dict, route: services.Route) -> HttpRespon
     event loop's transport, and its answer (a stream relayed as it arrives) as our response."""
     response = await _forward(user_id, body, route)
     if getattr(response, "key_rejected", False):
-        await sync_to_async(_report_rejected_key)(route)
+        await sync_to_async(_report_rejected_key_and_release)(route)
     return response
 
 

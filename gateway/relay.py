@@ -87,6 +87,21 @@ _SHORT_ESCAPES = {
 _EVENT_END = re.compile(rb"(\r?\n\r?\n)")
 
 
+def _escapes_for(api_key: str) -> tuple[bytes, ...]:
+    return (b"\\u", *{_SHORT_ESCAPES[c] for c in api_key if c in _SHORT_ESCAPES})
+
+
+@sensitive_variables("api_key")
+def may_spell_key(raw: bytes, api_key: str) -> bool:
+    """Whether JSON text could decode to something holding the key: it holds the key as it is
+    or JSON-escaped, or a JSON escape that could spell one of its characters. When not, every
+    string in it decodes to its own bytes, none of them the key: the parsed value needs no
+    scrubbing walk (issue 20: a non-streamed answer's CPU)."""
+    return any(form.encode() in raw for form in secret_forms(api_key)) or any(
+        escape in raw for escape in _escapes_for(api_key)
+    )
+
+
 def _event_cut(data: bytes) -> int:
     """The index just past the last blank line (the end of the last complete event), or 0."""
     return max(data.rfind(b"\n\n") + 2, data.rfind(b"\n\r\n") + 3, 0) if b"\n" in data else 0
@@ -120,7 +135,7 @@ class Relay:
         self._route = route
         self._text_forms = secret_forms(route.api_key)
         self._forms = [form.encode() for form in self._text_forms]
-        self._escapes = (b"\\u", *{_SHORT_ESCAPES[c] for c in route.api_key if c in _SHORT_ESCAPES})
+        self._escapes = _escapes_for(route.api_key)
         self._pending = b""
         self._usage = b""  # the last output that carried a usage block
         self.end_bytes = b""  # the last END_BYTES sent

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.db.models import Count, Sum
 
-from accounts.tokens import bearer_lookup
+from accounts.tokens import bearer_lookup, bearer_lookup_async
 from byok.models import ByokKey
-from codingplans import crypto
+from codingplans import asyncsql, crypto
 from codingplans import sql as lean
 from gateway.errors import NoProviderKey, UnknownProvider
 from gateway.models import GatewayRequest
 from upstream.providers import registry
 from upstream.providers.base import Provider
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -101,22 +106,63 @@ _ENTRY_JOIN = (
 )
 
 
+def _bearer_query(provider_id: str | None) -> dict:
+    return {
+        "extra_columns": _ENTRY_COLUMNS,
+        "extra_joins": _ENTRY_JOIN.format(byok=lean.table(ByokKey)),
+        "params": {"provider_id": provider_id or ""},
+    }
+
+
+def _bearer_caller(row) -> BearerCaller | None:
+    if row is None:
+        return None
+    entry = (row.encrypted_key, row.subscription_id) if row.entry_id is not None else None
+    return BearerCaller(user_id=row.user_id, token_id=row.token_id, entry=entry)
+
+
 def bearer_caller(token: str, *, provider_id: str | None, now: datetime) -> BearerCaller | None:
     """The one bearer-token check (`accounts.tokens.bearer_lookup`: prefix, hash, not revoked,
     active owner, last use noted at most once a minute) with `resolve_route`'s key lookup in the
     same query: one round trip, and no ORM query building on the gateway's hot path (issue 8:
     added latency)."""
-    row = bearer_lookup(
-        token,
-        now=now,
-        extra_columns=_ENTRY_COLUMNS,
-        extra_joins=_ENTRY_JOIN.format(byok=lean.table(ByokKey)),
-        params={"provider_id": provider_id or ""},
-    )
-    if row is None:
-        return None
-    entry = (row.encrypted_key, row.subscription_id) if row.entry_id is not None else None
-    return BearerCaller(user_id=row.user_id, token_id=row.token_id, entry=entry)
+    return _bearer_caller(bearer_lookup(token, now=now, **_bearer_query(provider_id)))
+
+
+async def bearer_caller_async(
+    token: str, *, provider_id: str | None, now: datetime
+) -> BearerCaller | None:
+    """`bearer_caller` on the event loop (`accounts.tokens.bearer_lookup_async`: the same check,
+    the same statement), for the gateway's bearer calls under ASGI (issue 20)."""
+    return _bearer_caller(await bearer_lookup_async(token, now=now, **_bearer_query(provider_id)))
+
+
+def _usage_row(
+    *,
+    user_id: int,
+    route: Route,
+    streamed: bool,
+    usage: dict | None,
+    latency_ms: int,
+    now: datetime,
+) -> dict:
+    usage = usage if isinstance(usage, dict) else {}
+
+    def tokens(name: str) -> int:
+        value = usage.get(name)
+        return value if isinstance(value, int) and 0 <= value < 2**31 else 0
+
+    return {
+        "user_id": user_id,
+        "subscription_id": route.subscription_id,
+        "provider_id": route.provider_id,
+        "model": route.upstream_model[:100],
+        "streamed": streamed,
+        "prompt_tokens": tokens("prompt_tokens"),
+        "completion_tokens": tokens("completion_tokens"),
+        "latency_ms": max(0, min(latency_ms, 2**31 - 1)),
+        "created_at": now,
+    }
 
 
 def record_usage(
@@ -128,25 +174,81 @@ def record_usage(
     latency_ms: int,
     now: datetime,
 ) -> None:
-    usage = usage if isinstance(usage, dict) else {}
-
-    def tokens(name: str) -> int:
-        value = usage.get(name)
-        return value if isinstance(value, int) and 0 <= value < 2**31 else 0
-
-    # A lean, prepared INSERT (codingplans.sql): one per gateway request.
+    """One GatewayRequest row for a completed call: a lean, prepared INSERT (codingplans.sql)."""
     lean.insert(
         GatewayRequest,
-        user_id=user_id,
-        subscription_id=route.subscription_id,
-        provider_id=route.provider_id,
-        model=route.upstream_model[:100],
-        streamed=streamed,
-        prompt_tokens=tokens("prompt_tokens"),
-        completion_tokens=tokens("completion_tokens"),
-        latency_ms=max(0, min(latency_ms, 2**31 - 1)),
-        created_at=now,
+        **_usage_row(
+            user_id=user_id,
+            route=route,
+            streamed=streamed,
+            usage=usage,
+            latency_ms=latency_ms,
+            now=now,
+        ),
     )
+
+
+# Usage rows recorded on an event loop are written together, USAGE_WRITE_DELAY after the first
+# of them: one INSERT (one round trip) for every call that ended meanwhile, instead of
+# an INSERT per call on the loop that serves the next ones (issue 20).
+USAGE_WRITE_DELAY = 0.02
+_usage_queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[dict]] = (
+    weakref.WeakKeyDictionary()
+)
+_usage_writes: set[asyncio.Task] = set()
+
+
+def queue_usage(
+    *,
+    user_id: int,
+    route: Route,
+    streamed: bool,
+    usage: dict | None,
+    latency_ms: int,
+    now: datetime,
+) -> None:
+    """`record_usage` on the event loop (codingplans.asyncsql): the same row, the same
+    statement, written with the others recorded within USAGE_WRITE_DELAY (`flush_usage` at
+    the server's end writes what is left)."""
+    row = _usage_row(
+        user_id=user_id,
+        route=route,
+        streamed=streamed,
+        usage=usage,
+        latency_ms=latency_ms,
+        now=now,
+    )
+    loop = asyncio.get_running_loop()
+    queue = _usage_queues.get(loop)
+    if queue is None:
+        queue = _usage_queues[loop] = []
+        loop.call_later(USAGE_WRITE_DELAY, _start_usage_write, loop)
+    queue.append(row)
+
+
+def _start_usage_write(loop: asyncio.AbstractEventLoop) -> None:
+    task = loop.create_task(_write_usage(_usage_queues.pop(loop, [])))
+    _usage_writes.add(task)
+    task.add_done_callback(_usage_writes.discard)
+
+
+async def _write_usage(rows: list[dict]) -> None:
+    if not rows:
+        return
+    try:
+        await asyncsql.insert_many(GatewayRequest, rows)
+    except Exception:
+        logger.exception("gateway: could not record usage of %d calls", len(rows))
+
+
+async def flush_usage() -> None:
+    """Write this loop's queued usage now, and wait for the writes under way (the server is
+    shutting down)."""
+    loop = asyncio.get_running_loop()
+    await _write_usage(_usage_queues.pop(loop, []))
+    pending = [task for task in _usage_writes if task.get_loop() is loop]
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def usage_in_period(subscription) -> dict[str, int]:

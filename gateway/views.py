@@ -18,7 +18,6 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.core.handlers.asgi import ASGIRequest
-from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -31,7 +30,7 @@ from codingplans.errors import DomainError
 from gateway import services
 from gateway.errors import InvalidRequest, RateLimited, error_response
 from gateway.nesting import MAX_JSON_DEPTH, nested_too_deep
-from gateway.proxy import forward, forward_sync
+from gateway.proxy import forward, forward_sync, release_connections
 
 GATEWAY_PATH = "/api/v1/gateway/chat/completions"
 MAX_REQUEST_BYTES = 1024 * 1024
@@ -39,6 +38,13 @@ MAX_REQUEST_BYTES = 1024 * 1024
 
 class _Unauthenticated(Exception):
     """No valid token or session: answered with 401 and `WWW-Authenticate`."""
+
+
+class LoopRequest(ASGIRequest):
+    """A bearer call served by `gateway.asgi` beside Django: admitted on the event loop
+    (`_admit_on_loop`), its usage recorded there too (`gateway.proxy`), so a non-streamed call
+    makes no thread hop (issue 20). Only real servers make these; Django's own ASGI handler
+    (and its AsyncClient, inside a test's transaction) keeps Django's connection."""
 
 
 def _admit(request: HttpRequest) -> tuple[int, dict, services.Route]:
@@ -56,6 +62,35 @@ def _admit(request: HttpRequest) -> tuple[int, dict, services.Route]:
         _rate_limit(f"user:{user.pk}", user_id=user.pk)
         body = _request_body(request)
         return user.pk, body, services.resolve_route(user=user, model=body.get("model"))
+    token, body, body_error, provider_id = _bearer_call(request, header)
+    caller = services.bearer_caller(token, provider_id=provider_id, now=timezone.now())
+    if caller is None:
+        raise _Unauthenticated()
+    _refuse(ratelimit.hit_pair(*_budgets(f"token:{caller.token_id}", user_id=caller.user_id)))
+    return _admitted(caller, body, body_error)
+
+
+async def _admit_on_loop(request: LoopRequest) -> tuple[int, dict, services.Route]:
+    """`_admit` for a bearer call, on the event loop: the same steps in the same order, the
+    token and key read (`services.bearer_caller_async`: the one bearer check's statement) and
+    the rate limits counted (`ratelimit.hit_pair_async`: the same script) without a thread."""
+    header = request.headers.get("Authorization", "")
+    if not header:  # an empty header: `_admit` treats the caller as a session one
+        return await sync_to_async(_admit_and_release)(request)
+    token, body, body_error, provider_id = _bearer_call(request, header)
+    caller = await services.bearer_caller_async(token, provider_id=provider_id, now=timezone.now())
+    if caller is None:
+        raise _Unauthenticated()
+    budgets = _budgets(f"token:{caller.token_id}", user_id=caller.user_id)
+    _refuse(await ratelimit.hit_pair_async(*budgets))
+    return _admitted(caller, body, body_error)
+
+
+def _bearer_call(
+    request: HttpRequest, header: str
+) -> tuple[str, dict | None, Exception | None, str | None]:
+    """A bearer call's token, its body (or the error it answers, once the caller is known) and
+    the provider its model names (read with the token: one round trip)."""
     token = bearer_token(header)
     if token is None:
         raise _Unauthenticated()
@@ -64,17 +99,16 @@ def _admit(request: HttpRequest) -> tuple[int, dict, services.Route]:
         body = _request_body(request)
     except DomainError as exc:
         body_error = exc
-    model = body.get("model") if body else None
-    parts = services.split_model(model)
-    caller = services.bearer_caller(
-        token, provider_id=parts[0] if parts else None, now=timezone.now()
-    )
-    if caller is None:
-        raise _Unauthenticated()
-    _rate_limit(f"token:{caller.token_id}", user_id=caller.user_id)
+    parts = services.split_model(body.get("model") if body else None)
+    return token, body, body_error, parts[0] if parts else None
+
+
+def _admitted(
+    caller: services.BearerCaller, body: dict | None, body_error: Exception | None
+) -> tuple[int, dict, services.Route]:
     if body_error is not None:
         raise body_error
-    return caller.user_id, body, caller.route(model)
+    return caller.user_id, body, caller.route(body.get("model"))
 
 
 def _admit_and_release(request: HttpRequest) -> tuple[int, dict, services.Route]:
@@ -85,20 +119,26 @@ def _admit_and_release(request: HttpRequest) -> tuple[int, dict, services.Route]
     try:
         return _admit(request)
     finally:
-        for connection in connections.all(initialized_only=True):
-            if not connection.in_atomic_block:  # a test's transaction around the request
-                connection.close_if_unusable_or_obsolete()
+        release_connections()
 
 
-def _rate_limit(who: str, *, user_id: int) -> None:
+def _budgets(who: str, *, user_id: int) -> tuple[tuple[str, str, int], tuple[str, str, int]]:
     """Fixed one-minute windows in the shared cache: `who`'s own budget (a token, by its id —
     never the header's spelling — or a session user), then the user's cap across all of their
     tokens and their session, so making more tokens buys no more (issue 13). A request the
     token's own limit refuses does not count against the user's cap."""
-    refused = ratelimit.hit_pair(  # both in one Redis round trip (issue 20)
+    return (
         ("gateway", who, int(settings.GATEWAY_RATE_LIMIT_PER_MINUTE)),
         ("gateway-user", str(user_id), int(settings.GATEWAY_RATE_LIMIT_PER_USER_PER_MINUTE)),
     )
+
+
+def _rate_limit(who: str, *, user_id: int) -> None:
+    _refuse(ratelimit.hit_pair(*_budgets(who, user_id=user_id)))  # one Redis round trip
+
+
+def _refuse(refused: int) -> None:
+    """`ratelimit.hit_pair`'s answer as the error it calls for, if any."""
     if refused == 1:
         raise RateLimited()
     if refused == 2:
@@ -159,7 +199,10 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         return _method_not_allowed()
     try:
-        user_id, body, route = await sync_to_async(_admit_and_release)(request)
+        if isinstance(request, LoopRequest):
+            user_id, body, route = await _admit_on_loop(request)
+        else:
+            user_id, body, route = await sync_to_async(_admit_and_release)(request)
     except DomainError as exc:
         return error_response(exc)
     except _Unauthenticated:

@@ -74,7 +74,7 @@ class AsgiServer:
         self.url = f"http://{host}:{port}"
         config = uvicorn.Config(
             app=application,
-            lifespan="off",
+            lifespan="on",  # gateway.asgi closes its event loop's pools at the end
             log_config=None,  # leave the project's logging (and its redaction filter) alone
             access_log=False,
             timeout_graceful_shutdown=3,

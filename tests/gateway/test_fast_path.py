@@ -10,10 +10,13 @@ server's threads see committed data.
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from django.test import Client
 
+from accounts.models import ApiToken
 from gateway.models import GatewayRequest
 from tests.gateway.conftest import BODY, URL
 from tests.gateway.test_streaming import (
@@ -207,3 +210,50 @@ def test_every_middleware_is_applied_on_the_fast_path_or_skipped_for_a_stated_re
     fast_path = FastPath(view)
     for path, attribute in FastPath.APPLIED_INLINE.items():
         assert type(getattr(fast_path, attribute)) is import_string(path), path
+
+
+def test_a_bearer_call_makes_no_thread_hop(asgi_server, customer, buy_plan, monkeypatch):
+    # Issue 20: a bearer call is admitted (token and key, rate limits) and metered on the event
+    # loop; nothing of it waits for a thread — streamed or not, the token's first use (which
+    # notes it) or a later one.
+    from asgiref import sync
+
+    hops: list[str] = []
+    original = sync.SyncToAsync.__call__
+
+    async def counting(self, *args, **kwargs):
+        hops.append(getattr(self.func, "__qualname__", repr(self.func)))
+        return await original(self, *args, **kwargs)
+
+    subscription_id, _ = buy_plan(customer)
+    headers = token_for(customer)
+    monkeypatch.setattr(sync.SyncToAsync, "__call__", counting)
+    with http_client(asgi_server.url) as client:
+        for _ in range(2):
+            response = client.post(URL, json=BODY, headers=headers)
+            assert response.status_code == 200, response.text
+        with client.stream("POST", URL, json=STREAM_BODY, headers=headers) as response:
+            assert data_lines(list(response.iter_lines()))[-1] == "data: [DONE]"
+    rows = wait_for(lambda: GatewayRequest.objects.filter(user=customer).count() == 3, what="usage")
+    assert rows
+    assert hops == []
+    assert GatewayRequest.objects.filter(subscription_id=subscription_id).count() == 3
+    assert ApiToken.objects.get(user=customer).last_used_at is not None
+
+
+def test_usage_still_queued_is_written_when_the_server_stops(
+    asgi_server, customer, buy_plan, monkeypatch
+):
+    # Issue 20: usage recorded on the loop is written in batches; the server's end (the ASGI
+    # lifespan) writes what is still queued.
+    from gateway import services
+
+    monkeypatch.setattr(services, "USAGE_WRITE_DELAY", 3600)
+    buy_plan(customer)
+    with http_client(asgi_server.url) as client:
+        response = client.post(URL, json=BODY, headers=token_for(customer))
+    assert response.status_code == 200, response.text
+    time.sleep(0.2)
+    assert not usage_rows(customer, streamed=False)  # queued
+    asgi_server.stop()
+    assert len(usage_rows(customer, streamed=False)) == 1

@@ -1038,6 +1038,7 @@ NOT_STATE_CHANGES: dict[str, str] = {
         "a read; it only refreshes the token's last-used time (at most once a minute)"
     ),
     "accounts.tokens.bearer_token": "pure function",
+    "accounts.tokens.bearer_lookup_async": "bearer_lookup on the event loop: the same read",
     "accounts.tokens.revoke_all_tokens": INSIDE_A_CALLER.format("delete_account"),
     "byok.services.delete_account_keys": INSIDE_A_CALLER.format("delete_account"),
     "byok.services.remove_installed_entry": INSIDE_A_CALLER.format("end_subscription")
@@ -1173,6 +1174,9 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "gateway.services.bearer_caller": (
         "a read (token and key in one query); notes the token's last use like authenticate_token"
     ),
+    "gateway.services.bearer_caller_async": "bearer_caller on the event loop: the same read",
+    "gateway.services.queue_usage": "record_usage on the event loop: the same row, batched",
+    "gateway.services.flush_usage": "writes the usage rows queue_usage holds (server shutdown)",
     "accounts.tokens.touch_token": (
         "notes a token's last use at most once a minute: bookkeeping, not an audited change"
     ),

@@ -40,3 +40,50 @@ def test_orm_queries_stay_unprepared():
     for _ in range(10):
         list(User.objects.filter(email="nobody@example.com"))
     assert not any("accounts_user" in text and "email" in text for text in _server_prepared())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rows_written_on_the_event_loop_are_the_rows_insert_writes(make_user):
+    # Issue 20: codingplans.asyncsql runs codingplans.sql's statements on the event loop; a
+    # batch of usage rows is one INSERT with every row converted as `insert` converts it.
+    import asyncio
+    from datetime import UTC, datetime
+
+    from codingplans import asyncsql
+    from gateway.models import GatewayRequest
+
+    user = make_user()
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    rows = [
+        {
+            "user_id": user.pk,
+            "subscription_id": None,
+            "provider_id": "p",
+            "model": f"m{i}",
+            "streamed": bool(i % 2),
+            "prompt_tokens": i,
+            "completion_tokens": 2 * i,
+            "latency_ms": 7,
+            "created_at": now,
+        }
+        for i in range(3)
+    ]
+    statement, params = sql.insert_rows_statement(GatewayRequest, rows)
+    assert statement.count("(%s") == 3 and len(params) == 3 * len(rows[0])
+
+    async def main():
+        try:
+            await asyncsql.insert_many(GatewayRequest, rows)
+            row = await asyncsql.execute(
+                "SELECT count(*) AS n FROM gateway_gatewayrequest WHERE user_id = %(u)s",
+                {"u": user.pk},
+            )
+            assert row.n == 3
+        finally:
+            await asyncsql.close()
+
+    asyncio.run(main())
+    written = list(GatewayRequest.objects.filter(user=user).order_by("model"))
+    assert [(r.model, r.streamed, r.prompt_tokens, r.created_at) for r in written] == [
+        (f"m{i}", bool(i % 2), i, now) for i in range(3)
+    ]
