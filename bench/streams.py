@@ -81,6 +81,9 @@ class Provider:
     model: str  # as the gateway's callers name it
     upstream_model: str  # as the stand-in is called directly
     base_path: str = ""  # the API's base under the stand-in's root (the URL setting's path)
+    # The stamped events after the content chunks: MiniMax puts the usage on the finishing
+    # chunk (one); an OpenAI-style provider finishes, then sends the usage on its own (two).
+    final_events: int = 1
 
 
 PROVIDERS = [
@@ -101,6 +104,7 @@ if importlib.util.find_spec("standins.byteplus") is not None:  # issue 18
             model="byteplus/ark-code-latest",
             upstream_model="ark-code-latest",
             base_path="/api/coding/v3",
+            final_events=2,
         )
     )
 
@@ -239,7 +243,7 @@ async def _one_stream(
         if not done:
             result.error("no [DONE]")
         elif events != expected_events:
-            result.error("chunks missing")
+            result.error("chunks missing" if events < expected_events else "extra chunks")
         else:
             result.completed += 1
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
@@ -368,7 +372,8 @@ def _configure(url: str, chunks: int, delay_ms: int) -> None:
 
 def _run_provider(provider: Provider, n: int, hold: float, ramp: float) -> Figure:
     chunks = max(1, round(hold * 1000 / CHUNK_INTERVAL_MS))
-    expected_events = chunks + 1  # the content chunks and the usage chunk, each stamped
+    # the content chunks and the final chunk(s), each stamped
+    expected_events = chunks + provider.final_events
     users, tokens, keys = _seed(provider, n + WARM_STREAMS)
     warm_users, users = users[:WARM_STREAMS], users[WARM_STREAMS:]
     warm_tokens, tokens = tokens[:WARM_STREAMS], tokens[WARM_STREAMS:]
@@ -392,7 +397,9 @@ def _run_provider(provider: Provider, n: int, hold: float, ramp: float) -> Figur
             warm += [
                 ("direct", "127.0.0.1", standin_port, direct_path, keys[0], provider.upstream_model)
             ] * 4
-            warmed = asyncio.run(_run_streams(warm, 4, 0.5, 1.0, lambda _: None))
+            warmed = asyncio.run(
+                _run_streams(warm, 3 + provider.final_events, 0.5, 1.0, lambda _: None)
+            )
             if any(r.errors for r in warmed.values()):
                 raise RuntimeError(f"warm-up streams failed: {[r.errors for r in warmed.values()]}")
             time.sleep(1.0)
