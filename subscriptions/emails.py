@@ -141,11 +141,12 @@ class _Publisher:
 
     Queuing a Celery task costs a purchase more CPU than its own statements (issue 20), and
     receipts need not leave in the same millisecond: a request hands the id over and returns;
-    this thread takes the first id, waits LINGER seconds for more, and queues them as one task.
+    this thread takes the first id, sleeps LINGER seconds while more arrive, and queues them
+    a hundred to a task.
     A process that exits normally queues what it holds (atexit); one that is killed leaves the
     rows pending, and the sweep queues them again (`requeue_unsent`)."""
 
-    LINGER = 0.05
+    LINGER = 0.1
 
     def __init__(self) -> None:
         self.pid = os.getpid()
@@ -159,30 +160,26 @@ class _Publisher:
     def add(self, email_id: int) -> None:
         self.ids.put(email_id)
 
-    def _take(self, first: int) -> list[int]:
-        ids = [first]
-        deadline = time.monotonic() + self.LINGER
-        while len(ids) < DELIVERY_BATCH_SIZE:
-            wait = deadline - time.monotonic()
-            if wait <= 0:
-                break
-            try:
-                ids.append(self.ids.get(timeout=wait))
-            except queues.Empty:
-                break
-        return ids
-
     def _run(self) -> None:
         while True:
-            _publish(self._take(self.ids.get()))
+            first = self.ids.get()
+            # Sleep rather than wait on the queue: a waiting thread would be woken (and take
+            # the GIL from the request threads) for every id that arrives.
+            time.sleep(self.LINGER)
+            ids = [first, *self._taken()]
+            for start in range(0, len(ids), DELIVERY_BATCH_SIZE):
+                _publish(ids[start : start + DELIVERY_BATCH_SIZE])
 
-    def drain(self) -> None:
+    def _taken(self) -> list[int]:
         ids = []
         while True:
             try:
                 ids.append(self.ids.get_nowait())
             except queues.Empty:
-                break
+                return ids
+
+    def drain(self) -> None:
+        ids = self._taken()
         for start in range(0, len(ids), DELIVERY_BATCH_SIZE):
             _publish(ids[start : start + DELIVERY_BATCH_SIZE])
 
