@@ -135,7 +135,7 @@ def test_rate_limit_holds(stock, standin, settings):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_run_killed_half_way_resumes_where_it_stopped(stock, standin):
-    from tests.lifecycle.helpers import other_backends_on_this_database
+    from tests.lifecycle.helpers import backends_on_this_database, other_backends_on_this_database
     from tests.servers import test_database_url
 
     keys = stock(PLAN, 60)
@@ -150,6 +150,7 @@ def test_a_run_killed_half_way_resumes_where_it_stopped(stock, standin):
         MINIMAX_API_BASE_URL=standin.url,
         CODING_PLANS_HEALTH_MAX_RPS="20",
     )
+    before = backends_on_this_database()  # sessions already here are not the child's
     with tempfile.TemporaryFile() as stderr:
         child = subprocess.Popen(
             [sys.executable, "manage.py", "check_stock_health", "--json"],
@@ -172,7 +173,7 @@ def test_a_run_killed_half_way_resumes_where_it_stopped(stock, standin):
         stderr.seek(0)
         assert b"Traceback" not in stderr.read()
     deadline = time.monotonic() + 30
-    while other_backends_on_this_database():  # its advisory lock goes with its session
+    while other_backends_on_this_database(before):  # its advisory lock goes with its session
         assert time.monotonic() < deadline
         time.sleep(0.05)
 

@@ -253,13 +253,21 @@ def outcome_per_subscription(ids: list[int]) -> dict[int, dict[str, object]]:
     return rows
 
 
-def other_backends_on_this_database() -> int:
+def backends_on_this_database() -> set[int]:
+    """The pids of the client sessions on the test database other than this connection's."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
             "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
         )
-        return cursor.fetchone()[0]
+        return {pid for (pid,) in cursor.fetchall()}
+
+
+def other_backends_on_this_database(before: set[int] = frozenset()) -> int:
+    """Client sessions on the test database that were not there `before` (a killed child's,
+    until PostgreSQL notices it is gone). Sessions an earlier test left idle in this process
+    (an event loop's pool) are in `before` and not counted."""
+    return len(backends_on_this_database() - set(before))
 
 
 def relax_commit_durability() -> None:

@@ -27,6 +27,7 @@ from billing.models import CreditAccount, LedgerEntry
 from subscriptions.models import Subscription, SweepRun
 from subscriptions.sweep import run_billing_sweep
 from tests.lifecycle.helpers import (
+    backends_on_this_database,
     bulk_due_subscriptions,
     other_backends_on_this_database,
     outcome_per_subscription,
@@ -94,6 +95,7 @@ def test_sigkilled_sweep_leaves_no_half_processed_subscription():
     by_id = {s.id: s for s in subs}
     env = dict(os.environ, DATABASE_URL=test_database_url(), DEBUG="1", PYTHONUNBUFFERED="1")
     processed = Q(status="canceled") | Q(current_period_end__gt=start)
+    before = backends_on_this_database()  # sessions already here are not the child's
     with tempfile.TemporaryFile() as stderr:
         child = subprocess.Popen(
             [sys.executable, "manage.py", "run_billing_sweep", "--batch-size", "100"],
@@ -118,7 +120,7 @@ def test_sigkilled_sweep_leaves_no_half_processed_subscription():
 
     # PostgreSQL rolls back the killed child's open transaction when its connection drops.
     deadline = time.monotonic() + 30
-    while other_backends_on_this_database():
+    while other_backends_on_this_database(before):
         assert time.monotonic() < deadline, "the killed child's session is still there"
         time.sleep(0.05)
 
