@@ -136,6 +136,11 @@ def _publish(ids: list[int]) -> None:
         logger.exception("customer e-mails %s… not sent now; the sweep queues them again", ids[0])
 
 
+def _publish_batches(ids: list[int]) -> None:
+    for start in range(0, len(ids), DELIVERY_BATCH_SIZE):
+        _publish(ids[start : start + DELIVERY_BATCH_SIZE])
+
+
 class _Publisher:
     """One thread per process queuing the e-mails that requests record, a batch per task.
 
@@ -166,9 +171,7 @@ class _Publisher:
             # Sleep rather than wait on the queue: a waiting thread would be woken (and take
             # the GIL from the request threads) for every id that arrives.
             time.sleep(self.LINGER)
-            ids = [first, *self._taken()]
-            for start in range(0, len(ids), DELIVERY_BATCH_SIZE):
-                _publish(ids[start : start + DELIVERY_BATCH_SIZE])
+            _publish_batches([first, *self._taken()])
 
     def _taken(self) -> list[int]:
         ids = []
@@ -179,9 +182,7 @@ class _Publisher:
                 return ids
 
     def drain(self) -> None:
-        ids = self._taken()
-        for start in range(0, len(ids), DELIVERY_BATCH_SIZE):
-            _publish(ids[start : start + DELIVERY_BATCH_SIZE])
+        _publish_batches(self._taken())
 
 
 _publisher: _Publisher | None = None
