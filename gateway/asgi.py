@@ -42,7 +42,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.core.handlers.exception import response_for_exception
 from django.http import HttpResponse
 
-from codingplans import asyncsql
+from codingplans import asyncsql, collector
 from codingplans.cache import close_loop_clients
 from gateway import services, views
 from gateway.views import GATEWAY_PATH, MAX_REQUEST_BYTES
@@ -124,12 +124,18 @@ class GatewayApplication:
 
     @staticmethod
     async def _lifespan(receive, send) -> None:
-        """The server's start and end (Django has no lifespan support): at the end, this event
+        """The server's start and end (Django has no lifespan support): at the start, the
+        collector is set for serving (`codingplans.collector`); at the end, this event
         loop's database pool and Redis clients (the bearer calls' admission and metering) are
         closed, so their connections go with the server."""
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                try:
+                    collector.tune_for_serving()  # after every import: what they built is frozen
+                except ValueError as exc:  # a bad SERVER_GC_THRESHOLDS: the server does not start
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await services.flush_usage()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 from django.core.cache import cache
@@ -17,6 +18,13 @@ from codingplans.celery import app as celery_app
 from inventory.upload import upload_credentials
 from standins import byteplus as byteplus_standins
 from standins.minimax import StandinServer
+
+# The pytest process hosts in-process uvicorn servers (tests/gateway/conftest.py), whose lifespan
+# would set this whole process's garbage collector for serving (codingplans.collector: a freeze
+# and other thresholds) at whichever test first starts one. The test process keeps Python's
+# collector; servers started as subprocesses (tests/servers.py) run with the deployed default,
+# and tests/operations/test_collector.py checks the setting itself.
+os.environ["SERVER_GC_THRESHOLDS"] = "off"
 
 _emails = itertools.count(1)
 _keys = itertools.count(1)

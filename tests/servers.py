@@ -65,8 +65,12 @@ def served(
     """Run `argv` (with `{port}` replaced by a free port) until it answers `ready` with 200."""
     port = free_port()
     argv = [part.replace("{port}", str(port)) for part in argv]
+    inherited = dict(os.environ)
+    # The pytest process turns its own serving collector settings off (tests/conftest.py); a
+    # server started as a deployment runs it is tuned as deployed (codingplans.collector).
+    inherited.pop("SERVER_GC_THRESHOLDS", None)
     full_env = {
-        **os.environ,
+        **inherited,
         "DEBUG": "1",
         "PYTHONUNBUFFERED": "1",
         "DATABASE_URL": test_database_url(),
