@@ -39,7 +39,7 @@ _tuned = False
 def thresholds_from_env(value: str | None = None) -> tuple[int, int, int] | None:
     """The thresholds `SERVER_GC_THRESHOLDS` asks for, or None for "leave the collector alone".
     A malformed value fails loudly at start-up rather than serving with a guess."""
-    raw = (os.environ.get("SERVER_GC_THRESHOLDS", DEFAULT_THRESHOLDS) if value is None else value)
+    raw = os.environ.get("SERVER_GC_THRESHOLDS", DEFAULT_THRESHOLDS) if value is None else value
     raw = raw.strip().lower()
     if raw in {"off", "default", "none", ""}:
         return None
