@@ -81,6 +81,41 @@ def pct(values: list[float], q: float) -> float:
     return ordered[rank]
 
 
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int | str) -> tuple[str, list[str]]:
+    """(command name, the fields after it) of /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        head, _, rest = f.read().rpartition(")")
+    return head.split("(", 1)[-1], rest.split()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = _stat(pid)[1]
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK  # utime, stime
+
+
+def postgres_cpu_seconds() -> float | None:
+    """CPU seconds used so far by the PostgreSQL server on this machine (the embedded one):
+    every postgres process's own, plus what the postmaster's exited backends used (its
+    children's times), from /proc; None where no postgres process is visible (a server
+    elsewhere)."""
+    total, seen = 0.0, False
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            name, fields = _stat(entry.name)
+        except OSError:
+            continue
+        if name.startswith("postgres"):
+            total += sum(int(v) for v in fields[11:15]) / CLOCK_TICK  # + cutime, cstime
+            seen = True
+    return total if seen else None
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 

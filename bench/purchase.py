@@ -16,6 +16,7 @@ from bench.common import (
     analyze,
     connect,
     log,
+    postgres_cpu_seconds,
     seed_credentials,
     seed_users,
 )
@@ -151,9 +152,10 @@ def _raw_purchase(conn, user_id: int, blob: str) -> None:
 
 def _run_workers(
     user_ids: list[int], make_worker: Callable[[], tuple[Callable[[int], None], Callable]]
-) -> tuple[float, float]:
-    """(purchases/s, client CPU seconds per purchase) over `user_ids` with WORKERS threads;
-    each thread builds its own worker (and so its own database connection)."""
+) -> tuple[float, float, float | None]:
+    """(purchases/s, client CPU seconds per purchase, server CPU seconds per purchase or None)
+    over `user_ids` with WORKERS threads; each thread builds its own worker (and so its own
+    database connection)."""
     todo: queue.SimpleQueue[int] = queue.SimpleQueue()
     for uid in user_ids:
         todo.put(uid)
@@ -179,13 +181,16 @@ def _run_workers(
     for t in threads:
         t.start()
     ready.wait()
-    started, cpu = time.perf_counter(), time.process_time()
+    started, cpu, server = time.perf_counter(), time.process_time(), postgres_cpu_seconds()
     for t in threads:
         t.join()
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    server_after = postgres_cpu_seconds()
     if errors:
         raise RuntimeError(f"purchase worker failed: {errors[0]!r}") from errors[0]
-    return len(user_ids) / wall, cpu / len(user_ids)
+    n = len(user_ids)
+    server_cpu = None if server is None or server_after is None else (server_after - server) / n
+    return n / wall, cpu / n, server_cpu
 
 
 _USERS: dict[int, object] = {}
@@ -247,22 +252,30 @@ def run(scale: float, standin=None) -> Figure:
     _run_workers(product_users[:warmup], _product_worker)
     _run_workers(raw_users[:warmup], _raw_worker_factory(blob))
     product_rates, raw_rates, product_cpu, raw_cpu = [], [], [], []
+    server_cpu: dict[str, list[float | None]] = {"product": [], "raw": []}
     for r in range(rounds):
         chunk = slice(warmup + r * per_round, warmup + (r + 1) * per_round)
         sides = [
-            (raw_users, _raw_worker_factory(blob), raw_rates, raw_cpu),
-            (product_users, _product_worker, product_rates, product_cpu),
+            ("raw", raw_users, _raw_worker_factory(blob), raw_rates, raw_cpu),
+            ("product", product_users, _product_worker, product_rates, product_cpu),
         ]
-        for users, worker, rates, cpus in sides if r % 2 == 0 else reversed(sides):
-            rate, cpu = _run_workers(users[chunk], worker)
+        for side, users, worker, rates, cpus in sides if r % 2 == 0 else reversed(sides):
+            rate, cpu, server = _run_workers(users[chunk], worker)
             rates.append(rate)
             cpus.append(cpu)
+            server_cpu[side].append(server)
         log(f"purchase round {r + 1}: raw {raw_rates[-1]:.0f}/s, product {product_rates[-1]:.0f}/s")
     product = sum(product_rates) / rounds
     raw = sum(raw_rates) / rounds
     product_cpu_ms = sum(product_cpu) / rounds * 1000
     raw_cpu_ms = sum(raw_cpu) / rounds * 1000
     ratio = product / raw
+    # PostgreSQL's CPU per purchase (the embedded server's processes, from /proc; None when the
+    # server runs elsewhere): with the client's, what the 2 cores are spent on.
+    server_ms = {
+        side: None if None in values else round(sum(values) / rounds * 1000, 3)
+        for side, values in server_cpu.items()
+    }
     return Figure(
         key="purchase",
         name="1. Purchase throughput (8 workers)",
@@ -281,6 +294,8 @@ def run(scale: float, standin=None) -> Figure:
             "ratio": round(ratio, 3),
             "client_cpu_ms_per_purchase": round(product_cpu_ms, 3),
             "raw_client_cpu_ms_per_purchase": round(raw_cpu_ms, 3),
+            "server_cpu_ms_per_purchase": server_ms["product"],
+            "raw_server_cpu_ms_per_purchase": server_ms["raw"],
         },
         notes=[
             "raw SQL: guarded debit, ledger, SKIP LOCKED claim + update, subscription, BYOK, "
@@ -291,6 +306,7 @@ def run(scale: float, standin=None) -> Figure:
             "when its claim says the plan may be near its threshold; buyers' User rows are "
             "read before the clock starts on both sides",
             f"client CPU per purchase (8 threads share one GIL): service {product_cpu_ms:.2f} ms, "
-            f"raw SQL {raw_cpu_ms:.2f} ms",
+            f"raw SQL {raw_cpu_ms:.2f} ms; PostgreSQL CPU per purchase: service "
+            f"{server_ms['product']} ms, raw SQL {server_ms['raw']} ms",
         ],
     )

@@ -51,6 +51,7 @@ from bench.common import (
     free_port,
     log,
     pct,
+    process_cpu_seconds,
     seed_tokens,
     seed_users,
     server_env,
@@ -289,14 +290,6 @@ async def _run_streams(
 
 # -- the uvicorn process, from /proc -----------------------------------------------------------
 
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK  # utime, stime
-
 
 def _status(pid: int) -> dict[str, str]:
     with open(f"/proc/{pid}/status") as f:
@@ -421,15 +414,18 @@ def _run_provider(provider: Provider, n: int, hold: float, ramp: float) -> Figur
                 f"({chunks} chunks at {CHUNK_INTERVAL_MS} ms), opened over {ramp:g} s"
             )
             standin_pid = SERVER_PIDS[standin_port]
-            standin_cpu_start = _cpu_seconds(standin_pid)
+            standin_cpu_start = process_cpu_seconds(standin_pid)
             results = asyncio.run(
                 _run_streams(direct_plan, expected_events, ramp, hold, lambda _: None)
             )
-            direct_standin_cpu = _cpu_seconds(standin_pid) - standin_cpu_start
+            direct_standin_cpu = process_cpu_seconds(standin_pid) - standin_cpu_start
             time.sleep(1.0)
             rss_idle = _rss_kb(pid)
-            cpu_start = _cpu_seconds(pid)
-            standin_cpu_start, client_cpu_start = _cpu_seconds(standin_pid), time.process_time()
+            cpu_start = process_cpu_seconds(pid)
+            standin_cpu_start, client_cpu_start = (
+                process_cpu_seconds(standin_pid),
+                time.process_time(),
+            )
             samples: dict[str, dict[str, Any]] = {}
 
             profile = os.environ.get("BENCH_STREAMS_PYSPY")  # a file: py-spy's collapsed stacks
@@ -458,7 +454,7 @@ def _run_provider(provider: Provider, n: int, hold: float, ramp: float) -> Figur
                         stderr=subprocess.DEVNULL,
                     )
                 samples[moment] = {
-                    "cpu": _cpu_seconds(pid),
+                    "cpu": process_cpu_seconds(pid),
                     "rss_kb": _rss_kb(pid),
                     "threads": _threads(pid),
                     "db_connections": _db_connections(),
@@ -470,8 +466,8 @@ def _run_provider(provider: Provider, n: int, hold: float, ramp: float) -> Figur
                 asyncio.run(_run_streams(gateway_plan, expected_events, ramp, hold, on_steady))
             )
             wall = time.monotonic() - started
-            cpu_total = _cpu_seconds(pid) - cpu_start
-            standin_cpu = _cpu_seconds(standin_pid) - standin_cpu_start
+            cpu_total = process_cpu_seconds(pid) - cpu_start
+            standin_cpu = process_cpu_seconds(standin_pid) - standin_cpu_start
             client_cpu = time.process_time() - client_cpu_start
             rss_end = _rss_kb(pid)
             nofile = _nofile(pid)
