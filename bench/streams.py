@@ -1,7 +1,8 @@
 """Figure 8: concurrent streams (issue 20). N streamed chat completions held open for D seconds
 at once through ONE uvicorn process, the provider's stand-in sending a chunk every 200 ms,
-side by side with N streams straight to the same stand-in (both paths in the same window, so
-they share the machine's load and the comparison is fair on a noisy host).
+against N streams straight to the same stand-in, run just before in the same way (one path at a
+time: the direct streams first, then the gateway's, each with the stand-in and the client
+sharing the 2 cores with it).
 
 The stand-in runs in its own process, started by this module (`python -m bench.streams standin`)
 with its listen backlog and file limit raised, and with the time it built each event stamped in
