@@ -18,7 +18,7 @@ young collections instead of 10 (three times as often, a third as long: 2–5 ms
 full collection wait for 300 of those instead of 10 (one per ~600,000 net allocations, not one
 per ramp step). Reference counting still frees everything as before; only garbage in reference
 cycles waits longer for a full collection. Measured, the run's worst per-chunk latency fell
-from 92–96 ms to 16–60 ms, and no full collection ran while streams opened (bench/fixes.py).
+from 92–96 ms to 13–61 ms, and no full collection ran while streams opened (bench/fixes.py).
 
 `SERVER_GC_THRESHOLDS` overrides the three thresholds ("700,3,300" by default); "off" leaves
 Python's collector as it is (no freeze either).
