@@ -135,7 +135,7 @@ def end_subscription(*, subscription: Subscription, reason: str, actor: str, now
         old=old,
         new=audit_state(subscription),
     )
-    emails.after_commit(emails.PLAN_ENDED, subscription.pk)  # SPEC E1, with the reason
+    emails.record(emails.PLAN_ENDED, subscription.pk)  # SPEC E1, with the reason
 
 
 # -- customer and operator actions -----------------------------------------------------------
@@ -174,7 +174,7 @@ def _set_cancel_at_period_end(
             now=now,
         )
         if cancel:
-            emails.after_commit(emails.CANCELLATION_SCHEDULED, subscription.pk, now)  # SPEC E1
+            emails.record(emails.CANCELLATION_SCHEDULED, subscription.pk, now)  # SPEC E1
     return subscription
 
 

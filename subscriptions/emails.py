@@ -3,18 +3,19 @@ receipt, the renewal reminder, "cancellation scheduled" and "plan ended".
 
 How one gets sent, exactly once per event:
 
-1. The service that makes the event adds one line inside its transaction,
-   `emails.after_commit(kind, subscription_id, event_at)`: nothing happens unless it commits.
-   The purchase and the renewal instead write their receipt's row inside their own statement
-   (`record_cte`, an outbox row: committed with the charge or not at all) and hand its id to
-   `deliver_after_commit` (issue 20).
-2. After the commit, `queue` records a `CustomerEmail` row, unique on (kind, event key) — a
-   second hook for the same event (a re-run sweep, a retried request) finds the row and stops —
-   and `dispatch` queues its sending: inside `batched_delivery()` (the sweep) a hundred ids to
-   one `send_customer_emails` task; in a request, through the process's publisher thread,
-   which queues whatever ids arrive within LINGER seconds as one task, so a request never
-   pays for a Celery publish (issue 20); with eager Celery (the tests), the task runs in place.
-   The row is one prepared INSERT ... ON CONFLICT DO NOTHING (issue 20).
+1. The service that makes the event records its e-mail inside its own transaction: a
+   `CustomerEmail` row, unique on (kind, event key), written with one prepared INSERT ... ON
+   CONFLICT DO NOTHING — a second record of the same event (a re-run sweep, a retried request)
+   writes nothing. It is an outbox row: it commits with the change or not at all. "Cancellation
+   scheduled" and "plan ended" add one line, `emails.record(kind, subscription_id, event_at)`;
+   the purchase and the renewal write their receipt's row in their own statement
+   (`record_cte`) and hand its id to `deliver_after_commit` (issue 20). The sweep's reminders,
+   which no other change carries, are recorded and queued at once by `queue`.
+2. After the commit, `dispatch` queues its sending: inside `batched_delivery()` (the sweep) a
+   hundred ids to one `send_customer_emails` task; in a request, through the process's
+   publisher thread, which queues whatever ids arrive within LINGER seconds as one task, so a
+   request never pays for a Celery publish (issue 20); with eager Celery (the tests), the task
+   runs in place.
 3. The task claims the row (`pending` → `sending`, one UPDATE; a duplicate delivery finds it
    claimed or `sent` and sends nothing), renders the message from the database as it is now
    (amounts in USD, times in UTC with the date spelled out, never a key), sends it with no
@@ -25,10 +26,10 @@ How one gets sent, exactly once per event:
    process died before its publisher queued them) or stuck in `sending` (a worker died
    mid-send).
 
-The one gap left, for the e-mails recorded by `queue` after the commit (not the receipts): a
-process that dies between a commit and step 2 loses that e-mail. A receipt has no such gap: its
-row commits with the charge, and one whose id never reached the broker (the process died, the
-broker was down) is still `pending`, so step 4 queues it again.
+No event loses its e-mail to a crash: every row commits with its change (a reminder's row is
+written before it is queued, and a reminder not yet recorded is found again by the next sweep),
+and a row whose id never reached the broker (the process died, the broker was down) is still
+`pending`, so step 4 queues it again.
 """
 
 from __future__ import annotations
@@ -100,10 +101,13 @@ def event_key(subscription_id: int, event_at: datetime | None = None) -> str:
 # --- recording and queuing ---------------------------------------------------------------------
 
 
-def after_commit(kind: str, subscription_id: int, event_at: datetime | None = None) -> None:
-    """The one line a service adds inside its transaction: record and send this e-mail once the
-    transaction commits (never if it rolls back)."""
-    transaction.on_commit(lambda: queue(kind, subscription_id, event_at=event_at), robust=True)
+def record(kind: str, subscription_id: int, event_at: datetime | None = None) -> None:
+    """The one line a service adds inside its transaction: this event's e-mail row is written
+    now, in that transaction (an outbox row: it commits with the change or not at all, so a
+    process that dies right after the commit leaves it `pending` for the sweep to queue), and its
+    sending is queued once the transaction commits. A second call for the same event (a re-run
+    sweep, a retried request) writes and queues nothing."""
+    deliver_after_commit(_insert(kind, subscription_id, event_at))
 
 
 class _Batch:
@@ -288,13 +292,21 @@ def _record_sql() -> str:
     return f"WITH {record_cte('recorded', source='(SELECT 1) AS one')} SELECT id FROM recorded"  # noqa: S608 - table name from the model
 
 
-def queue(kind: str, subscription_id: int, *, event_at: datetime | None = None) -> bool:
-    """Record the e-mail for this event and queue its sending; False when the event already
-    has its e-mail (nothing is queued twice)."""
+def _insert(kind: str, subscription_id: int, event_at: datetime | None) -> int | None:
+    """The event's CustomerEmail row; its id, or None when the event has its e-mail already
+    (another hook, a re-run sweep, recorded it)."""
     row = sql.execute(_record_sql(), record_params("recorded", kind, subscription_id, event_at))
-    if row is None:  # the event has its e-mail (another hook, a re-run sweep, recorded it)
+    return None if row is None else row.id
+
+
+def queue(kind: str, subscription_id: int, *, event_at: datetime | None = None) -> bool:
+    """Record the e-mail for this event and queue its sending at once (the sweep's reminders,
+    which no other change carries); False when the event already has its e-mail (nothing is
+    queued twice)."""
+    email_id = _insert(kind, subscription_id, event_at)
+    if email_id is None:
         return False
-    dispatch(row.id)
+    dispatch(email_id)
     return True
 
 
@@ -529,13 +541,19 @@ def sweep_emails(*, now: datetime, batch_size: int, deadline: float) -> int:
                 queued += queue(RENEWAL_REMINDER, subscription_id, event_at=period_end)
             except Exception:
                 logger.exception("renewal reminder for subscription %s failed", subscription_id)
-    requeue_unsent(now=now, limit=batch_size)
+    requeue_unsent(limit=batch_size)
     return queued
 
 
-def requeue_unsent(*, now: datetime, limit: int = 1000) -> int:
+def requeue_unsent(*, limit: int = 1000) -> int:
     """Queue again e-mails recorded but not sent: left pending (the broker was down, or every
-    retry failed) or claimed by a worker that died. Each is still sent at most once."""
+    retry failed) or claimed by a worker that died. Each is still sent at most once.
+
+    Judged by the wall clock, as `created_at` and `claimed_at` are stamped (delivery
+    bookkeeping), not by the sweep's `now`: a sweep run for another instant (a catch-up, a
+    test's clock) would otherwise take a row its own transaction recorded a moment ago, whose
+    sending is already queued by that commit's hook, for one left behind."""
+    now = timezone.now()
     stuck = (
         CustomerEmail.objects.filter(attempts__lt=MAX_ATTEMPTS)
         .filter(

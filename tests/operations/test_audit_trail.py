@@ -1120,7 +1120,10 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "accounts.emails.send_email_changed_notice": "sends the notice; changes no data",
     "subscriptions.emails.event_key": "pure function",
     "subscriptions.emails.dispatch": "queues a recorded e-mail's sending; changes no data",
-    "subscriptions.emails.after_commit": "registers an on-commit hook inside the caller's change",
+    "subscriptions.emails.record": (
+        "e-mail bookkeeping inside the caller's audited change: the CustomerEmail row (the "
+        "record itself) and an on-commit hook that queues its sending"
+    ),
     "subscriptions.emails.record_cte": (
         "SQL text for a caller's statement: the renewal, which writes subscription.renewed, "
         "records its receipt's CustomerEmail row (itself the record) with it"

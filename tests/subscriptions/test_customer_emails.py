@@ -237,6 +237,62 @@ def test_a_deleted_account_gets_no_mail(subscriber, after_commit):
     assert address not in str(list(CustomerEmail.objects.values()))
 
 
+# --- outbox rows: each e-mail's row commits with its change --------------------------------
+
+
+def test_cancellation_row_is_written_in_the_cancellations_transaction_before_any_hook(
+    subscriber, django_capture_on_commit_callbacks
+):
+    """A process that dies right after the cancellation commits (before its hooks) still has
+    the e-mail: the row is already there, pending, for the sweep to queue (SPEC E1)."""
+    user, sub = subscriber()
+    with django_capture_on_commit_callbacks(execute=False) as hooks:
+        cancel_at_period_end(user=user, subscription_id=sub.pk, now=T0 + timedelta(days=1))
+        (email,) = CustomerEmail.objects.filter(kind="cancellation_scheduled")
+    assert (email.subscription_id, email.status) == (sub.pk, "pending")
+    assert mail.outbox == [] and hooks  # the sending waits for the commit
+    # The process died before its hooks ran. Eleven minutes on (the row's stamp is the wall
+    # clock's), the hourly sweep queues what is still pending.
+    CustomerEmail.objects.filter(pk=email.pk).update(
+        created_at=timezone.now() - timedelta(minutes=11)
+    )
+    run_billing_sweep(now=timezone.now())
+    email.refresh_from_db()
+    assert email.status == "sent"
+    (notice,) = mail.outbox
+    assert notice.subject == "Your Token Plan Plus is set to end on 4 February 2026"
+
+
+def test_plan_ended_row_commits_with_the_end_or_not_at_all(
+    subscriber, django_capture_on_commit_callbacks
+):
+    from django.db import transaction
+
+    from subscriptions.actions import end_subscription
+
+    _user, sub = subscriber()
+
+    class Abandon(Exception):
+        pass
+
+    with pytest.raises(Abandon), transaction.atomic():
+        locked = Subscription.objects.select_for_update().get(pk=sub.pk)
+        end_subscription(
+            subscription=locked, reason="administrative_termination", actor="system:test", now=T0
+        )
+        assert CustomerEmail.objects.filter(kind="plan_ended").count() == 1
+        raise Abandon  # the change rolls back: so does its e-mail's row
+    assert not CustomerEmail.objects.filter(kind="plan_ended").exists()
+    with django_capture_on_commit_callbacks(execute=False) as hooks:
+        terminate_subscription(subscription_id=sub.pk, actor="system:test", now=T0)
+        (email,) = CustomerEmail.objects.filter(kind="plan_ended")
+    assert email.status == "pending" and mail.outbox == []
+    for hook in hooks:
+        hook()
+    email.refresh_from_db()
+    assert email.status == "sent" and len(mail.outbox) == 1
+
+
 # --- the task: retries, duplicates, a worker that died ---------------------------------------
 
 
@@ -276,7 +332,7 @@ def test_a_retried_or_duplicated_task_never_sends_twice(
     assert (email.status, email.attempts, len(mail.outbox)) == ("sent", 2, 1)
     # A duplicate delivery of the task (or a retry after success) sends nothing.
     assert tasks.send_customer_email.apply(args=[email.pk], throw=False).get() == "already"
-    assert emails.requeue_unsent(now=timezone.now() + timedelta(hours=1)) == 0
+    assert emails.requeue_unsent() == 0
     assert len(mail.outbox) == 1
 
 
@@ -315,7 +371,11 @@ def test_an_unreachable_mail_server_leaves_the_email_pending_not_the_purchase_fa
     email = CustomerEmail.objects.get(kind="purchase_receipt")
     assert email.status == "pending" and email.last_error == "SMTPServerDisconnected"
     FlakyBackend.failures = 0
-    run_billing_sweep(now=timezone.now() + timedelta(minutes=11))
+    # Eleven minutes on (the rows' stamps are the wall clock's), the sweep queues it again.
+    CustomerEmail.objects.filter(pk=email.pk).update(
+        created_at=timezone.now() - timedelta(minutes=11)
+    )
+    run_billing_sweep(now=timezone.now())
     email.refresh_from_db()
     assert email.status == "sent" and len(mail.outbox) == 1
 
