@@ -45,10 +45,12 @@ def test_the_sign_up_budget_is_per_client_address_only_behind_a_trusted_proxy(
     # Addresses of the benchmarking range, fresh per run: the budget's counters live in Redis.
     first, second = (f"198.18.{random.randrange(256)}.{n}" for n in (1, 2))
     env = {"SIGNUP_RATE_LIMIT_PER_HOUR": str(SIGNUP_LIMIT), "FORWARDED_ALLOW_IPS": allowed}
-    with served(uvicorn_argv(), tmp_path, env=env) as server:
-        with httpx.Client(base_url=server.url, timeout=10) as client:
-            statuses = [_attempt(client, first) for _ in range(SIGNUP_LIMIT + 1)]
-            # The form refuses an empty sign-up (200, with its errors) until the address's
-            # budget is spent; then the limit answers first.
-            assert statuses == [200] * SIGNUP_LIMIT + [429]
-            assert _attempt(client, second) == second_client
+    with (
+        served(uvicorn_argv(), tmp_path, env=env) as server,
+        httpx.Client(base_url=server.url, timeout=10) as client,
+    ):
+        statuses = [_attempt(client, first) for _ in range(SIGNUP_LIMIT + 1)]
+        # The form refuses an empty sign-up (200, with its errors) until the address's budget
+        # is spent; then the limit answers first.
+        assert statuses == [200] * SIGNUP_LIMIT + [429]
+        assert _attempt(client, second) == second_client
