@@ -396,6 +396,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "subscriptions.tasks.review_credential_problems",
         "schedule": crontab(minute=45),
     },
+    "pending-refunds-hourly": {  # SPEC M5: a lost webhook, a refund Stripe never got
+        "task": "payments.tasks.sync_pending_refunds",
+        "schedule": crontab(minute=20),
+    },
 }
 
 CACHES = {

@@ -831,6 +831,40 @@ def sync_refund(*, refund_id: int, actor: str, now: datetime) -> Refund:
     return Refund.objects.get(pk=refund_id)
 
 
+# A refund Stripe has not settled for this long is looked up by the hourly task: its webhook
+# was lost, or Stripe never got the request (SPEC M5).
+PENDING_REFUND_RECHECK_AFTER = timedelta(minutes=30)
+REFUND_SYNC_ACTOR = "system:refund-sync"
+
+
+def sync_pending_refunds(*, now: datetime, limit: int = 100) -> dict[str, int]:
+    """The hourly check of refunds still pending after PENDING_REFUND_RECHECK_AFTER (oldest
+    first): each is settled from what Stripe says, or sent again if Stripe never got it
+    (`sync_refund`, the admin's "Check pending refunds at Stripe", without the click). One that
+    Stripe cannot be asked about now stays pending for the next run. Returns counts:
+    `checked`, `settled`, `still_pending`, `errors`."""
+    counts = {"checked": 0, "settled": 0, "still_pending": 0, "errors": 0}
+    due = (
+        Refund.objects.filter(
+            status=Refund.Status.PENDING, created_at__lt=now - PENDING_REFUND_RECHECK_AFTER
+        )
+        .order_by("created_at", "id")
+        .values_list("id", flat=True)[:limit]
+    )
+    for refund_id in list(due):
+        counts["checked"] += 1
+        try:
+            refund = sync_refund(refund_id=refund_id, actor=REFUND_SYNC_ACTOR, now=now)
+        except Exception as exc:  # Stripe unreachable or refusing: try again next hour
+            counts["errors"] += 1
+            log.warning(
+                "pending refund %s not checked at Stripe: %s", refund_id, type(exc).__name__
+            )
+            continue
+        counts["settled" if refund.status != Refund.Status.PENDING else "still_pending"] += 1
+    return counts
+
+
 def _settle_from_stripe(refund_id: int, stripe_refund, *, actor: str, now: datetime) -> None:
     """Settle our refund from Stripe's refund object (its answer, or the one found later)."""
     _settle_refund(

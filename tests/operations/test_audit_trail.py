@@ -791,6 +791,25 @@ def sync_refund(w: World) -> Expect:
     )
 
 
+def sync_pending_refunds(w: World) -> Expect:
+    # SPEC M5: the hourly task settles a refund left pending, acting as itself.
+    _user, payment = _paid(w)
+    api_base = w.settings.STRIPE_API_BASE
+    w.settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # no answer: the refund stays pending
+    payments.refund_card_payment(
+        payment_id=payment.pk,
+        amount_micros=5_000_000,
+        reason="pending",
+        actor=w.staff_actor,
+        now=w.now - timedelta(minutes=31),
+    )
+    w.settings.STRIPE_API_BASE = api_base
+    return Expect(
+        lambda: payments.sync_pending_refunds(now=w.now),
+        {"refund.succeeded": payments.REFUND_SYNC_ACTOR},
+    )
+
+
 def charge_top_up(w: World) -> Expect:
     # SPEC M4: the off-session charge acts for the sweep that recorded the attempt.
     user = w.customer(0)
@@ -1011,6 +1030,7 @@ AUDITED: dict[str, list[Callable[[World], Expect]]] = {
     "billing.services.adjust_credits": [adjust_credits],
     "payments.services.refund_card_payment": [refund_card_payment],
     "payments.services.sync_refund": [sync_refund],
+    "payments.services.sync_pending_refunds": [sync_pending_refunds],
     "payments.services.charge_top_up": [charge_top_up],
     "byok.services.add_key": [add_key],
     "byok.services.update_key": [update_key_value, update_key_enabled],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Group
@@ -25,6 +26,7 @@ from adminops.models import AuditEvent
 from adminops.roles import BILLING, SUPPORT
 from billing.models import CreditAccount, LedgerEntry
 from billing.services import adjust_credits
+from codingplans.celery import app as celery_app
 from payments import services
 from payments.errors import (
     PaymentNotRefundable,
@@ -348,6 +350,46 @@ def test_a_pending_refund_is_sent_again_by_sync_when_stripe_never_got_it(
     assert synced.status == Refund.Status.SUCCEEDED
     assert services.sync_refund(refund_id=refund.pk, actor="staff:1", now=timezone.now()).pk
     assert len(refunds_at_stripe(sdk, payment)) == 1 and len(mail.outbox) == 1
+
+
+def test_the_hourly_task_settles_refunds_left_pending_and_leaves_fresh_ones(
+    paid, settings, localstripe, sdk
+):
+    # SPEC M5: a refund whose answer never came (Stripe unreachable) and whose webhook never
+    # comes is not left pending for ever: the beat's hourly task checks it at Stripe once it is
+    # older than PENDING_REFUND_RECHECK_AFTER; a fresh one is left to its webhook.
+    _user, payment = paid()
+    settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # nothing listens: no answer
+    old, fresh = (
+        services.refund_card_payment(
+            payment_id=payment.pk,
+            amount_micros=5 * MICROS,
+            reason=reason,
+            actor="staff:1",
+            now=timezone.now(),
+        )
+        for reason in ("Old", "Fresh")
+    )
+    Refund.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(minutes=31))
+    # Stripe still unreachable at the hour: the old one stays pending, nothing escapes.
+    counts = services.sync_pending_refunds(now=timezone.now())
+    assert counts == {"checked": 1, "settled": 0, "still_pending": 0, "errors": 1}
+    settings.STRIPE_API_BASE = localstripe["STRIPE_API_BASE"]
+    entry = [
+        e
+        for e in settings.CELERY_BEAT_SCHEDULE.values()
+        if e["task"] == "payments.tasks.sync_pending_refunds"
+    ]
+    assert len(entry) == 1 and entry[0]["schedule"].minute == {20}  # hourly
+    celery_app.loader.import_default_modules()  # as a worker starts: the task is found
+    counts = celery_app.tasks["payments.tasks.sync_pending_refunds"].delay().get()
+    assert counts == {"checked": 1, "settled": 1, "still_pending": 0, "errors": 0}
+    old.refresh_from_db()
+    fresh.refresh_from_db()
+    assert old.status == Refund.Status.SUCCEEDED and fresh.status == Refund.Status.PENDING
+    assert len(refunds_at_stripe(sdk, payment)) == 1  # sent once, with its idempotency key
+    # The next hour finds nothing more to do for it.
+    assert services.sync_pending_refunds(now=timezone.now())["checked"] == 0
 
 
 # --- the admin pages and who may use them (SPEC M5, M6, S2) ------------------------------------
