@@ -11,12 +11,18 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.core import mail
 from django.core.mail.backends.locmem import EmailBackend as LocmemBackend
+from django.db import transaction
 from django.utils import timezone
 
 from accounts.services import delete_account, set_notification_preferences
 from billing.services import set_auto_top_up
 from subscriptions import emails, tasks
-from subscriptions.actions import cancel_at_period_end, resume_subscription, terminate_subscription
+from subscriptions.actions import (
+    cancel_at_period_end,
+    end_subscription,
+    resume_subscription,
+    terminate_subscription,
+)
 from subscriptions.models import CustomerEmail, Subscription
 from subscriptions.purchase import purchase_plan
 from subscriptions.sweep import run_billing_sweep
@@ -266,10 +272,6 @@ def test_cancellation_row_is_written_in_the_cancellations_transaction_before_any
 def test_plan_ended_row_commits_with_the_end_or_not_at_all(
     subscriber, django_capture_on_commit_callbacks
 ):
-    from django.db import transaction
-
-    from subscriptions.actions import end_subscription
-
     _user, sub = subscriber()
 
     class Abandon(Exception):
