@@ -773,18 +773,25 @@ def refund_card_payment(w: World) -> Expect:
     )
 
 
-def sync_refund(w: World) -> Expect:
+def _pending_refund(w: World, *, age: timedelta):
+    """A refund Stripe never answered (nothing listens at the API address while it is made),
+    made `age` before `w.now`: it stays pending."""
     _user, payment = _paid(w)
     api_base = w.settings.STRIPE_API_BASE
-    w.settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # no answer: the refund stays pending
+    w.settings.STRIPE_API_BASE = "http://127.0.0.1:9"
     refund = payments.refund_card_payment(
         payment_id=payment.pk,
         amount_micros=5_000_000,
         reason="pending",
         actor=w.staff_actor,
-        now=w.now - timedelta(minutes=1),
+        now=w.now - age,
     )
     w.settings.STRIPE_API_BASE = api_base
+    return refund
+
+
+def sync_refund(w: World) -> Expect:
+    refund = _pending_refund(w, age=timedelta(minutes=1))
     return Expect(
         lambda: payments.sync_refund(refund_id=refund.pk, actor=w.staff_actor, now=w.now),
         {"refund.succeeded": w.staff_actor},
@@ -793,17 +800,7 @@ def sync_refund(w: World) -> Expect:
 
 def sync_pending_refunds(w: World) -> Expect:
     # SPEC M5: the hourly task settles a refund left pending, acting as itself.
-    _user, payment = _paid(w)
-    api_base = w.settings.STRIPE_API_BASE
-    w.settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # no answer: the refund stays pending
-    payments.refund_card_payment(
-        payment_id=payment.pk,
-        amount_micros=5_000_000,
-        reason="pending",
-        actor=w.staff_actor,
-        now=w.now - timedelta(minutes=31),
-    )
-    w.settings.STRIPE_API_BASE = api_base
+    _pending_refund(w, age=timedelta(minutes=31))
     return Expect(
         lambda: payments.sync_pending_refunds(now=w.now),
         {"refund.succeeded": payments.REFUND_SYNC_ACTOR},
