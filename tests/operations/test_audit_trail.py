@@ -1082,6 +1082,11 @@ NOT_STATE_CHANGES: dict[str, str] = {
     "inventory.services.claim_credential": INSIDE_A_CALLER.format(
         "purchase_plan (credential.assigned)"
     ),
+    "inventory.services.claim_params": "pure function: the claim statement's parameters",
+    "inventory.services.claimed_credential": (
+        "reads a claim statement's result row; the claim itself is audited by purchase_plan "
+        "(credential.assigned)"
+    ),
     "inventory.services.sanitize_note": "pure function",
     "inventory.services.decrypted_key": "a read, at the moment of an upstream call",
     "inventory.upload.count_credential_lines": "pure function",
