@@ -164,7 +164,7 @@ def purchase_plan(
         # Read after the lock (a statement of its own, so with a snapshot taken after the
         # wait): an outcome stored, an account deleted or a plan bought meanwhile is seen here.
         state = sql.execute(
-            _state_sql(),
+            _state_sql(plan.low_stock_threshold),
             {
                 "user": user.pk,
                 "key": idempotency_key,
@@ -212,13 +212,13 @@ def purchase_plan(
 
 
 @cache
-def _state_sql() -> str:
+def _state_sql(threshold: int) -> str:
     return _STATE_SQL.format(
         user=sql.table(User),
         subscription=sql.table(Subscription),
         byok=sql.table(ByokKey),
         request=sql.table(PurchaseRequest),
-        claim=claim_cte("claimed", when=_CLAIM_WHEN),
+        claim=claim_cte("claimed", threshold=threshold, when=_CLAIM_WHEN),
         next_subscription=sql.next_id(Subscription),
         next_byok=sql.next_id(ByokKey),
         # Literals, not parameters: the prepared statement's generic plan can then use the

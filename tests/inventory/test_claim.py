@@ -11,10 +11,11 @@ stored outcome, claims nothing.
 from __future__ import annotations
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from billing.errors import InsufficientCredits
+from codingplans import crypto, sql
 from inventory import services as inventory
 from inventory.models import Credential
 from subscriptions import errors
@@ -96,3 +97,37 @@ def test_a_replayed_purchase_claims_nothing(stock, make_user):
     with pytest.raises(errors.SubscriptionExists):
         purchase_plan(user=user, plan_id=PLUS, idempotency_key="k2", now=timezone.now())
     assert len(_available()) == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.skipif(not sql.PREPARE, reason="CODING_PLANS_PREPARED_STATEMENTS=0: nothing prepared")
+def test_the_checks_and_claim_statement_keeps_one_plan_when_the_stock_is_large(make_user):
+    # Issue 20: with the count's bound as a parameter, PostgreSQL guessed a tenth of the stock
+    # for it, found its generic plan dearer than planning afresh, and planned the statement at
+    # every purchase once a plan had thousands of credentials (0.3 ms each, more than running
+    # it). The bound is a literal now; the server keeps the one generic plan.
+    blob = crypto.encrypt("sk-claim-plan-test-key-0001")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""INSERT INTO {sql.table(Credential)} (plan_id, state, encrypted_key, fingerprint,
+                    upstream_plan_id, holder_ref, created_at, revocation_attempts, failure_note,
+                    health_note)
+                SELECT %s, 'available', %s, 'claim-plan-' || g, 'up', '', now(), 0, '', ''
+                FROM generate_series(1, 20000) AS g""",
+            [PLUS, blob],
+        )
+        cursor.execute(f"ANALYZE {sql.table(Credential)}")
+    for i in range(10):
+        buyer = make_user(credits_usd=20)
+        purchase_plan(user=buyer, plan_id=PLUS, idempotency_key=f"k{i}", now=timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE %s",
+            ["%WITH state AS MATERIALIZED%"],
+        )
+        ((generic, custom),) = cursor.fetchall()
+    # PostgreSQL plans a prepared statement's first five runs for their values, then keeps
+    # the generic plan unless it looks dearer.
+    assert custom <= 5
+    assert generic >= 3
