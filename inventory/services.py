@@ -113,7 +113,7 @@ def claim_cte(name: str, *, threshold: int, when: str = "true") -> str:
     )
 
 
-def low_stock_threshold(plan_id: str) -> int:
+def _low_stock_threshold(plan_id: str) -> int:
     """The plan's low-stock threshold (SPEC I7), 0 for a plan the catalog no longer has."""
     plan = get_plan(plan_id)
     return plan.low_stock_threshold if plan is not None else 0
@@ -138,7 +138,7 @@ def claimed_credential(row, *, plan_id: str) -> ClaimedCredential | None:
     if row is None or row.credential_id is None:
         return None
     _claimed_mark[plan_id] = row.credential_id
-    threshold = low_stock_threshold(plan_id)
+    threshold = _low_stock_threshold(plan_id)
     return ClaimedCredential(
         id=row.credential_id,
         encrypted_key=row.credential_key,
@@ -157,7 +157,7 @@ def claim_credential(*, plan_id: str, user, now: datetime) -> ClaimedCredential 
     low-stock check must follow.
     """
     row = sql.execute(
-        f"WITH {claim_cte('claimed', threshold=low_stock_threshold(plan_id))} "  # noqa: S608 - our fragment
+        f"WITH {claim_cte('claimed', threshold=_low_stock_threshold(plan_id))} "  # noqa: S608 - our fragment
         "SELECT * FROM claimed",
         claim_params(plan_id=plan_id, user=user, now=now),
     )
