@@ -389,4 +389,98 @@ FIXES = [
             "collections deferred, left +6.8 / +6.2 and +6.41 / +2.74)"
         ),
     },
+    {
+        "figure": "1. purchase",
+        "cause": (
+            "pg_stat_statements (a PostgreSQL 15 with the extension, same schema): the claim was "
+            "the dearest statement of both sides, 0.35-0.42 ms of database time single-threaded "
+            "and 1.7-2.1 ms under 8 workers, growing as the plan sold: it took the lowest "
+            "available id, and the partial index of available credentials keeps, at its low "
+            "end, an entry for every credential sold since the last VACUUM (an update that ends "
+            "a row's availability leaves the old entry behind), so every claim walked all of "
+            "them; purchases/s fell round after round (801, 713, 553, 513 over 4 x 1,200)"
+        ),
+        "change": (
+            "inventory.services.claim_cte: the claim looks above the last id this process "
+            "claimed for the plan first and below it only when nothing is free there (one "
+            "statement; PostgreSQL reads the second half only when the first is empty, so "
+            "sold_out means what it meant); the low-stock count walks from the high end. The "
+            "benchmark's raw SQL claims the same way, so the ratio still compares like with like"
+        ),
+        "before": (
+            "ratio 0.67-0.71 against a raw side that also walked the dead entries (4 x 1,200 "
+            "per side), product 628-645/s, server CPU 1.94-2.07 ms per purchase"
+        ),
+        "after": (
+            "product 818-838/s with no decline over the rounds, server CPU 1.09-1.18 ms per "
+            "purchase; against a raw side given the same claim the ratio is 0.70-0.72 in that "
+            "setting: the product's own overhead, left for the next two entries"
+        ),
+    },
+    {
+        "figure": "1. purchase",
+        "cause": (
+            "profile of the client's CPU (cProfile with a CPU clock): four statements, each "
+            "building a Column object per result column to ask whether it returned rows, and "
+            "fifteen values run through their field's conversion, strings included"
+        ),
+        "change": (
+            "subscriptions/purchase.py: the checks and the claim are one statement (the claim "
+            "runs only when every check passes), three statements a purchase; codingplans.sql: "
+            "execute reads the result's status instead of cursor.description, and "
+            "prepared_value passes a str for a text column as it is"
+        ),
+        "before": "client CPU 832-843 us per purchase single-threaded (raw SQL 580-607)",
+        "after": "client CPU 720-800 us per purchase (raw SQL 557-608)",
+    },
+    {
+        "figure": "1. purchase",
+        "cause": (
+            "pg_stat_statements with track_planning: after the pages figure (9,000 more "
+            "available credentials of the plan) the checks-and-claim statement was planned at "
+            "every execution, 2,004 plans for 2,000 calls at 0.31 ms each, more than running it "
+            "(0.11 ms): the low-stock count's bound was a parameter in a LIMIT, for which the "
+            "planner guesses a tenth of the rows, so with a large stock the generic plan looked "
+            "dearer than planning afresh and PostgreSQL never settled on it. This was also why "
+            "make bench, which runs the pages figure first, scored the purchase lower than "
+            "bench --only purchase"
+        ),
+        "change": (
+            "inventory.services.claim_cte: the plan's low-stock threshold is a literal in the "
+            "statement (one text per threshold); tests/inventory/test_claim.py holds the "
+            "generic plan with a 20,000-credential stock"
+        ),
+        "before": (
+            "28 -> 2,004 plans per 2,000 calls after the pages figure; database CPU per purchase "
+            "1.31-1.36 ms single-threaded (0.83 ms without the pages figure); bench --only "
+            "pages,purchase 0.72-0.79"
+        ),
+        "after": (
+            "28 plans per 2,000 calls, 0.83 ms per purchase with or without the pages figure; "
+            "bench --only pages,purchase 0.84-0.86, --only purchase 0.89-0.95, make bench 0.95"
+        ),
+    },
+    {
+        "figure": "8. concurrent streams",
+        "cause": (
+            "gc.callbacks in the bench process, which is the client stamping each chunk's "
+            "arrival: two or three full collections of its heap (Django, the bench, thousands "
+            "of streams' state) per path, 66-104 ms each, stopped its event loop; every chunk "
+            "that arrived meanwhile was stamped late, on the direct path as often as on the "
+            "gateway's (an 80 ms stall seen on the direct path)"
+        ),
+        "change": (
+            "bench/streams.py: both paths are read with the client's collector frozen and off "
+            "(it runs again after each); the gateway and the stand-in are untouched"
+        ),
+        "before": (
+            "worst chunk 55-117 ms on either path; whole-run added p99 +6.1 to +7.0 ms in 4 "
+            "of 10 provider runs today"
+        ),
+        "after": (
+            "worst chunk 10-28 ms; whole-run added p99 +1.4 to +4.7 ms in 9 of 10 provider "
+            "runs, +6.45 in one whose steady window alone was +6.7 ms (CPU shared by stand-in, "
+            "gateway and client on the 2 cores)"
+        ),
+    },
 ]
