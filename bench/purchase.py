@@ -312,7 +312,8 @@ def run(scale: float, standin=None) -> Figure:
             "raw_server_cpu_ms_per_purchase": server_ms["raw"],
         },
         notes=[
-            "raw SQL: guarded debit, ledger, SKIP LOCKED claim + update, subscription, BYOK, "
+            "raw SQL: guarded debit, ledger, SKIP LOCKED claim (above the last id claimed "
+            "first, as the service's) + update, subscription, BYOK, "
             "term, 2 audit events, idempotency insert, the receipt's CustomerEmail row; the "
             "service also queues the receipt (Celery, batched by the process's publisher "
             "thread), locks the account, checks the stored outcome, account, live subscription "
