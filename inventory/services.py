@@ -36,10 +36,10 @@ from inventory.models import Credential, LowStockAlert
 # purchase then runs the exact check after its commit only near the threshold, not a query
 # per purchase (issue 20).
 #
-# Where the claim looks first. Claims take the lowest available id, so a plan's index of
-# available credentials keeps, at its low end, an entry for every credential sold since the
-# last VACUUM: an update that ends a row's availability leaves the old entry behind. A scan
-# from the low end walked all of them, and a purchase slowed as the plan sold (about 0.35 ms
+# Where the claim looks first. Claims took the lowest available id, so a plan's index of
+# available credentials kept, at its low end, an entry for every credential sold since the
+# last VACUUM (an update that ends a row's availability leaves the old entry behind), and a
+# scan from the low end walked all of them: a purchase slowed as the plan sold (about 0.35 ms
 # of database time per purchase after a few thousand sales, the largest statement in the
 # purchase; issue 20). The claim therefore looks above the last id this process claimed for
 # the plan first (`above`), and only when nothing is free there, below it (`below`, never run
@@ -94,15 +94,17 @@ def claim_cte(name: str, *, threshold: int, when: str = "true") -> str:
     """The claim as data-modifying WITH clauses (`name` and two helpers named after it), for a
     statement that decides in the same round trip whether to claim: the purchase reads its
     checks and claims in one statement (issue 20). `when` is an SQL condition evaluated once,
-    before any row is read or locked (it must not refer to the credential table); when it is
-    false nothing is claimed. `name` has one row when a credential was claimed, none when the
-    plan is sold out (or `when` was false); read it with `claimed_credential`. Parameters:
-    `claim_params`. The state is a literal, not a parameter: a prepared statement's generic
-    plan can use the partial index on available credentials only when it sees the state it
-    filters on. So is the plan's low-stock `threshold`, which bounds the count: with a
-    parameter in its LIMIT the planner guesses a tenth of the plan's stock, and once a plan has
-    a few thousand credentials that guess made PostgreSQL plan the statement afresh at every
-    purchase (a custom plan, 0.3 ms, more than running it; issue 20)."""
+    before any credential is read or locked (PostgreSQL's one-time filter; it must not refer
+    to the credential table); when it is false nothing is claimed and nothing locked. `name`
+    has one row when a credential was claimed, none when the plan is sold out (or `when` was
+    false); read it with `claimed_credential`. Parameters: `claim_params`.
+
+    The state is a literal, not a parameter: a prepared statement's generic plan can use the
+    partial index on available credentials only when it sees the state it filters on. So is
+    the plan's low-stock `threshold`, which bounds the count: with a parameter in its LIMIT
+    the planner guesses a tenth of the plan's stock, and once a plan has thousands of
+    credentials that guess made PostgreSQL plan the statement afresh at every purchase (a
+    custom plan, 0.3 ms, more than running it; issue 20)."""
     return _CLAIM_CTE.format(
         name=name,
         when=when,
