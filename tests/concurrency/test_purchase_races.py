@@ -31,6 +31,7 @@ from byok.models import ByokKey
 from byok.services import add_key
 from codingplans import crypto
 from codingplans.errors import DomainError
+from inventory import services as inventory_services
 from inventory.models import Credential
 from subscriptions.intents import save_intent
 from subscriptions.models import AvailabilityIntent, ChargedTerm, PurchaseRequest, Subscription
@@ -252,6 +253,30 @@ def test_64_customers_race_for_5_credentials(stock):
     assert debited == -5 * 20 * MICROS
     assert ChargedTerm.objects.count() == 5 and PurchaseRequest.objects.count() == 5
     assert not ByokKey.objects.filter(user__in=losers).exists()
+    assert_ledger_conserved()
+
+
+@pytest.mark.parametrize("mark", ["middle", "above_all"])
+def test_racing_claims_take_every_credential_once_wherever_the_mark_is(stock, mark):
+    # Issue 20: the claim looks above the process's last claimed id first, below it after.
+    # With the mark inside or above the stock, 64 racing customers still take each of the 5
+    # credentials exactly once, and only the rest are told sold_out (SPEC P4, P5, I4).
+    stock(PLUS, 5)
+    ids = sorted(Credential.objects.values_list("id", flat=True))
+    inventory_services._claimed_mark[PLUS] = ids[2] if mark == "middle" else ids[-1] + 1000
+    customers = [new_customer(credits_usd=25) for _ in range(64)]
+
+    results = run_together([buyer(c, key=f"mark-{i}") for i, c in enumerate(customers)])
+
+    outcomes = Counter("ok" if kind == "ok" else value for kind, value in results)
+    assert outcomes == {"ok": 5, "sold_out": 59}, outcomes
+    subs = list(Subscription.objects.all())
+    assert sorted(s.credential_id for s in subs) == ids
+    assert all(
+        c.state == Credential.State.ASSIGNED and c.assigned_to_id is not None
+        for c in Credential.objects.all()
+    )
+    assert len({s.user_id for s in subs}) == 5
     assert_ledger_conserved()
 
 
