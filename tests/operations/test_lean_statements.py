@@ -87,3 +87,20 @@ def test_rows_written_on_the_event_loop_are_the_rows_insert_writes(make_user):
     assert [(r.model, r.streamed, r.prompt_tokens, r.created_at) for r in written] == [
         (f"m{i}", bool(i % 2), i, now) for i in range(3)
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_kept_statement_cursor_follows_a_new_connection():
+    # Issue 20: `execute` keeps one cursor per connection; a closed and reopened connection
+    # (a restart, CONN_MAX_AGE) gets a cursor of its own, and errors leave it usable.
+    from django.db import DatabaseError, transaction
+
+    assert sql.execute("SELECT 1 AS one").one == 1
+    first = connection.connection
+    with pytest.raises(DatabaseError), transaction.atomic():
+        sql.execute("SELECT 1 / 0 AS boom")
+    assert sql.execute("SELECT 2 AS two").two == 2
+    connection.close()
+    assert sql.execute("SELECT 3 AS three").three == 3
+    assert connection.connection is not first
+    assert sql.execute("UPDATE accounts_user SET full_name = full_name WHERE false") is None
