@@ -482,9 +482,11 @@ FIXES = [
             "of 10 provider runs today"
         ),
         "after": (
-            "worst chunk 10-28 ms; whole-run added p99 +1.4 to +4.7 ms in 9 of 10 provider "
-            "runs, +6.45 in one whose steady window alone was +6.7 ms (CPU shared by stand-in, "
-            "gateway and client on the 2 cores)"
+            "worst chunk 9-37 ms; whole-run added p99 within 5 ms in 22 of 24 provider runs "
+            "(16 of --only streams, 8 in four full make bench runs; +1.3 to +4.7 ms), +6.45 and "
+            "+7.87 in the other two (the first with a steady window of +6.7 ms, the second "
+            "+1.5 ms steady: its tail came from the ramp's last second and the first seconds "
+            "of the streams ending; see docs/operations.md)"
         ),
     },
 ]
