@@ -622,7 +622,9 @@ def run(scale: float, standin=None) -> list[Figure]:
         f"streams: {n} straight to the stand-in, then {n} via one uvicorn process, "
         f"{hold:g} s each, a chunk every {CHUNK_INTERVAL_MS} ms, opened over {ramp:g} s; "
         "per-chunk latency is arrival minus the stand-in's send stamp; CPU from /proc over the "
-        "window all streams were open; RSS idle (after a warm-up) vs all open"
+        "window all streams were open; RSS idle (after a warm-up) vs all open; the "
+        "client's and the stand-in's collectors are off while the streams run (their pauses "
+        "are not the gateway's; the gateway runs with its own, codingplans.collector)"
     )
     return figures
 
