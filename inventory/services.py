@@ -70,6 +70,7 @@ _CLAIM_CTE = """
                 LIMIT {threshold:d} + current_setting('max_connections')::int + 2
             ) AS seen) AS stock_seen,
             current_setting('max_connections')::int AS max_connections,
+            {threshold:d} AS stock_threshold,
             EXISTS (SELECT 1 FROM {alert} WHERE plan_id = %(claim_plan)s
                     AND alerted_at IS NOT NULL) AS alert_armed
     )"""
@@ -140,13 +141,14 @@ def claimed_credential(row, *, plan_id: str) -> ClaimedCredential | None:
     if row is None or row.credential_id is None:
         return None
     _claimed_mark[plan_id] = row.credential_id
-    threshold = _low_stock_threshold(plan_id)
     return ClaimedCredential(
         id=row.credential_id,
         encrypted_key=row.credential_key,
+        # Judged with the threshold the statement counted against (it returns it), so the
+        # count's bound and the rule cannot come from two lookups.
         stock_check=row.alert_armed
         or stock_check_needed(
-            seen=row.stock_seen, threshold=threshold, concurrency=row.max_connections
+            seen=row.stock_seen, threshold=row.stock_threshold, concurrency=row.max_connections
         ),
     )
 
